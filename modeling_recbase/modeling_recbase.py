@@ -1,0 +1,355 @@
+"""RecBase: a decoder-only transformer over hierarchical concept IDs of items (RecBase, EMNLP 2025).
+
+The decoder follows Qwen2 (RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP) with the same
+submodule names, so PEFT target modules, ``device_map`` and ``resize_token_embeddings`` work unchanged.
+A user's history is the concatenation of its items' code tokens; the model learns next-token prediction
+and recommends by generating the next item's codes (constrained to real items, see
+``RecBaseItemConstraint``).
+
+Shipped beside the weights: imports only torch, transformers, the standard library and same-folder files.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, LogitsProcessor, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_recbase import RecBaseConfig
+
+
+class RecBaseRMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 (as Qwen2/T5)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class RecBaseRotaryEmbedding(nn.Module):
+    """Rotary position embedding: cos/sin tables for given positions."""
+
+    def __init__(self, config: RecBaseConfig) -> None:
+        super().__init__()
+        self.register_buffer("inv_freq", self.inverse_frequencies(config), persistent=False)
+
+    @staticmethod
+    def inverse_frequencies(config: RecBaseConfig) -> torch.Tensor:
+        """(head_dim // 2,) rotation speeds, theta ** (-2i / head_dim)."""
+        head_dim = config.hidden_size // config.num_attention_heads
+        return 1.0 / (config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+
+    @torch.no_grad()
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """position_ids (batch, seq) -> cos, sin, each (batch, seq, head_dim)."""
+        freqs = position_ids[..., None].float() * self.inv_freq.to(hidden_states.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(hidden_states.dtype), emb.sin().to(hidden_states.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q (batch, heads, seq, head_dim), k (batch, kv_heads, seq, head_dim); cos/sin (batch, seq, head_dim)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+class RecBaseAttention(nn.Module):
+    """Grouped-query self-attention through ``scaled_dot_product_attention``."""
+
+    def __init__(self, config: RecBaseConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.attention_dropout = config.attention_dropout
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        past_key_values: Cache | None = None,
+    ) -> torch.Tensor:
+        """hidden_states (batch, seq, hidden); attention_mask None (plain causal) or bool (batch, 1, seq, kv_len)."""
+        batch, seq, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(hidden_states).view(batch, seq, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(batch, seq, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)  # (batch, kv_heads, kv_len, head_dim)
+        attn = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attention_mask,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+            # Without a mask the kernel's own causal path is the fast one; it is only valid when the queries
+            # are the whole sequence (no cache), since is_causal aligns the mask to the top-left corner.
+            is_causal=attention_mask is None and seq > 1,
+            enable_gqa=self.num_key_value_heads != self.num_heads,
+        )  # (batch, heads, seq, head_dim)
+        return self.o_proj(attn.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class RecBaseMLP(nn.Module):
+    """SwiGLU feed-forward block."""
+
+    def __init__(self, config: RecBaseConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
+
+
+class RecBaseDecoderLayer(nn.Module):
+    """Pre-norm transformer block: attention then MLP, each with a residual connection."""
+
+    def __init__(self, config: RecBaseConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = RecBaseAttention(config, layer_idx)
+        self.mlp = RecBaseMLP(config)
+        self.input_layernorm = RecBaseRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RecBaseRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        past_key_values: Cache | None = None,
+    ) -> torch.Tensor:
+        hidden_states = hidden_states + self.self_attn(
+            self.input_layernorm(hidden_states), position_embeddings, attention_mask, past_key_values
+        )
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class RecBasePreTrainedModel(PreTrainedModel):
+    """Weight init and capability flags; saving writes every entry point into ``config.json``'s ``auto_map``."""
+
+    config_class = RecBaseConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["RecBaseDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+
+    def __init__(self, config: RecBaseConfig) -> None:
+        super().__init__(config)
+        # save_pretrained only adds the saving class to auto_map; list both so that a checkpoint saved
+        # from either class loads with AutoModel and with AutoModelForCausalLM.
+        config.auto_map = {
+            **(getattr(config, "auto_map", None) or {}),
+            "AutoConfig": "configuration_recbase.RecBaseConfig",
+            "AutoModel": "modeling_recbase.RecBaseModel",
+            "AutoModelForCausalLM": "modeling_recbase.RecBaseForCausalLM",
+        }
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        # from_pretrained builds the model on the meta device; the non-persistent rotary table is not in
+        # the checkpoint, so it must be recomputed here or it stays uninitialised memory.
+        if isinstance(module, RecBaseRotaryEmbedding):
+            module.inv_freq.copy_(module.inverse_frequencies(self.config))
+
+
+class RecBaseModel(RecBasePreTrainedModel):
+    """The decoder stack without the output head; ``AutoModel`` loads this."""
+
+    _auto_class = "AutoModel"  # what register_for_auto_class("AutoModel") sets: save_pretrained ships the code
+
+    def __init__(self, config: RecBaseConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(RecBaseDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RecBaseRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = RecBaseRotaryEmbedding(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """input_ids (batch, seq); attention_mask (batch, past + seq) with 1 for real tokens, 0 for padding."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            vocab_size = self.embed_tokens.num_embeddings
+            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+                bad = input_ids[(input_ids < 0) | (input_ids >= vocab_size)].unique().tolist()
+                raise ValueError(f"input_ids {bad[:10]} are outside the vocabulary [0, {vocab_size})")
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache is None:  # a cache only helps decoding; training steps skip the bookkeeping
+            use_cache = self.config.use_cache and not self.training
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        batch, seq = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+
+        if position_ids is None:
+            if attention_mask is not None:
+                # Left padding: a token's position is the number of real tokens before it.
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
+            else:
+                position_ids = torch.arange(past_length, past_length + seq, device=device).expand(batch, -1)
+
+        if attention_mask is not None and past_length == 0 and bool(attention_mask.all()):
+            attention_mask = None  # no padding: the plain causal kernel is faster and equivalent
+        causal_mask = None
+        if attention_mask is not None or past_length > 0:
+            key_positions = torch.arange(past_length + seq, device=device)[None, :]
+            query_positions = torch.arange(past_length, past_length + seq, device=device)[:, None]
+            causal_mask = (key_positions <= query_positions)[None, None]  # (1, 1, seq, kv_length)
+            if attention_mask is not None:
+                # A padding query would see no key at all, which makes SDPA return NaN: let it see itself.
+                causal_mask = (causal_mask & attention_mask[:, None, None, :].bool()) | (key_positions == query_positions)
+            # (batch or 1, 1, seq, kv_length)
+
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+        hidden_states = inputs_embeds
+        for decoder_layer in self.layers:
+            hidden_states = decoder_layer(hidden_states, position_embeddings, causal_mask, past_key_values)
+        return BaseModelOutputWithPast(
+            last_hidden_state=self.norm(hidden_states),
+            past_key_values=past_key_values if use_cache else None,
+        )
+
+
+class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
+    """RecBase with the next-token head over concept tokens."""
+
+    _auto_class = "AutoModelForCausalLM"
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: RecBaseConfig) -> None:
+        super().__init__(config)
+        self.model = RecBaseModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """labels (batch, seq): the input ids themselves (shifted inside), -100 where no loss is wanted.
+
+        Example:
+            >>> model = AutoModelForCausalLM.from_pretrained("outputs/recbase-tiny", trust_remote_code=True)
+            >>> tokenizer = AutoTokenizer.from_pretrained("outputs/recbase-tiny", trust_remote_code=True)
+            >>> out = model(**tokenizer.encode_history(["amazon14_beauty/1"], return_tensors="pt"))
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+
+
+class RecBaseItemConstraint(LogitsProcessor):
+    """Restricts generation to the code sequences of real items (vectorized prefix matching).
+
+    Args:
+        item_token_ids: (num_items, tokens_per_item) token ids of every allowed item.
+        prompt_length: length of the (left-padded) prompt; generated tokens start after it.
+        eos_token_id: the only token allowed once a whole item has been generated.
+    """
+
+    def __init__(self, item_token_ids: torch.LongTensor, prompt_length: int, eos_token_id: int) -> None:
+        if item_token_ids.ndim != 2 or item_token_ids.shape[0] == 0:
+            raise ValueError(f"item_token_ids must be a non-empty (num_items, tokens_per_item) tensor, "
+                             f"got shape {tuple(item_token_ids.shape)}")
+        self.item_token_ids = item_token_ids
+        self.prompt_length = prompt_length
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """input_ids (beams, prompt + step); scores (beams, vocab) -> scores with disallowed tokens at -inf."""
+        codes = self.item_token_ids.to(input_ids.device)
+        step = input_ids.shape[1] - self.prompt_length
+        allowed = torch.zeros_like(scores, dtype=torch.bool)
+        if step >= codes.shape[1]:
+            allowed[:, self.eos_token_id] = True
+        else:
+            prefix = input_ids[:, self.prompt_length:]  # (beams, step)
+            matches = (codes[None, :, :step] == prefix[:, None, :]).all(-1)  # (beams, items)
+            beam_index, item_index = matches.nonzero(as_tuple=True)
+            allowed[beam_index, codes[item_index, step]] = True
+        return scores.masked_fill(~allowed, float("-inf"))
+
+
+__all__ = [
+    "RecBasePreTrainedModel",
+    "RecBaseModel",
+    "RecBaseForCausalLM",
+    "RecBaseItemConstraint",
+]

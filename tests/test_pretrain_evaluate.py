@@ -1,0 +1,199 @@
+"""Pretraining (kill and resume, two processes) and evaluation (constrained ranking, baselines, bad input)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM
+from safetensors.torch import load_file
+
+from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
+from tokenization_recbase import RecBaseTokenizer
+from training.corpus import INTERACTION_FEATURES, ITEM_FEATURES, load_corpus
+from training.evaluate import (
+    PopularityRecommender,
+    RandomRecommender,
+    RecBaseRecommender,
+    TextSimilarityRecommender,
+    build_evaluation_set,
+    evaluate_recommender,
+    load_checkpoint,
+)
+from training.embedding import EmbeddingCache
+from training.pretrain import training_windows
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GENRES = ["jazz", "rock", "folk", "blues"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A synthetic two-domain corpus (users stay within one genre), a tokenizer with unique codes, and a
+    small random RecBase checkpoint saved with it."""
+    root = tmp_path_factory.mktemp("run")
+    rng = torch.Generator().manual_seed(0)
+    items, interactions = [], []
+    for domain in ("music", "films"):
+        for i in range(24):
+            items.append({"key": f"{domain}/{i}", "domain": domain, "item_id": str(i), "item_type": domain,
+                          "title": f"{GENRES[i % 4]} {domain} number {i}", "categories": [GENRES[i % 4]],
+                          "brand": "", "description": "", "year": "", "price": ""})
+        for user in range(30):
+            genre = user % 4
+            picks = torch.randint(0, 6, (8,), generator=rng) * 4 + genre
+            interactions += [{"domain": domain, "user_id": f"u{user}", "item_id": str(int(i)), "timestamp": t}
+                             for t, i in enumerate(picks)]
+    corpus_dir = root / "corpus"
+    corpus_dir.mkdir()
+    Dataset.from_list(items, features=ITEM_FEATURES).to_parquet(corpus_dir / "items.parquet")
+    Dataset.from_list(interactions, features=INTERACTION_FEATURES).to_parquet(corpus_dir / "interactions.parquet")
+
+    tokenizer = RecBaseTokenizer(codebook_sizes=[4, 4, 4], disambiguation_size=2)
+    codes = {row["key"]: (index % 4, (index // 4) % 4, (index // 16) % 4, 0) for index, row in enumerate(items)}
+    tokenizer.set_items(codes, {row["key"]: f"Describe a {row['domain']}: {row['title']}" for row in items})
+    tokenizer_dir = root / "tokenizer"
+    tokenizer.save_pretrained(tokenizer_dir)
+
+    checkpoint = root / "checkpoint"
+    config = RecBaseConfig.from_preset("recbase-tiny", hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                                       codebook_sizes=[4, 4, 4], disambiguation_size=2)
+    RecBaseForCausalLM(config).save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    return {"root": root, "corpus": corpus_dir, "tokenizer": tokenizer_dir, "checkpoint": checkpoint}
+
+
+def pretrain_command(run: dict, output_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "training.pretrain", "--corpus_dir", str(run["corpus"]),
+            "--tokenizer_dir", str(run["tokenizer"]), "--output_dir", str(output_dir), "--domains", "music",
+            "--per_device_batch_size", "4", "--log_every", "5", "--warmup_steps", "2", *extra]
+
+
+def run_to_end(command: list[str]) -> None:
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_training_windows_cut_long_histories_from_the_end(tiny_run):
+    tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
+    history = [f"music/{i}" for i in range(7)]
+    windows = training_windows(tokenizer, [history, history[:1]], max_items=3)["input_ids"]
+    # 7 items in windows of 3 from the end: [4,5,6], [1,2,3], then [0] alone teaches nothing and is dropped.
+    assert [tokenizer.decode_items(w) for w in windows] == [history[4:], history[1:4]]
+
+
+def test_pretraining_killed_mid_run_resumes_to_the_same_end(tiny_run, tmp_path):
+    max_steps = "60"
+    uninterrupted = tmp_path / "uninterrupted"
+    run_to_end(pretrain_command(tiny_run, uninterrupted, "--max_steps", max_steps, "--checkpointing_steps", "5"))
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(pretrain_command(tiny_run, killed, "--max_steps", max_steps, "--checkpointing_steps", "5"),
+                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step_10").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model.safetensors").exists(), "the run ended before it could be killed"
+    run_to_end(pretrain_command(tiny_run, killed, "--max_steps", max_steps, "--checkpointing_steps", "5",
+                                "--resume_from_checkpoint", "latest"))
+
+    log = [json.loads(line) for line in (killed / "logs" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == int(max_steps)
+    assert (killed / "checkpoints" / f"step_{max_steps}").is_dir()
+    assert len(list((killed / "checkpoints").glob("step_*"))) == 2  # older checkpoints are pruned
+    model = AutoModelForCausalLM.from_pretrained(killed, trust_remote_code=True)
+    assert model.config.codebook_sizes == [4, 4, 4]
+    # Resumed exactly: same batches, same RNG, so the same weights as the run that was never stopped.
+    resumed, reference = load_file(killed / "model.safetensors"), load_file(uninterrupted / "model.safetensors")
+    for name, tensor in reference.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-4, atol=1e-5)
+
+
+def test_two_cpu_processes_under_torchrun(tiny_run, tmp_path):
+    output_dir = tmp_path / "ddp"
+    command = pretrain_command(tiny_run, output_dir, "--max_steps", "4", "--checkpointing_steps", "4")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", "-m",
+                "training.pretrain"] + command[3:]
+    result = subprocess.run(torchrun, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = output_dir / "checkpoints" / "step_4"
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}
+    assert (output_dir / "model.safetensors").exists()
+
+
+def test_constrained_ranking_returns_only_real_distinct_items_of_the_domain(tiny_run):
+    model, tokenizer = load_checkpoint(tiny_run["checkpoint"])
+    interactions = load_corpus(tiny_run["corpus"])["interactions"]
+    data = build_evaluation_set(interactions, "films", tokenizer.domain_items("films"), negatives=5)
+    ranked = RecBaseRecommender(model, tokenizer, num_beams=12).rank(data, k=10)
+    films = set(tokenizer.domain_items("films"))
+    assert len(ranked) == 30
+    for row in ranked:
+        assert len(row) == 10 and len(set(row)) == 10 and set(row) <= films
+
+
+def test_every_recommender_gives_both_protocols(tiny_run):
+    model, tokenizer = load_checkpoint(tiny_run["checkpoint"])
+    interactions = load_corpus(tiny_run["corpus"])["interactions"]
+    data = build_evaluation_set(interactions, "music", tokenizer.domain_items("music"), negatives=5)
+    assert all(row[0] == target and len(set(row)) == 6 for row, target in zip(data.candidates, data.targets))
+    cache = EmbeddingCache(cache_dir=tiny_run["root"] / "embeddings")
+    for recommender in (RecBaseRecommender(model, tokenizer), TextSimilarityRecommender(tokenizer, cache),
+                        PopularityRecommender(), RandomRecommender()):
+        metrics = evaluate_recommender(recommender, data)
+        assert set(metrics) == {"recall@5", "ndcg@5", "recall@10", "ndcg@10", "auc", "gauc"}
+        assert all(0.0 <= value <= 1.0 for value in metrics.values()), (recommender.name, metrics)
+
+
+def test_recbase_scores_equal_a_full_forward_pass(tiny_run):
+    model, tokenizer = load_checkpoint(tiny_run["checkpoint"])
+    interactions = load_corpus(tiny_run["corpus"])["interactions"]
+    data = build_evaluation_set(interactions, "music", tokenizer.domain_items("music"), max_users=3, negatives=2)
+    scores = RecBaseRecommender(model, tokenizer).score(data)
+    history, candidate = data.histories[0], data.candidates[0][1]
+    ids = torch.tensor([tokenizer.encode_history(history + [candidate])["input_ids"]])
+    with torch.no_grad():
+        log_probs = model(ids).logits.log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None]).squeeze(-1)
+    assert scores[0][1] == pytest.approx(log_probs[-tokenizer.tokens_per_item:].sum().item(), abs=1e-4)
+
+
+def test_text_similarity_ranks_the_same_text_first(tiny_run, tmp_path):
+    tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
+    interactions = load_corpus(tiny_run["corpus"])["interactions"]
+    data = build_evaluation_set(interactions, "music", tokenizer.domain_items("music"), negatives=5)
+    ranked = TextSimilarityRecommender(tokenizer, EmbeddingCache(cache_dir=tiny_run["root"] / "embeddings")).rank(data, 3)
+    assert all(row[0] == history[-1] for row, history in zip(ranked, data.histories))
+
+
+def test_popularity_counts_only_the_training_part(tiny_run):
+    interactions = load_corpus(tiny_run["corpus"])["interactions"]
+    tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
+    data = build_evaluation_set(interactions, "music", tokenizer.domain_items("music"))
+    assert sum(len(h) for h in data.train_histories) == 30 * 6  # 8 items per user, last two held out
+
+
+@pytest.mark.parametrize("problem", ["vocabulary", "empty domain", "missing file"])
+def test_bad_input_is_reported_clearly(tiny_run, tmp_path, problem):
+    if problem == "vocabulary":
+        config = RecBaseConfig.from_preset("recbase-tiny", hidden_size=32, num_hidden_layers=1, codebook_sizes=[8, 8])
+        RecBaseForCausalLM(config).save_pretrained(tmp_path)
+        RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"]).save_pretrained(tmp_path)
+        with pytest.raises(ValueError, match=r"tokenizer \(codebooks \[4, 4, 4\].*does not match the model \(codebooks \[8, 8\]"):
+            load_checkpoint(tmp_path)
+    elif problem == "empty domain":
+        interactions = load_corpus(tiny_run["corpus"])["interactions"]
+        with pytest.raises(ValueError, match="domain 'books' has no interactions"):
+            build_evaluation_set(interactions, "books", ["books/1"])
+    else:
+        with pytest.raises(FileNotFoundError, match="tokenizer_config.json is missing"):
+            RecBaseForCausalLM(RecBaseConfig.from_preset("recbase-tiny", hidden_size=32)).save_pretrained(tmp_path)
+            load_checkpoint(tmp_path)

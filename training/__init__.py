@@ -1,0 +1,1 @@
+"""Training code for RecBase: data corpus, pretraining and evaluation."""

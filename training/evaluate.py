@@ -1,0 +1,297 @@
+"""Evaluate a saved RecBase checkpoint and baselines on the leave-one-out test users of any domain.
+
+Two protocols, always labelled:
+- ``full_ranking``: each model returns its top items among *all* items of the target domain (RecBase by
+  beam search constrained to that domain's item IDs); Recall@K and NDCG@K of the held-out next item.
+- ``candidate_scoring`` (RecBench-MD, the paper's): the true next item plus ``--negatives`` items sampled
+  uniformly from the domain (fixed seed), each scored (RecBase: log-likelihood of the item's code tokens
+  given the history); pooled AUC and per-user GAUC.
+
+Baselines, on the same users in the same run: random; popularity (counts from the domain's training part,
+which a zero-shot model never sees); zero-shot text similarity (cosine between the mean text embedding of
+the last ``--text_similarity_items`` history items and each item).
+
+    python -m training.evaluate --checkpoint outputs/recbase-tiny --corpus_dir outputs/recbase-tiny-work/corpus \
+        --domains amazon14_beauty amazon18_office ml-100k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
+
+from modeling_recbase import RecBaseForCausalLM, RecBaseItemConstraint
+from tokenization_recbase import RecBaseTokenizer
+from training.corpus import leave_one_out, load_corpus, to_sequences
+from training.embedding import DEFAULT_CACHE_DIR, EmbeddingCache
+from training.atomic import write_json_atomically, write_text_atomically
+from training.metrics import auc, gauc, ndcg_at_k, recall_at_k
+from training.pretrain import check_vocabulary
+
+PROTOCOLS = {
+    "full_ranking": "leave-one-out test item ranked among all items of the domain; Recall@K, NDCG@K",
+    "candidate_scoring": "test item + sampled negatives scored per user; pooled AUC and per-user GAUC",
+}
+
+
+@dataclass
+class EvaluationSet:
+    """The users of one domain to evaluate: histories, held-out targets, sampled candidates (target first)."""
+
+    domain: str
+    items: list[str]
+    histories: list[list[str]]
+    targets: list[str]
+    candidates: list[list[str]]
+    train_histories: list[list[str]]
+
+
+def build_evaluation_set(
+    interactions, domain: str, domain_items: list[str], split: str = "test", max_users: int = 0,
+    negatives: int = 20, seed: int = 0,
+) -> EvaluationSet:
+    """Leave-one-out rows of ``domain`` (all users, or ``max_users`` sampled with ``seed``) with candidates."""
+    rows = interactions.filter(lambda d: d == domain, input_columns="domain")
+    if len(rows) == 0:
+        raise ValueError(f"domain {domain!r} has no interactions to evaluate")
+    splits = leave_one_out(to_sequences(rows))
+    evaluation = splits[split]
+    rng = random.Random(seed)
+    chosen = sorted(rng.sample(range(len(evaluation)), max_users)) if 0 < max_users < len(evaluation) else range(len(evaluation))
+    histories = [evaluation[i]["history"] for i in chosen]
+    targets = [evaluation[i]["target"] for i in chosen]
+    if negatives >= len(domain_items):
+        raise ValueError(f"domain {domain!r} has {len(domain_items)} items, too few for {negatives} negatives")
+    candidates = []
+    for history, target in zip(histories, targets):
+        seen = set(history) | {target}
+        pool: list[str] = []
+        while len(pool) < negatives:
+            item = domain_items[rng.randrange(len(domain_items))]
+            if item not in seen and item not in pool:
+                pool.append(item)
+        candidates.append([target] + pool)
+    return EvaluationSet(domain, domain_items, histories, targets, candidates, splits["train"]["items"])
+
+
+class RecBaseRecommender:
+    """RecBase as a recommender: constrained beam search for ranking, code log-likelihood for scoring."""
+
+    name = "RecBase"
+
+    def __init__(self, model: RecBaseForCausalLM, tokenizer: RecBaseTokenizer, max_history_items: int = 20,
+                 num_beams: int = 20, batch_size: int = 16) -> None:
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_length = 1 + max_history_items * tokenizer.tokens_per_item
+        self.num_beams, self.batch_size = num_beams, batch_size
+
+    @torch.no_grad()
+    def rank(self, data: EvaluationSet, k: int) -> list[list[str]]:
+        table = self.tokenizer.item_token_ids(data.items)  # (items, tokens_per_item)
+        beams = min(max(self.num_beams, k), len(data.items))
+        allowed = set(data.items)
+        ranked = []
+        for start in tqdm(range(0, len(data.histories), self.batch_size), desc=f"{data.domain} beam search", leave=False):
+            batch = data.histories[start : start + self.batch_size]
+            encoded = self.tokenizer.encode_history(batch, max_length=self.max_length, return_tensors="pt")
+            prompt_length = encoded["input_ids"].shape[1]
+            output = self.model.generate(
+                **encoded, max_new_tokens=self.tokenizer.tokens_per_item, num_beams=beams, num_return_sequences=beams,
+                do_sample=False, logits_processor=LogitsProcessorList(
+                    [RecBaseItemConstraint(table, prompt_length, self.tokenizer.eos_token_id)]),
+            )
+            generated = output[:, prompt_length:].reshape(len(batch), beams, -1)
+            for rows in generated:
+                # Beams come best first; a beam the constraint killed (-inf) can only be a repeat or no item.
+                keys = []
+                for row in rows:
+                    key = self.tokenizer.decode_items(row)[0] if self._is_item(row) else None
+                    if key in allowed and key not in keys:
+                        keys.append(key)
+                ranked.append(keys[:k])
+        return ranked
+
+    def _is_item(self, row: torch.Tensor) -> bool:
+        return bool((row >= len(self.tokenizer.all_special_ids)).all())
+
+    @torch.no_grad()
+    def score(self, data: EvaluationSet) -> list[list[float]]:
+        """Sum of log-probabilities of each candidate's code tokens after the history: (users, candidates)."""
+        scores = []
+        for start in tqdm(range(0, len(data.histories), self.batch_size), desc=f"{data.domain} scoring", leave=False):
+            histories = data.histories[start : start + self.batch_size]
+            candidates = data.candidates[start : start + self.batch_size]
+            per_user = len(candidates[0])
+            encoded = self.tokenizer.encode_history(histories, max_length=self.max_length, return_tensors="pt")
+            prefix = self.model(**encoded, use_cache=True)
+            # Run the history once, then continue its cache with every candidate: (users * candidates, ...).
+            cache = prefix.past_key_values
+            cache.batch_repeat_interleave(per_user)
+            candidate_ids = self.tokenizer.item_token_ids([key for row in candidates for key in row])
+            mask = torch.cat([encoded["attention_mask"].repeat_interleave(per_user, 0), torch.ones_like(candidate_ids)], 1)
+            continuation = self.model(candidate_ids, attention_mask=mask, past_key_values=cache)
+            logits = torch.cat([prefix.logits[:, -1:].repeat_interleave(per_user, 0), continuation.logits[:, :-1]], 1)
+            log_probs = logits.log_softmax(-1).gather(-1, candidate_ids.unsqueeze(-1)).squeeze(-1).sum(-1)
+            scores += log_probs.view(len(histories), per_user).tolist()
+        return scores
+
+
+class RandomRecommender:
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def rank(self, data: EvaluationSet, k: int) -> list[list[str]]:
+        rng = random.Random(self.seed)
+        return [rng.sample(data.items, k) for _ in data.histories]
+
+    def score(self, data: EvaluationSet) -> list[list[float]]:
+        rng = random.Random(self.seed)
+        return [[rng.random() for _ in row] for row in data.candidates]
+
+
+class PopularityRecommender:
+    name = "popularity (in-domain counts)"
+
+    def rank(self, data: EvaluationSet, k: int) -> list[list[str]]:
+        counts = self._counts(data)
+        top = sorted(data.items, key=lambda key: -counts[key])[:k]
+        return [top for _ in data.histories]
+
+    def score(self, data: EvaluationSet) -> list[list[float]]:
+        counts = self._counts(data)
+        return [[float(counts[key]) for key in row] for row in data.candidates]
+
+    @staticmethod
+    def _counts(data: EvaluationSet) -> Counter:
+        return Counter(key for history in data.train_histories for key in history)
+
+
+class TextSimilarityRecommender:
+    """Zero-shot: cosine between the mean embedding of the last history items and every item's embedding."""
+
+    name = "text similarity (zero-shot)"
+
+    def __init__(self, tokenizer: RecBaseTokenizer, cache: EmbeddingCache, last_items: int = 1) -> None:
+        self.tokenizer, self.cache, self.last_items = tokenizer, cache, last_items
+
+    def _embeddings(self, keys: list[str]) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.cache.embed([self.tokenizer.item_text(k) for k in keys], progress=False), dim=-1)
+
+    def _queries(self, data: EvaluationSet) -> torch.Tensor:
+        index = {key: i for i, key in enumerate(data.items)}
+        items = self._embeddings(data.items)
+        return torch.stack([items[[index[k] for k in history[-self.last_items:]]].mean(0) for history in data.histories]), items
+
+    def rank(self, data: EvaluationSet, k: int) -> list[list[str]]:
+        queries, items = self._queries(data)
+        top = (queries @ items.T).topk(k, dim=-1).indices.tolist()
+        return [[data.items[i] for i in row] for row in top]
+
+    def score(self, data: EvaluationSet) -> list[list[float]]:
+        queries, items = self._queries(data)
+        index = {key: i for i, key in enumerate(data.items)}
+        return [(items[[index[k] for k in row]] @ query).tolist() for query, row in zip(queries, data.candidates)]
+
+
+def evaluate_recommender(recommender, data: EvaluationSet, ks: tuple[int, ...] = (5, 10)) -> dict[str, float]:
+    """Both protocols for one recommender on one domain's users."""
+    ranked = recommender.rank(data, max(ks))
+    if any(len(set(row)) != len(row) or not set(row) <= set(data.items) for row in ranked):
+        raise AssertionError(f"{recommender.name} returned duplicate items or items outside {data.domain}")
+    metrics: dict[str, float] = {}
+    for k in ks:
+        metrics[f"recall@{k}"] = sum(recall_at_k(r, t, k) for r, t in zip(ranked, data.targets)) / len(ranked)
+        metrics[f"ndcg@{k}"] = sum(ndcg_at_k(r, t, k) for r, t in zip(ranked, data.targets)) / len(ranked)
+    scores = recommender.score(data)
+    labels = [[1] + [0] * (len(row) - 1) for row in data.candidates]
+    metrics["auc"] = auc([s for row in scores for s in row], [y for row in labels for y in row])
+    metrics["gauc"] = gauc(list(zip(scores, labels)))
+    return metrics
+
+
+def load_checkpoint(checkpoint: str | Path) -> tuple[RecBaseForCausalLM, RecBaseTokenizer]:
+    """Model and tokenizer from one saved folder, checked to share one vocabulary."""
+    checkpoint = Path(checkpoint)
+    for name in ("config.json", "tokenizer_config.json"):
+        if not (checkpoint / name).is_file():
+            raise FileNotFoundError(f"{checkpoint / name} is missing: not a RecBase checkpoint folder")
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
+    check_vocabulary(model.config, tokenizer, str(checkpoint))
+    return model, tokenizer
+
+
+def results_markdown(results: dict) -> str:
+    """One table per protocol: a row per (domain, model)."""
+    lines = []
+    for protocol, columns in (("full_ranking", ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]),
+                              ("candidate_scoring", ["auc", "gauc"])):
+        lines += [f"\n**{protocol}** ({PROTOCOLS[protocol]})\n", "| domain | users | model | " + " | ".join(columns) + " |",
+                  "|---|---|---|" + "---|" * len(columns)]
+        for domain, entry in results["domains"].items():
+            for model_name, metrics in entry["models"].items():
+                lines.append(f"| {domain} ({entry['role']}) | {entry['users']} | {model_name} | "
+                             + " | ".join(f"{metrics[c]:.4f}" for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def evaluate(
+    checkpoint: str | Path, corpus_dir: str | Path, domains: list[str], zero_shot_domains: list[str] = (),
+    split: str = "test", max_users: int = 0, negatives: int = 20, num_beams: int = 20, batch_size: int = 16,
+    max_history_items: int = 20, text_similarity_items: int = 1, cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    seed: int = 0,
+) -> dict:
+    """Evaluate the checkpoint and the baselines on ``domains``; returns the results dict."""
+    model, tokenizer = load_checkpoint(checkpoint)
+    interactions = load_corpus(corpus_dir)["interactions"]
+    recommenders = [RecBaseRecommender(model, tokenizer, max_history_items, num_beams, batch_size),
+                    TextSimilarityRecommender(tokenizer, EmbeddingCache(tokenizer.text_encoder, cache_dir), text_similarity_items),
+                    PopularityRecommender(), RandomRecommender(seed)]
+    results = {"protocols": PROTOCOLS, "split": split, "negatives": negatives, "num_beams": num_beams, "seed": seed,
+               "domains": {}}
+    for domain in domains:
+        data = build_evaluation_set(interactions, domain, tokenizer.domain_items(domain), split, max_users, negatives, seed)
+        entry = {"role": "zero-shot" if domain in zero_shot_domains else "in-domain", "users": len(data.targets), "models": {}}
+        for recommender in recommenders:
+            entry["models"][recommender.name] = evaluate_recommender(recommender, data)
+        results["domains"][domain] = entry
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--corpus_dir", required=True)
+    parser.add_argument("--domains", nargs="+", required=True)
+    parser.add_argument("--zero_shot", nargs="*", default=[], help="domains the model never trained on (labelled so)")
+    parser.add_argument("--split", default="test", choices=["test", "validation"])
+    parser.add_argument("--max_users", type=int, default=0, help="sample this many users per domain (0: all)")
+    parser.add_argument("--negatives", type=int, default=20)
+    parser.add_argument("--num_beams", type=int, default=20)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--text_similarity_items", type=int, default=1)
+    parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR))
+    parser.add_argument("--output", default=None, help="results JSON (default: <checkpoint>/eval_results.json)")
+    args = parser.parse_args(argv)
+    results = evaluate(args.checkpoint, args.corpus_dir, args.domains, args.zero_shot, args.split, args.max_users,
+                       args.negatives, args.num_beams, args.batch_size, text_similarity_items=args.text_similarity_items,
+                       cache_dir=args.cache_dir)
+    output = Path(args.output or Path(args.checkpoint) / "eval_results.json")
+    write_json_atomically(output, results)
+    write_text_atomically(output.with_suffix(".md"), results_markdown(results) + "\n")
+    print(results_markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
