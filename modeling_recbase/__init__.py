@@ -1,19 +1,22 @@
 """RecBase model package.
 
 Importing it registers RecBase with the transformers Auto classes, so an installed user loads checkpoints
-with ``AutoModelForCausalLM.from_pretrained(path)`` and needs no ``trust_remote_code``.
+with ``AutoModelForCausalLM.from_pretrained(path)`` and needs no ``trust_remote_code``; it also registers
+the ``next-item-generation`` pipeline task.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .configuration_recbase import PRESETS, SPECIAL_TOKENS, RecBaseConfig
 from .modeling_recbase import RecBaseForCausalLM, RecBaseItemConstraint, RecBaseModel, RecBasePreTrainedModel
+from .pipeline_recbase import NextItemGenerationPipeline, rank_items, score_candidates  # registers the pipeline task
 
 AutoConfig.register(RecBaseConfig.model_type, RecBaseConfig, exist_ok=True)
 AutoModel.register(RecBaseConfig, RecBaseModel, exist_ok=True)
 AutoModelForCausalLM.register(RecBaseConfig, RecBaseForCausalLM, exist_ok=True)
 
 __all__ = [
+    "NextItemGenerationPipeline",
     "PRESETS",
     "SPECIAL_TOKENS",
     "RecBaseConfig",
@@ -21,4 +24,6 @@ __all__ = [
     "RecBaseItemConstraint",
     "RecBaseModel",
     "RecBasePreTrainedModel",
+    "rank_items",
+    "score_candidates",
 ]

@@ -46,7 +46,7 @@ class RecBaseConfig(PretrainedConfig):
 
     model_type = "recbase"
     _auto_class = "AutoConfig"  # save_pretrained copies this file and writes auto_map (remote code)
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     def __init__(
         self,

@@ -11,6 +11,8 @@ Shipped beside the weights: imports only torch, transformers, the standard libra
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,6 +21,10 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_recbase import RecBaseConfig
+
+# transformers 5.24 renamed the cache argument and output field ``past_key_values`` to ``cache``; generate
+# passes whichever name the installed version uses, so the model accepts both and fills the field it has.
+CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
 
 
 class RecBaseRMSNorm(nn.Module):
@@ -92,7 +98,7 @@ class RecBaseAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
         """hidden_states (batch, seq, hidden); attention_mask None (plain causal) or bool (batch, 1, seq, kv_len)."""
         batch, seq, _ = hidden_states.shape
@@ -100,8 +106,8 @@ class RecBaseAttention(nn.Module):
         k = self.k_proj(hidden_states).view(batch, seq, self.num_key_value_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(hidden_states).view(batch, seq, self.num_key_value_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)  # (batch, kv_heads, kv_len, head_dim)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # (batch, kv_heads, kv_len, head_dim)
         attn = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attention_mask,
@@ -142,10 +148,10 @@ class RecBaseDecoderLayer(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
         hidden_states = hidden_states + self.self_attn(
-            self.input_layernorm(hidden_states), position_embeddings, attention_mask, past_key_values
+            self.input_layernorm(hidden_states), position_embeddings, attention_mask, cache
         )
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
@@ -157,7 +163,7 @@ class RecBasePreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = False
     _no_split_modules = ["RecBaseDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True
 
     def __init__(self, config: RecBaseConfig) -> None:
@@ -204,12 +210,15 @@ class RecBaseModel(RecBasePreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        """input_ids (batch, seq); attention_mask (batch, past + seq) with 1 for real tokens, 0 for padding."""
+        """input_ids (batch, seq); attention_mask (batch, past + seq) with 1 for real tokens, 0 for padding.
+        ``past_key_values`` is the name transformers < 5.24 gives ``cache``."""
+        cache = cache if cache is not None else past_key_values
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -220,9 +229,9 @@ class RecBaseModel(RecBasePreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache is None:  # a cache only helps decoding; training steps skip the bookkeeping
             use_cache = self.config.use_cache and not self.training
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
         batch, seq = inputs_embeds.shape[:2]
         device = inputs_embeds.device
 
@@ -248,11 +257,8 @@ class RecBaseModel(RecBasePreTrainedModel):
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         hidden_states = inputs_embeds
         for decoder_layer in self.layers:
-            hidden_states = decoder_layer(hidden_states, position_embeddings, causal_mask, past_key_values)
-        return BaseModelOutputWithPast(
-            last_hidden_state=self.norm(hidden_states),
-            past_key_values=past_key_values if use_cache else None,
-        )
+            hidden_states = decoder_layer(hidden_states, position_embeddings, causal_mask, cache)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), **{CACHE_FIELD: cache if use_cache else None})
 
 
 class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
@@ -284,11 +290,12 @@ class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """labels (batch, seq): the input ids themselves (shifted inside), -100 where no loss is wanted.
@@ -302,7 +309,7 @@ class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
         )
@@ -312,7 +319,7 @@ class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
 
 
 class RecBaseItemConstraint(LogitsProcessor):
@@ -352,4 +359,5 @@ __all__ = [
     "RecBaseModel",
     "RecBaseForCausalLM",
     "RecBaseItemConstraint",
+    "CACHE_FIELD",
 ]

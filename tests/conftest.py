@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+GENRES = ["jazz", "rock", "folk", "blues"]
 SHIPPED_FILES = [
     REPO_ROOT / "modeling_recbase" / "configuration_recbase.py",
     REPO_ROOT / "modeling_recbase" / "modeling_recbase.py",
@@ -54,3 +55,50 @@ def run_outside_repo(tmp_path):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A synthetic two-domain corpus (users stay within one genre), a tokenizer with unique codes and a small
+    random quantizer (so unseen items can be indexed from their text), and a small random RecBase saved with
+    it as a Hub folder (weights, tokenizer, shipped code, pipeline)."""
+    from datasets import Dataset
+
+    from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
+    from tokenization_recbase import RecBaseTokenizer, ResidualQuantizer, fit_domain_alignment
+    from training.corpus import INTERACTION_FEATURES, ITEM_FEATURES
+    from training.pretrain import save_hub_folder
+
+    root = tmp_path_factory.mktemp("run")
+    rng = torch.Generator().manual_seed(0)
+    items, interactions = [], []
+    for domain in ("music", "films"):
+        for i in range(24):
+            items.append({"key": f"{domain}/{i}", "domain": domain, "item_id": str(i), "item_type": domain,
+                          "title": f"{GENRES[i % 4]} {domain} number {i}", "categories": [GENRES[i % 4]],
+                          "brand": "", "description": "", "year": "", "price": ""})
+        for user in range(30):
+            genre = user % 4
+            picks = torch.randint(0, 6, (8,), generator=rng) * 4 + genre
+            interactions += [{"domain": domain, "user_id": f"u{user}", "item_id": str(int(i)), "timestamp": t}
+                             for t, i in enumerate(picks)]
+    corpus_dir = root / "corpus"
+    corpus_dir.mkdir()
+    Dataset.from_list(items, features=ITEM_FEATURES).to_parquet(corpus_dir / "items.parquet")
+    Dataset.from_list(interactions, features=INTERACTION_FEATURES).to_parquet(corpus_dir / "interactions.parquet")
+
+    tokenizer = RecBaseTokenizer(codebook_sizes=[4, 4, 4], disambiguation_size=2)
+    codes = {row["key"]: (index % 4, (index // 4) % 4, (index // 16) % 4, 0) for index, row in enumerate(items)}
+    tokenizer.set_items(codes, {row["key"]: f"Describe a {row['domain']}: {row['title']}" for row in items})
+    quantizer = ResidualQuantizer(input_dim=384, hidden_dims=[16], latent_dim=8, codebook_sizes=[4, 4, 4])
+    tokenizer.set_quantizer(quantizer, {domain: fit_domain_alignment(torch.randn(24, 384, generator=rng))
+                                        for domain in ("music", "films")})
+    tokenizer_dir = root / "tokenizer"
+    tokenizer.save_pretrained(tokenizer_dir)
+
+    checkpoint = root / "checkpoint"
+    config = RecBaseConfig.from_preset("recbase-tiny", hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                                       codebook_sizes=[4, 4, 4], disambiguation_size=2)
+    checkpoint.mkdir()
+    save_hub_folder(RecBaseForCausalLM(config), tokenizer, checkpoint)
+    return {"root": root, "corpus": corpus_dir, "tokenizer": tokenizer_dir, "checkpoint": checkpoint}

@@ -30,43 +30,6 @@ from training.embedding import EmbeddingCache
 from training.pretrain import training_windows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GENRES = ["jazz", "rock", "folk", "blues"]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A synthetic two-domain corpus (users stay within one genre), a tokenizer with unique codes, and a
-    small random RecBase checkpoint saved with it."""
-    root = tmp_path_factory.mktemp("run")
-    rng = torch.Generator().manual_seed(0)
-    items, interactions = [], []
-    for domain in ("music", "films"):
-        for i in range(24):
-            items.append({"key": f"{domain}/{i}", "domain": domain, "item_id": str(i), "item_type": domain,
-                          "title": f"{GENRES[i % 4]} {domain} number {i}", "categories": [GENRES[i % 4]],
-                          "brand": "", "description": "", "year": "", "price": ""})
-        for user in range(30):
-            genre = user % 4
-            picks = torch.randint(0, 6, (8,), generator=rng) * 4 + genre
-            interactions += [{"domain": domain, "user_id": f"u{user}", "item_id": str(int(i)), "timestamp": t}
-                             for t, i in enumerate(picks)]
-    corpus_dir = root / "corpus"
-    corpus_dir.mkdir()
-    Dataset.from_list(items, features=ITEM_FEATURES).to_parquet(corpus_dir / "items.parquet")
-    Dataset.from_list(interactions, features=INTERACTION_FEATURES).to_parquet(corpus_dir / "interactions.parquet")
-
-    tokenizer = RecBaseTokenizer(codebook_sizes=[4, 4, 4], disambiguation_size=2)
-    codes = {row["key"]: (index % 4, (index // 4) % 4, (index // 16) % 4, 0) for index, row in enumerate(items)}
-    tokenizer.set_items(codes, {row["key"]: f"Describe a {row['domain']}: {row['title']}" for row in items})
-    tokenizer_dir = root / "tokenizer"
-    tokenizer.save_pretrained(tokenizer_dir)
-
-    checkpoint = root / "checkpoint"
-    config = RecBaseConfig.from_preset("recbase-tiny", hidden_size=32, num_hidden_layers=2, intermediate_size=64,
-                                       codebook_sizes=[4, 4, 4], disambiguation_size=2)
-    RecBaseForCausalLM(config).save_pretrained(checkpoint)
-    tokenizer.save_pretrained(checkpoint)
-    return {"root": root, "corpus": corpus_dir, "tokenizer": tokenizer_dir, "checkpoint": checkpoint}
 
 
 def pretrain_command(run: dict, output_dir: Path, *extra: str) -> list[str]:
@@ -177,7 +140,7 @@ def test_text_similarity_ranks_the_same_text_first(tiny_run, tmp_path):
 def test_popularity_counts_only_the_training_part(tiny_run):
     interactions = load_corpus(tiny_run["corpus"])["interactions"]
     tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
-    data = build_evaluation_set(interactions, "music", tokenizer.domain_items("music"))
+    data = build_evaluation_set(interactions, "music", tokenizer.domain_items("music"), negatives=5)
     assert sum(len(h) for h in data.train_histories) == 30 * 6  # 8 items per user, last two held out
 
 

@@ -392,6 +392,11 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         self._alignments = dict(alignments)
 
     @property
+    def quantizer(self) -> ResidualQuantizer | None:
+        """The frozen quantizer that gives new items their codes (None for a tokenizer built without one)."""
+        return self._quantizer
+
+    @property
     def domain_alignments(self) -> Mapping[str, dict[str, torch.Tensor]]:
         """Read-only: domain -> its alignment (``fit_domain_alignment``), for every domain indexed so far."""
         return types.MappingProxyType(self._alignments)

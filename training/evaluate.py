@@ -26,9 +26,11 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modeling_recbase import RecBaseForCausalLM, RecBaseItemConstraint
+from modeling_recbase import RecBaseForCausalLM
+from modeling_recbase.pipeline_recbase import rank_items, score_candidates
 from tokenization_recbase import RecBaseTokenizer
 from training.corpus import leave_one_out, load_corpus, to_sequences
 from training.embedding import DEFAULT_CACHE_DIR, EmbeddingCache
@@ -70,9 +72,12 @@ def build_evaluation_set(
     targets = [evaluation[i]["target"] for i in chosen]
     if negatives >= len(domain_items):
         raise ValueError(f"domain {domain!r} has {len(domain_items)} items, too few for {negatives} negatives")
-    candidates = []
-    for history, target in zip(histories, targets):
+    item_set, candidates = set(domain_items), []
+    for user, (history, target) in enumerate(zip(histories, targets)):
         seen = set(history) | {target}
+        if len(domain_items) - len(seen & item_set) < negatives:
+            raise ValueError(f"domain {domain!r}: evaluation user #{user} has seen all but "
+                             f"{len(domain_items) - len(seen & item_set)} items, too few for {negatives} negatives")
         pool: list[str] = []
         while len(pool) < negatives:
             item = domain_items[rng.randrange(len(domain_items))]
@@ -85,62 +90,26 @@ def build_evaluation_set(
 class RecBaseRecommender:
     """RecBase as a recommender: constrained beam search for ranking, code log-likelihood for scoring."""
 
-    name = "RecBase"
-
     def __init__(self, model: RecBaseForCausalLM, tokenizer: RecBaseTokenizer, max_history_items: int = 20,
-                 num_beams: int = 20, batch_size: int = 16) -> None:
-        self.model, self.tokenizer = model.eval(), tokenizer
+                 num_beams: int = 20, batch_size: int = 16, name: str = "RecBase") -> None:
+        self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.max_length = 1 + max_history_items * tokenizer.tokens_per_item
         self.num_beams, self.batch_size = num_beams, batch_size
 
-    @torch.no_grad()
     def rank(self, data: EvaluationSet, k: int) -> list[list[str]]:
-        table = self.tokenizer.item_token_ids(data.items)  # (items, tokens_per_item)
-        beams = min(max(self.num_beams, k), len(data.items))
-        allowed = set(data.items)
         ranked = []
         for start in tqdm(range(0, len(data.histories), self.batch_size), desc=f"{data.domain} beam search", leave=False):
             batch = data.histories[start : start + self.batch_size]
-            encoded = self.tokenizer.encode_history(batch, max_length=self.max_length, return_tensors="pt")
-            prompt_length = encoded["input_ids"].shape[1]
-            output = self.model.generate(
-                **encoded, max_new_tokens=self.tokenizer.tokens_per_item, num_beams=beams, num_return_sequences=beams,
-                do_sample=False, logits_processor=LogitsProcessorList(
-                    [RecBaseItemConstraint(table, prompt_length, self.tokenizer.eos_token_id)]),
-            )
-            generated = output[:, prompt_length:].reshape(len(batch), beams, -1)
-            for rows in generated:
-                # Beams come best first; a beam the constraint killed (-inf) can only be a repeat or no item.
-                keys = []
-                for row in rows:
-                    key = self.tokenizer.decode_items(row)[0] if self._is_item(row) else None
-                    if key in allowed and key not in keys:
-                        keys.append(key)
-                ranked.append(keys[:k])
+            rows = rank_items(self.model, self.tokenizer, batch, data.items, max(self.num_beams, k), self.max_length)
+            ranked += [[key for key, _ in row[:k]] for row in rows]
         return ranked
 
-    def _is_item(self, row: torch.Tensor) -> bool:
-        return bool((row >= len(self.tokenizer.all_special_ids)).all())
-
-    @torch.no_grad()
     def score(self, data: EvaluationSet) -> list[list[float]]:
         """Sum of log-probabilities of each candidate's code tokens after the history: (users, candidates)."""
         scores = []
         for start in tqdm(range(0, len(data.histories), self.batch_size), desc=f"{data.domain} scoring", leave=False):
-            histories = data.histories[start : start + self.batch_size]
-            candidates = data.candidates[start : start + self.batch_size]
-            per_user = len(candidates[0])
-            encoded = self.tokenizer.encode_history(histories, max_length=self.max_length, return_tensors="pt")
-            prefix = self.model(**encoded, use_cache=True)
-            # Run the history once, then continue its cache with every candidate: (users * candidates, ...).
-            cache = prefix.past_key_values
-            cache.batch_repeat_interleave(per_user)
-            candidate_ids = self.tokenizer.item_token_ids([key for row in candidates for key in row])
-            mask = torch.cat([encoded["attention_mask"].repeat_interleave(per_user, 0), torch.ones_like(candidate_ids)], 1)
-            continuation = self.model(candidate_ids, attention_mask=mask, past_key_values=cache)
-            logits = torch.cat([prefix.logits[:, -1:].repeat_interleave(per_user, 0), continuation.logits[:, :-1]], 1)
-            log_probs = logits.log_softmax(-1).gather(-1, candidate_ids.unsqueeze(-1)).squeeze(-1).sum(-1)
-            scores += log_probs.view(len(histories), per_user).tolist()
+            scores += score_candidates(self.model, self.tokenizer, data.histories[start : start + self.batch_size],
+                                       data.candidates[start : start + self.batch_size], self.max_length)
         return scores
 
 
@@ -220,12 +189,15 @@ def evaluate_recommender(recommender, data: EvaluationSet, ks: tuple[int, ...] =
 
 
 def load_checkpoint(checkpoint: str | Path) -> tuple[RecBaseForCausalLM, RecBaseTokenizer]:
-    """Model and tokenizer from one saved folder, checked to share one vocabulary."""
+    """Model and tokenizer from one saved folder (a full model, or a LoRA adapter on its base model), checked
+    to share one vocabulary."""
     checkpoint = Path(checkpoint)
-    for name in ("config.json", "tokenizer_config.json"):
+    is_adapter = (checkpoint / "adapter_config.json").is_file()
+    for name in ("adapter_config.json" if is_adapter else "config.json", "tokenizer_config.json"):
         if not (checkpoint / name).is_file():
             raise FileNotFoundError(f"{checkpoint / name} is missing: not a RecBase checkpoint folder")
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True)
+    loader = AutoPeftModelForCausalLM if is_adapter else AutoModelForCausalLM
+    model = loader.from_pretrained(checkpoint, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
     check_vocabulary(model.config, tokenizer, str(checkpoint))
     return model, tokenizer
@@ -249,14 +221,19 @@ def evaluate(
     checkpoint: str | Path, corpus_dir: str | Path, domains: list[str], zero_shot_domains: list[str] = (),
     split: str = "test", max_users: int = 0, negatives: int = 20, num_beams: int = 20, batch_size: int = 16,
     max_history_items: int = 20, text_similarity_items: int = 1, cache_dir: str | Path = DEFAULT_CACHE_DIR,
-    seed: int = 0,
+    seed: int = 0, model_name: str = "RecBase", baselines: bool = True,
 ) -> dict:
-    """Evaluate the checkpoint and the baselines on ``domains``; returns the results dict."""
+    """Evaluate the checkpoint (named ``model_name`` in the results) and, with ``baselines``, the baselines on
+    ``domains``; returns the results dict."""
     model, tokenizer = load_checkpoint(checkpoint)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     interactions = load_corpus(corpus_dir)["interactions"]
-    recommenders = [RecBaseRecommender(model, tokenizer, max_history_items, num_beams, batch_size),
-                    TextSimilarityRecommender(tokenizer, EmbeddingCache(tokenizer.text_encoder, cache_dir), text_similarity_items),
-                    PopularityRecommender(), RandomRecommender(seed)]
+    recommenders = [RecBaseRecommender(model, tokenizer, max_history_items, num_beams, batch_size, model_name)]
+    if baselines:
+        recommenders += [
+            TextSimilarityRecommender(tokenizer, EmbeddingCache(tokenizer.text_encoder, cache_dir), text_similarity_items),
+            PopularityRecommender(), RandomRecommender(seed),
+        ]
     results = {"protocols": PROTOCOLS, "split": split, "negatives": negatives, "num_beams": num_beams, "seed": seed,
                "domains": {}}
     for domain in domains:

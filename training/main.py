@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--per_device_batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--max_items", type=int, default=20)
+    parser.add_argument("--embedding_init", default="random", choices=["random", "codebooks"])
+    parser.add_argument("--freeze_concept_embeddings", action="store_true")
+    parser.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
+    parser.add_argument("--eval_batch_size", type=int, default=16, help="users per beam-search batch")
     parser.add_argument("--eval_max_users", type=int, default=2000, help="users sampled per domain (0: all)")
     parser.add_argument("--num_beams", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -70,14 +74,16 @@ def main(argv: list[str] | None = None) -> dict:
         "--corpus_dir", str(corpus_dir), "--tokenizer_dir", str(tokenizer_dir), "--output_dir", str(output_dir),
         "--domains", *pretrain_domains, "--preset", args.preset, "--num_epochs", str(args.num_epochs),
         "--per_device_batch_size", str(args.per_device_batch_size), "--learning_rate", str(args.learning_rate),
-        "--max_items", str(args.max_items), "--seed", str(args.seed),
-    ] + (["--max_steps", str(args.max_steps)] if args.max_steps else [])
+        "--max_items", str(args.max_items), "--seed", str(args.seed), "--mixed_precision", args.mixed_precision,
+        "--embedding_init", args.embedding_init,
+    ] + (["--max_steps", str(args.max_steps)] if args.max_steps else []) + (
+        ["--freeze_concept_embeddings"] if args.freeze_concept_embeddings else [])
     pretrain.main(pretrain_args)
     write_json_atomically(output_dir / "item_tokenizer_report.json", report)
 
     results = evaluation.evaluate(
         output_dir, corpus_dir, args.in_domain_eval + zero_shot_domains, zero_shot_domains,
-        max_users=args.eval_max_users, num_beams=args.num_beams, max_history_items=args.max_items,
+        max_users=args.eval_max_users, num_beams=args.num_beams, batch_size=args.eval_batch_size, max_history_items=args.max_items,
         cache_dir=args.cache_dir, seed=args.seed,
     )
     results["run"] = {**vars(args), "pretrain_domains": pretrain_domains, "seconds": time.perf_counter() - started}

@@ -8,9 +8,11 @@ prediction over every concept token. The same script runs unchanged:
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m training.pretrain ...              # two CPU processes
     accelerate launch --config_file training/accelerate_configs/ddp.yaml -m training.pretrain ...  # GPUs
 
-``--config file.json`` sets any option; flags given on the command line win. Checkpoints (model, optimizer,
-scheduler, RNG and step) go to ``<output_dir>/checkpoints/step_<n>`` every ``--checkpointing_steps``;
-``--resume_from_checkpoint latest`` continues exactly where the last one stopped.
+``--init_from CHECKPOINT`` fine-tunes a saved model instead of starting from scratch, and ``--lora_rank R``
+trains a LoRA adapter on it instead (PEFT; the output folder then holds the adapter and the tokenizer, or
+the merged model with ``--merge_lora``). ``--config file.json`` sets any option; flags given on the command
+line win. Checkpoints (model, optimizer, scheduler, RNG and step) go to ``<output_dir>/checkpoints/step_<n>``
+every ``--checkpointing_steps``; ``--resume_from_checkpoint latest`` continues exactly where the last one stopped.
 """
 
 from __future__ import annotations
@@ -29,13 +31,17 @@ from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from datasets import Dataset
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
+from modeling_recbase import NextItemGenerationPipeline, RecBaseConfig, RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer
 from training.corpus import leave_one_out, load_corpus, to_sequences
+
+# Every linear layer of the decoder (Qwen2's names); the embeddings and head stay frozen.
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class JsonlTracker(GeneralTracker):
@@ -122,11 +128,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="JSON file of option values (command-line flags override it)")
     parser.add_argument("--corpus_dir", required=True, help="folder written by training.corpus.build_corpus")
-    parser.add_argument("--tokenizer_dir", required=True, help="a saved RecBaseTokenizer")
+    parser.add_argument("--tokenizer_dir", help="a saved RecBaseTokenizer (default: the --init_from checkpoint's)")
+    parser.add_argument("--init_from", help="a saved RecBase checkpoint to fine-tune (default: a new model)")
+    parser.add_argument("--lora_rank", type=int, default=0, help="train a LoRA adapter of this rank (0: all weights)")
+    parser.add_argument("--lora_alpha", type=float, default=None, help="LoRA scaling numerator (default: 2 * rank)")
+    parser.add_argument("--lora_dropout", type=float, default=0.0)
+    parser.add_argument("--lora_target_modules", nargs="+", default=list(LORA_TARGET_MODULES))
+    parser.add_argument("--merge_lora", action="store_true", help="save the merged model instead of the adapter")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--domains", nargs="+", required=True, help="pretraining domains")
     parser.add_argument("--preset", default="recbase-tiny")
     parser.add_argument("--max_items", type=int, default=20, help="items per training window")
+    parser.add_argument("--embedding_init", default="random", choices=["random", "codebooks"],
+                        help="codebooks: concept-token embeddings start from the quantizer's code vectors")
+    parser.add_argument("--freeze_concept_embeddings", action="store_true",
+                        help="keep the token embeddings (and the tied output head) fixed")
     parser.add_argument("--per_device_batch_size", type=int, default=64)
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
@@ -144,7 +160,61 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args, _ = parser.parse_known_args(argv)
     if args.config:
         parser.set_defaults(**json.loads(Path(args.config).read_text()))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.tokenizer_dir = args.tokenizer_dir or args.init_from
+    if not args.tokenizer_dir:
+        parser.error("give --tokenizer_dir, or --init_from a checkpoint that holds its tokenizer")
+    if args.lora_rank and not args.init_from:
+        parser.error("--lora_rank adapts a pretrained model: give --init_from")
+    return args
+
+
+def build_model(args: argparse.Namespace, tokenizer: RecBaseTokenizer) -> torch.nn.Module:
+    """A new model of ``--preset``, or the ``--init_from`` checkpoint, wrapped in LoRA when ``--lora_rank`` > 0."""
+    if args.init_from:
+        model = RecBaseForCausalLM.from_pretrained(args.init_from)
+        check_vocabulary(model.config, tokenizer, args.tokenizer_dir)
+    else:
+        config = RecBaseConfig.from_preset(args.preset, codebook_sizes=tokenizer.codebook_sizes,
+                                           disambiguation_size=tokenizer.disambiguation_size)
+        check_vocabulary(config, tokenizer, args.tokenizer_dir)
+        model = RecBaseForCausalLM(config)
+        if args.embedding_init == "codebooks":
+            init_concept_embeddings_from_codebooks(model, tokenizer, args.seed)
+    if args.freeze_concept_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)  # tied: the output head stays fixed too
+    model.generation_config.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                   eos_token_id=tokenizer.eos_token_id, max_new_tokens=tokenizer.tokens_per_item)
+    if args.lora_rank:
+        # task_type makes the adapter record a transformers class, so AutoPeftModelForCausalLM can load it.
+        model = get_peft_model(model, LoraConfig(
+            task_type="CAUSAL_LM", r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank,
+            lora_dropout=args.lora_dropout, target_modules=list(args.lora_target_modules)))
+    return model
+
+
+@torch.no_grad()
+def init_concept_embeddings_from_codebooks(model: RecBaseForCausalLM, tokenizer: RecBaseTokenizer, seed: int) -> None:
+    """Start the embedding of code k of level l at ``P @ codebook_l[k]``, one random orthonormal map P (latent ->
+    hidden) for all levels, each level rescaled to the norm of a default-initialised row.
+
+    Codes that are close in the quantizer's latent space then start close for the model, and that geometry is
+    the same in every domain, new ones included: with tied embeddings, "the next item resembles the last
+    ones" becomes a rule the model can carry into a domain it never saw. Disambiguation codes stay random.
+    """
+    if tokenizer.quantizer is None:
+        raise ValueError("--embedding_init codebooks needs a tokenizer that holds its quantizer")
+    weight = model.get_input_embeddings().weight  # (vocab, hidden)
+    latent_dim, hidden = tokenizer.quantizer.config["latent_dim"], weight.shape[1]
+    if latent_dim > hidden:
+        raise ValueError(f"--embedding_init codebooks needs hidden_size >= the quantizer's latent size {latent_dim}")
+    generator = torch.Generator().manual_seed(seed)
+    projection, _ = torch.linalg.qr(torch.randn(hidden, latent_dim, generator=generator))  # (hidden, latent)
+    row_norm = model.config.initializer_range * hidden**0.5
+    for level, codebook in enumerate(tokenizer.quantizer.codebooks):
+        vectors = codebook.detach().float() @ projection.T  # (codes, hidden)
+        first = tokenizer.codes_to_token_ids([0] * (level + 1))[level]
+        weight[first : first + len(vectors)] = (vectors * row_norm / vectors.norm(dim=-1).mean()).to(weight.dtype)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -165,9 +235,7 @@ def main(argv: list[str] | None = None) -> Path:
     set_seed(args.seed)
 
     tokenizer = RecBaseTokenizer.from_pretrained(args.tokenizer_dir)
-    config = RecBaseConfig.from_preset(args.preset, codebook_sizes=tokenizer.codebook_sizes,
-                                       disambiguation_size=tokenizer.disambiguation_size)
-    check_vocabulary(config, tokenizer, args.tokenizer_dir)
+    model = build_model(args, tokenizer)
     with accelerator.main_process_first():
         interactions = load_corpus(args.corpus_dir)["interactions"]
         missing = sorted(set(args.domains) - set(interactions.unique("domain")))
@@ -181,11 +249,12 @@ def main(argv: list[str] | None = None) -> Path:
         collate_fn=lambda batch: collate_right_padded(batch, tokenizer.pad_token_id),
     )
 
-    model = RecBaseForCausalLM(config)
-    model.generation_config.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                                   eos_token_id=tokenizer.eos_token_id, max_new_tokens=tokenizer.tokens_per_item)
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # norms and biases
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    # Decay only the projection matrices: norms, biases and the (tied) concept-token embeddings are left
+    # alone, since decaying rarely seen codes' embeddings pulls them to zero between their updates.
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    no_decay_names = {name for name, p in trainable if p.ndim < 2 or "embed_tokens" in name}
+    decay = [p for name, p in trainable if name not in no_decay_names]
+    no_decay = [p for name, p in trainable if name in no_decay_names]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=args.learning_rate, betas=(0.9, 0.98))
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
@@ -195,7 +264,9 @@ def main(argv: list[str] | None = None) -> Path:
     scheduler = accelerator.prepare(get_cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, max_steps // 10 + 1), max_steps))
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
-    accelerator.init_trackers("recbase_pretrain", config={k: v for k, v in vars(args).items() if v is not None})
+    # Trackers such as TensorBoard take scalars only: lists (domains, LoRA modules) are logged as text.
+    accelerator.init_trackers("recbase_pretrain", config={
+        k: v if isinstance(v, (int, float, str, bool)) else " ".join(map(str, v)) for k, v in vars(args).items() if v is not None})
 
     resume_path = latest_checkpoint(checkpoint_dir) if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
     if resume_path:
@@ -240,7 +311,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_hub_folder(accelerator.unwrap_model(model), tokenizer, output_dir)
+        final = accelerator.unwrap_model(model)
+        save_hub_folder(final.merge_and_unload() if args.merge_lora and args.lora_rank else final, tokenizer, output_dir)
     accelerator.end_training()
     return output_dir
 
@@ -263,14 +335,18 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, t
     accelerator.wait_for_everyone()
 
 
-def save_hub_folder(model: RecBaseForCausalLM, tokenizer: RecBaseTokenizer, output_dir: Path) -> None:
-    """Weights, config, generation config, tokenizer and shipped code, written to a staging folder first and
-    then moved file by file into ``output_dir`` (each move is atomic)."""
+def save_hub_folder(model: RecBaseForCausalLM | PeftModel, tokenizer: RecBaseTokenizer, output_dir: Path) -> None:
+    """Weights, config (with ``auto_map`` and ``custom_pipelines``), generation config, tokenizer and shipped code
+    (model, tokenizer and pipeline); for a LoRA, the adapter and the tokenizer. Written to a staging folder
+    first and then moved file by file into ``output_dir`` (each move is atomic)."""
     staging = output_dir / ".staging"
     if staging.exists():
         shutil.rmtree(staging)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
+    if isinstance(model, PeftModel):
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    else:
+        NextItemGenerationPipeline(model=model, tokenizer=tokenizer).save_pretrained(staging)
     for path in staging.iterdir():
         os.replace(path, output_dir / path.name)
     staging.rmdir()

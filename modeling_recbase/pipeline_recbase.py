@@ -1,0 +1,180 @@
+"""The ``next-item-generation`` pipeline: a user's history of items in, ranked real items out.
+
+    from transformers import pipeline
+    recommend = pipeline("next-item-generation", model="outputs/recbase-tiny", trust_remote_code=True)
+    recommend({"history": ["amazon14_beauty/B004756YJA", "amazon14_beauty/B0009RF9DW"]}, top_k=5)
+    recommend({"history": [{"text": "Describe a product:\\n{\\"title\\": \\"Stapler\\"}"}]}, domain="amazon18_office")
+    recommend.score_candidates(["amazon18_office/B0001"], ["amazon18_office/B0002", "amazon18_office/B0003"])
+
+A history entry is an indexed item key (``"<domain>/<item_id>"``) or ``{"text": ...}`` for an item the
+tokenizer has never seen: that item is indexed on the fly (the stored quantizer and the text encoder named
+in the tokenizer's config), in ``domain`` or else the domain of the history's known items.
+
+Ranking is beam search constrained to the code sequences of the allowed items (``RecBaseItemConstraint``),
+so every result is a real item and none repeats. A score is the log-probability of the item's code tokens
+after the history; ``score_candidates`` gives the same number for a given candidate list (the paper's setting).
+
+Shipped beside the weights: imports only torch, transformers, the standard library and siblings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, LogitsProcessorList, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.utils import logging
+
+from .modeling_recbase import CACHE_FIELD, RecBaseItemConstraint
+
+logger = logging.get_logger(__name__)
+
+TASK = "next-item-generation"
+
+
+@torch.no_grad()
+def rank_items(model, tokenizer, histories: Sequence[Sequence[str]], item_keys: Sequence[str], num_beams: int,
+               max_length: int | None = None) -> list[list[tuple[str, float]]]:
+    """Constrained beam search: for each history, up to ``num_beams`` distinct items of ``item_keys``, best
+    first, each with the log-probability of its code tokens. Histories are item keys, left-padded together."""
+    table = tokenizer.item_token_ids(item_keys)  # (items, tokens_per_item)
+    beams = min(num_beams, len(item_keys))
+    encoded = tokenizer.encode_history(list(histories), max_length=max_length, return_tensors="pt").to(model.device)
+    prompt_length = encoded["input_ids"].shape[1]
+    output = model.generate(
+        **encoded, max_new_tokens=tokenizer.tokens_per_item, num_beams=beams, num_return_sequences=beams,
+        do_sample=False, length_penalty=0.0,  # all items have the same length: the score is the summed log-prob
+        output_scores=True, return_dict_in_generate=True,
+        logits_processor=LogitsProcessorList([RecBaseItemConstraint(table, prompt_length, tokenizer.eos_token_id)]),
+    )
+    generated = output.sequences[:, prompt_length:].reshape(len(histories), beams, -1)
+    scores = output.sequences_scores.reshape(len(histories), beams).tolist()
+    allowed, special = set(item_keys), len(tokenizer.all_special_ids)
+    ranked = []
+    for rows, row_scores in zip(generated, scores):
+        items: dict[str, float] = {}
+        for row, score in zip(rows, row_scores):
+            # A beam the constraint ran dry on (fewer valid items than beams) ends in special tokens: skip it.
+            if score == float("-inf") or not bool((row >= special).all()):
+                continue
+            key = tokenizer.decode_items(row)[0]
+            if key in allowed and key not in items:
+                items[key] = score
+        ranked.append(list(items.items()))
+    return ranked
+
+
+@torch.no_grad()
+def score_candidates(model, tokenizer, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]],
+                     max_length: int | None = None) -> list[list[float]]:
+    """Log-probability of each candidate's code tokens after its history: (users, candidates per user).
+
+    The history runs once; its cache is then repeated for every candidate, so a user costs one prefix pass
+    plus one short continuation over all candidates."""
+    per_user = len(candidates[0])
+    if any(len(row) != per_user for row in candidates):
+        raise ValueError("every history needs the same number of candidates")
+    encoded = tokenizer.encode_history(list(histories), max_length=max_length, return_tensors="pt").to(model.device)
+    prefix = model(**encoded, use_cache=True)
+    cache = getattr(prefix, CACHE_FIELD)
+    cache.batch_repeat_interleave(per_user)
+    candidate_ids = tokenizer.item_token_ids([key for row in candidates for key in row]).to(model.device)
+    mask = torch.cat([encoded["attention_mask"].repeat_interleave(per_user, 0), torch.ones_like(candidate_ids)], 1)
+    continuation = model(candidate_ids, attention_mask=mask, cache=cache)
+    # The first code is predicted by the history's last position, each later one by the candidate's previous code.
+    logits = torch.cat([prefix.logits[:, -1:].repeat_interleave(per_user, 0), continuation.logits[:, :-1]], 1)
+    log_probs = logits.float().log_softmax(-1).gather(-1, candidate_ids.unsqueeze(-1)).squeeze(-1).sum(-1)
+    return log_probs.view(len(histories), per_user).tolist()
+
+
+class NextItemGenerationPipeline(Pipeline):
+    """History of items -> ranked ``{"item", "score", "text"}`` dicts (real, distinct items only).
+
+    Call options: ``top_k`` (default 10), ``domain`` (rank only that domain's items; default: every indexed
+    item), ``exclude_history`` (default True: never recommend an item of the history), ``num_beams``
+    (default ``max(top_k, 20)``).
+    """
+
+    _load_tokenizer = True
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_processor = False
+    _pipeline_calls_generate = True
+
+    def _sanitize_parameters(self, top_k: int | None = None, domain: str | None = None,
+                             exclude_history: bool | None = None, num_beams: int | None = None):
+        preprocess = {"domain": domain} if domain is not None else {}
+        forward = {name: value for name, value in
+                   (("top_k", top_k), ("exclude_history", exclude_history), ("num_beams", num_beams)) if value is not None}
+        return preprocess, forward, {}
+
+    @property
+    def max_history_length(self) -> int:
+        """Tokens a history may take so that one more item still fits in the model's context."""
+        return self.model.config.max_position_embeddings - self.tokenizer.tokens_per_item
+
+    def resolve_history(self, history: Sequence[str | dict], domain: str | None = None) -> tuple[list[str], str | None]:
+        """Keys for every entry (unseen ``{"text": ...}`` items are indexed now) and the domain to rank in."""
+        if isinstance(history, (str, dict)) or len(history) == 0:
+            raise ValueError('the history must be a non-empty list of item keys or {"text": ...} dicts')
+        known = [entry for entry in history if isinstance(entry, str)]
+        for key in known:
+            if key not in self.tokenizer.item_codes:
+                raise ValueError(f"unknown item key {key!r}: not indexed by this tokenizer; pass "
+                               '{"text": ...} for an item it has never seen')
+        texts = [entry["text"] for entry in history if isinstance(entry, dict)]
+        if len(known) + len(texts) != len(history) or not all(isinstance(t, str) and t for t in texts):
+            raise ValueError('history entries must be item keys (str) or {"text": <non-empty str>} dicts')
+        text_domain = domain or (known[-1].split("/", 1)[0] if known else None)
+        if texts and text_domain is None:
+            raise ValueError("a history of item texts alone needs domain=... to place the new items in")
+        new_keys = {text: f"{text_domain}/text-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:16]}" for text in texts}
+        missing = [text for text, key in new_keys.items() if key not in self.tokenizer.item_codes]
+        if missing:
+            self.tokenizer.add_items([new_keys[text] for text in missing], texts=missing)
+        return [entry if isinstance(entry, str) else new_keys[entry["text"]] for entry in history], domain
+
+    def _truncate(self, history: list[str]) -> list[str]:
+        max_items = (self.max_history_length - 1) // self.tokenizer.tokens_per_item
+        if len(history) > max_items:
+            logger.warning(f"history of {len(history)} items is longer than the model's context "
+                           f"({max_items} items): keeping the most recent {max_items}")
+            return history[-max_items:]
+        return history
+
+    def preprocess(self, inputs: dict, domain: str | None = None) -> dict:
+        if not isinstance(inputs, dict) or "history" not in inputs:
+            raise ValueError('the pipeline takes {"history": [...]} (or a list of such dicts for a batch)')
+        history, domain = self.resolve_history(inputs["history"], domain)
+        return {"history": self._truncate(history), "domain": domain}
+
+    def _forward(self, model_inputs: dict, top_k: int = 10, exclude_history: bool = True,
+                 num_beams: int | None = None) -> dict:
+        history, domain = model_inputs["history"], model_inputs["domain"]
+        items = self.tokenizer.domain_items(domain) if domain else list(self.tokenizer.item_codes)
+        if exclude_history:
+            seen = set(history)
+            items = [key for key in items if key not in seen]
+        if not 0 < top_k <= len(items):
+            raise ValueError(f"top_k={top_k} but {len(items)} items can be recommended"
+                             + (f" in domain {domain!r}" if domain else ""))
+        ranked = rank_items(self.model, self.tokenizer, [history], items, max(num_beams or 20, top_k))[0]
+        return {"ranked": ranked[:top_k]}
+
+    def postprocess(self, model_outputs: dict) -> list[dict]:
+        return [{"item": key, "score": score, "text": self.tokenizer.item_text(key)} for key, score in model_outputs["ranked"]]
+
+    def score_candidates(self, history: Sequence[str | dict], candidates: Sequence[str],
+                         domain: str | None = None) -> list[dict]:
+        """The paper's setting: ``{"item", "score", "text"}`` for each candidate, in the order given."""
+        keys, _ = self.resolve_history(history, domain)
+        for key in candidates:
+            if key not in self.tokenizer.item_codes:
+                raise ValueError(f"unknown candidate item key {key!r}")
+        scores = score_candidates(self.model, self.tokenizer, [self._truncate(keys)], [list(candidates)])[0]
+        return [{"item": key, "score": score, "text": self.tokenizer.item_text(key)} for key, score in zip(candidates, scores)]
+
+
+PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=NextItemGenerationPipeline, pt_model=AutoModelForCausalLM)

@@ -1,0 +1,135 @@
+"""The next-item pipeline from a saved folder, and LoRA adaptation (PEFT-style invariants)."""
+
+import json
+import logging
+
+import pytest
+import torch
+from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, get_peft_model
+from transformers import pipeline
+
+from modeling_recbase import RecBaseForCausalLM
+from tokenization_recbase import RecBaseTokenizer
+from training import pretrain
+from training.evaluate import load_checkpoint
+
+UNSEEN_TEXTS = ['Describe a music:\n{"title": "late night jazz piano trio"}',
+                'Describe a music:\n{"title": "smoky jazz club saxophone"}']
+
+
+def test_pipeline_from_a_saved_folder_outside_the_repo(tiny_run, run_outside_repo):
+    output = run_outside_repo(f"""
+import json
+from transformers import pipeline
+recommend = pipeline("next-item-generation", model={str(tiny_run["checkpoint"])!r}, trust_remote_code=True)
+keys = recommend({{"history": ["music/1", "music/5"]}}, top_k=5, domain="music")
+texts = recommend({{"history": [{{"text": t}} for t in {UNSEEN_TEXTS!r}]}}, top_k=4, domain="music")
+batch = recommend([{{"history": ["music/1"]}}, {{"history": ["films/2", "films/6"]}}], top_k=3)
+scored = recommend.score_candidates(["music/1"], ["music/2", "music/3", "films/4"])
+music = recommend.tokenizer.domain_items("music")
+print(json.dumps({{"keys": keys, "texts": texts, "batch": batch, "scored": scored, "music": music}}))
+""")
+    result = json.loads(output.strip().splitlines()[-1])
+    music = set(result["music"])
+    assert len(music) == 24 + len(UNSEEN_TEXTS)  # the unseen items were indexed into music on the fly
+    for ranked, top_k, history in ((result["keys"], 5, {"music/1", "music/5"}), (result["texts"], 4, set())):
+        items = [row["item"] for row in ranked]
+        assert len(items) == top_k == len(set(items)) and set(items) <= music and not set(items) & history
+        assert all(row["text"] for row in ranked if not row["item"].startswith("music/text-"))
+        scores = [row["score"] for row in ranked]
+        assert scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)
+    assert [len(rows) for rows in result["batch"]] == [3, 3]
+    assert [row["item"] for row in result["scored"]] == ["music/2", "music/3", "films/4"]
+
+
+def test_pipeline_scores_equal_the_model_log_likelihood(tiny_run):
+    recommend = pipeline("next-item-generation", model=str(tiny_run["checkpoint"]), trust_remote_code=True)
+    model, tokenizer = recommend.model, recommend.tokenizer
+    scored = recommend.score_candidates(["music/1", "music/2"], ["music/7"])[0]["score"]
+    ids = tokenizer.encode_history(["music/1", "music/2", "music/7"], return_tensors="pt")["input_ids"]
+    log_probs = model(ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+    assert scored == pytest.approx(log_probs[-tokenizer.tokens_per_item:].sum().item(), abs=1e-4)
+    # The best ranked item is the candidate the same model scores highest among all music items.
+    best = recommend({"history": ["music/1", "music/2"]}, top_k=1, domain="music", exclude_history=False)[0]
+    everything = recommend.score_candidates(["music/1", "music/2"], tokenizer.domain_items("music"))
+    assert best["item"] == max(everything, key=lambda row: row["score"])["item"]
+
+
+@pytest.mark.parametrize("problem, call, error", [
+    ("empty history", lambda p: p({"history": []}), (ValueError, "non-empty list")),
+    ("unknown key", lambda p: p({"history": ["music/404"]}), (ValueError, "unknown item key 'music/404'")),
+    ("top_k above the domain", lambda p: p({"history": ["music/1"]}, top_k=30, domain="music"),
+     (ValueError, "top_k=30 but 23 items can be recommended in domain 'music'")),
+    ("texts without a domain", lambda p: p({"history": [{"text": "a song"}]}), (ValueError, "needs domain=")),
+    ("bare list", lambda p: p.preprocess(["music/1"]), (ValueError, '{"history": \\[...\\]}')),
+])
+def test_pipeline_bad_input_is_reported_clearly(tiny_run, problem, call, error):
+    recommend = pipeline("next-item-generation", model=str(tiny_run["checkpoint"]), trust_remote_code=True)
+    with pytest.raises(error[0], match=error[1]):
+        call(recommend)
+
+
+def test_a_history_longer_than_the_context_is_cut_from_the_left_with_a_warning(tiny_run, caplog):
+    recommend = pipeline("next-item-generation", model=str(tiny_run["checkpoint"]), trust_remote_code=True)
+    recommend.model.config.max_position_embeddings = 1 + 3 * recommend.tokenizer.tokens_per_item  # room for 2 + 1
+    history = [f"music/{i}" for i in range(10)]
+    with caplog.at_level(logging.WARNING):
+        long_result = recommend({"history": history}, top_k=3, exclude_history=False)
+    assert "keeping the most recent 2" in caplog.text
+    assert long_result == recommend({"history": history[-2:]}, top_k=3, exclude_history=False)
+
+
+# ----- LoRA: PEFT-style invariants -----
+
+def lora(model: RecBaseForCausalLM) -> PeftModel:
+    config = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=list(pretrain.LORA_TARGET_MODULES))
+    return get_peft_model(model, config)
+
+
+@pytest.fixture
+def history_ids(tiny_run):
+    tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
+    return tokenizer.encode_history([["music/1", "music/5", "music/9"], ["films/3"]], return_tensors="pt")
+
+
+def test_lora_is_the_identity_at_init_and_training_changes_it(tiny_run, history_ids):
+    base = RecBaseForCausalLM.from_pretrained(tiny_run["checkpoint"]).eval()
+    reference = base(**history_ids).logits.detach()
+    model = lora(RecBaseForCausalLM.from_pretrained(tiny_run["checkpoint"]))
+    torch.testing.assert_close(model(**history_ids).logits, reference)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    model.train()
+    for _ in range(3):
+        labels = history_ids["input_ids"].masked_fill(history_ids["attention_mask"] == 0, -100)
+        model(**history_ids, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    assert not torch.allclose(model(**history_ids).logits, reference, atol=1e-4)
+    with model.disable_adapter():
+        torch.testing.assert_close(model(**history_ids).logits, reference)
+
+
+def test_adapter_from_the_training_script_round_trips_and_merges(tiny_run, tmp_path, history_ids):
+    adapter_dir, merged_dir = tmp_path / "lora", tmp_path / "merged"
+    common = ["--init_from", str(tiny_run["checkpoint"]), "--corpus_dir", str(tiny_run["corpus"]), "--domains", "films",
+              "--lora_rank", "4", "--max_steps", "6", "--per_device_batch_size", "8", "--learning_rate", "1e-2",
+              "--warmup_steps", "1"]
+    pretrain.main(common + ["--output_dir", str(adapter_dir)])
+    pretrain.main(common + ["--output_dir", str(merged_dir), "--merge_lora"])
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json"} <= {p.name for p in adapter_dir.iterdir()}
+    assert (adapter_dir / "adapter_model.safetensors").stat().st_size < (tiny_run["checkpoint"] / "model.safetensors").stat().st_size
+
+    auto = AutoPeftModelForCausalLM.from_pretrained(adapter_dir, trust_remote_code=True).eval()
+    explicit = PeftModel.from_pretrained(RecBaseForCausalLM.from_pretrained(tiny_run["checkpoint"]), adapter_dir).eval()
+    merged = RecBaseForCausalLM.from_pretrained(merged_dir).eval()
+    adapted = auto(**history_ids).logits
+    base = RecBaseForCausalLM.from_pretrained(tiny_run["checkpoint"]).eval()(**history_ids).logits
+    assert not torch.allclose(adapted, base, atol=1e-4)
+    torch.testing.assert_close(explicit(**history_ids).logits, adapted)
+    torch.testing.assert_close(merged(**history_ids).logits, adapted, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(auto.merge_and_unload()(**history_ids).logits, adapted, rtol=1e-4, atol=1e-4)
+    model, tokenizer = load_checkpoint(adapter_dir)  # evaluation loads adapters too
+    assert isinstance(model, PeftModel) and len(tokenizer.item_codes) == 48
