@@ -10,14 +10,20 @@
 4. Evaluate in-domain on Beauty and zero-shot on Office and ML-100k, with both protocols and the baselines.
 
 Writes the Hub-ready folder to ``--output_dir`` (weights, config, tokenizer with every indexed item, shipped
-code), with ``eval_results.json``/``.md`` and ``item_tokenizer_report.json`` beside them.
+code, pipeline), with ``eval_results.json``/``.md``, ``item_tokenizer_report.json`` and the model card
+(``README.md`` with ``training_loss.svg`` and ``code_usage.svg``) beside them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
+
+import torch
+
+from model_cards.generate import write_model_card
 
 from training import evaluate as evaluation
 from training import pretrain
@@ -26,6 +32,12 @@ from training.embedding import DEFAULT_CACHE_DIR
 from training.atomic import write_json_atomically, write_text_atomically
 from training.fit_item_tokenizer import fit_item_tokenizer, report_markdown
 from training.quantizer import QuantizerFitConfig
+
+
+def hardware_description() -> str:
+    if torch.cuda.is_available():
+        return f"1 x {torch.cuda.get_device_name()} (bf16 where --mixed_precision bf16)"
+    return f"CPU ({os.cpu_count()} cores)"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -86,9 +98,11 @@ def main(argv: list[str] | None = None) -> dict:
         max_users=args.eval_max_users, num_beams=args.num_beams, batch_size=args.eval_batch_size, max_history_items=args.max_items,
         cache_dir=args.cache_dir, seed=args.seed,
     )
-    results["run"] = {**vars(args), "pretrain_domains": pretrain_domains, "seconds": time.perf_counter() - started}
+    results["run"] = {**vars(args), "pretrain_domains": pretrain_domains, "hardware": hardware_description(),
+                      "seconds": time.perf_counter() - started}
     write_json_atomically(output_dir / "eval_results.json", results)
     write_text_atomically(output_dir / "eval_results.md", evaluation.results_markdown(results) + "\n")
+    write_model_card(output_dir)
     print(evaluation.results_markdown(results))
     print(f"\nfinished in {results['run']['seconds'] / 60:.1f} min; Hub-ready folder: {output_dir}")
     return results

@@ -1,0 +1,1 @@
+"""Model cards of trained RecBase folders (``python -m model_cards.generate``)."""

@@ -1,0 +1,84 @@
+"""Assemble a Hub-ready folder from a trained RecBase run, and upload it when asked.
+
+    python -m training.export --checkpoint outputs/recbase-tiny --output_dir outputs/hub/recbase-tiny
+    python -m training.export --checkpoint outputs/recbase-tiny --push_to_hub ORG/recbase-tiny [--token hf_...]
+
+The folder holds what a Hub user needs and nothing of the training state (no optimizer checkpoints):
+weights, ``config.json`` with ``auto_map`` and ``custom_pipelines``, the generation config, the tokenizer
+(item table and quantizer), the shipped code (configuration, modeling, tokenization, pipeline), the model
+card naming ``ORG/NAME`` in its usage snippet, its plots, and the evaluation and item-tokenizer reports. It is
+written to a staging folder and renamed into place, so a failed export leaves no half folder. Without network
+(or with ``HF_HUB_OFFLINE=1``) the upload fails with a message saying so, and the folder stays ready to upload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from huggingface_hub import HfApi
+
+from model_cards.generate import write_model_card
+from modeling_recbase import NextItemGenerationPipeline
+from training.evaluate import load_checkpoint
+
+RUN_FILES = ("eval_results.json", "eval_results.md", "item_tokenizer_report.json", "logs/train_log.jsonl")
+
+
+def export_folder(checkpoint: str | Path, output_dir: str | Path, model_id: str | None = None) -> Path:
+    """Write the Hub-ready folder for ``checkpoint`` at ``output_dir`` (replacing it); returns ``output_dir``."""
+    checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    missing = [name for name in RUN_FILES if not (checkpoint / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{checkpoint}: {', '.join(missing)} missing; export a folder written by "
+                                "python -m training.main")
+    model, tokenizer = load_checkpoint(checkpoint)
+    staging = output_dir.with_name(f".{output_dir.name}.staging")
+    if staging.exists():
+        shutil.rmtree(staging)
+    # Saving through the pipeline writes the model, the tokenizer, all shipped code and custom_pipelines.
+    NextItemGenerationPipeline(model=model, tokenizer=tokenizer).save_pretrained(staging)
+    for name in RUN_FILES:
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(checkpoint / name, staging / name)
+    write_model_card(staging, model_id)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    os.replace(staging, output_dir)
+    return output_dir
+
+
+def push_folder(folder: Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
+    """Create the model repo if needed and upload the folder; returns the commit URL."""
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    return str(api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                                 commit_message="Upload RecBase model"))
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a folder written by python -m training.main")
+    parser.add_argument("--output_dir", default=None, help="default: outputs/hub/<NAME of --push_to_hub, or checkpoint name>")
+    parser.add_argument("--push_to_hub", metavar="ORG/NAME", default=None)
+    parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the cached login)")
+    parser.add_argument("--private", action="store_true")
+    args = parser.parse_args(argv)
+    name = args.push_to_hub.split("/")[-1] if args.push_to_hub else Path(args.checkpoint).resolve().name
+    folder = export_folder(args.checkpoint, args.output_dir or Path("outputs/hub") / name, args.push_to_hub)
+    print(f"Hub-ready folder: {folder}")
+    if args.push_to_hub:
+        try:
+            url = push_folder(folder, args.push_to_hub, args.token, args.private)
+        except Exception as error:  # offline mode, no network, bad token: all leave the folder as it is
+            sys.exit(f"could not upload to {args.push_to_hub} ({type(error).__name__}: {error}). The folder {folder} is "
+                     f"ready; upload it later with: hf upload {args.push_to_hub} {folder}")
+        print(f"uploaded: {url}")
+    return folder
+
+
+if __name__ == "__main__":
+    main()
