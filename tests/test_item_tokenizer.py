@@ -8,7 +8,7 @@ import torch
 from transformers import AutoTokenizer
 
 from modeling_recbase import SPECIAL_TOKENS as CONFIG_SPECIAL_TOKENS
-from tokenization_recbase import RecBaseTokenizer, ResidualQuantizer, assign_unique_codes
+from tokenization_recbase import RecBaseTokenizer, assign_unique_codes
 from tokenization_recbase.tokenization_recbase import SPECIAL_TOKENS
 from training import embedding
 from training.corpus import read_domain

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from safetensors.torch import load_file
 
 from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer
-from training.corpus import INTERACTION_FEATURES, ITEM_FEATURES, load_corpus
+from training.corpus import load_corpus
 from training.evaluate import (
     PopularityRecommender,
     RandomRecommender,
@@ -144,7 +143,7 @@ def test_popularity_counts_only_the_training_part(tiny_run):
     assert sum(len(h) for h in data.train_histories) == 30 * 6  # 8 items per user, last two held out
 
 
-@pytest.mark.parametrize("problem", ["vocabulary", "empty domain", "missing file"])
+@pytest.mark.parametrize("problem", ["vocabulary", "empty domain", "missing file", "too few negatives"])
 def test_bad_input_is_reported_clearly(tiny_run, tmp_path, problem):
     if problem == "vocabulary":
         config = RecBaseConfig.from_preset("recbase-tiny", hidden_size=32, num_hidden_layers=1, codebook_sizes=[8, 8])
@@ -152,6 +151,11 @@ def test_bad_input_is_reported_clearly(tiny_run, tmp_path, problem):
         RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"]).save_pretrained(tmp_path)
         with pytest.raises(ValueError, match=r"tokenizer \(codebooks \[4, 4, 4\].*does not match the model \(codebooks \[8, 8\]"):
             load_checkpoint(tmp_path)
+    elif problem == "too few negatives":
+        interactions = load_corpus(tiny_run["corpus"])["interactions"]
+        tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
+        with pytest.raises(ValueError, match=r"domain 'music': evaluation user #\d+ has seen all but \d+ items, too few for 20"):
+            build_evaluation_set(interactions, "music", tokenizer.domain_items("music"), negatives=20)
     elif problem == "empty domain":
         interactions = load_corpus(tiny_run["corpus"])["interactions"]
         with pytest.raises(ValueError, match="domain 'books' has no interactions"):

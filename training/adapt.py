@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"base": str(args.base), "domains": {}, "adapters": {}, "run": vars(args)}
     for domain in args.domains:
         zero_shot = evaluation.evaluate(args.base, args.corpus_dir, [domain], model_name="RecBase zero-shot", **common_eval)
-        entry = zero_shot["domains"][domain]
+        entry = {**zero_shot["domains"][domain], "role": "new domain"}
         common_train = ["--init_from", str(args.base), "--corpus_dir", str(args.corpus_dir), "--domains", domain,
                         "--num_epochs", str(args.num_epochs), "--per_device_batch_size", str(args.per_device_batch_size),
                         "--seed", str(args.seed), "--warmup_steps", "20"]

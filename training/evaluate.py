@@ -18,7 +18,6 @@ the last ``--text_similarity_items`` history items and each item).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from collections import Counter
 from dataclasses import dataclass
