@@ -5,6 +5,9 @@ Times, in one run and interleaved (the machine is noisy, so only ratios are comp
 - batched greedy generation of one item's tokens per history, with the KV cache, in new tokens per second.
 
     python benchmarks/bench_model.py            # writes benchmarks/results/model.{json,md}
+    # the main job's shape (3 x 256 codes + 32, batches of 64 windows of ~29 tokens), to compare with its log:
+    python benchmarks/bench_model.py --presets recbase-tiny --codebook_sizes 256 256 256 --disambiguation_size 32 \
+        --batch 64 --seq 29 --name main_job_shape
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ def time_generation(model: torch.nn.Module, input_ids: torch.Tensor, new_tokens:
     return time.perf_counter() - start
 
 
-def benchmark_preset(preset: str, batch: int, seq: int, gen_batch: int, repeats: int) -> dict:
-    config = RecBaseConfig.from_preset(preset)
+def benchmark_preset(preset: str, batch: int, seq: int, gen_batch: int, repeats: int, **vocabulary) -> dict:
+    config = RecBaseConfig.from_preset(preset, **vocabulary)
     torch.manual_seed(0)
     models = {"recbase": RecBaseForCausalLM(config), "qwen2": qwen2_twin(config)}
     models["qwen2"].load_state_dict(models["recbase"].state_dict())
@@ -103,9 +106,14 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=100, help="20 items of 5 tokens")
     parser.add_argument("--gen_batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--codebook_sizes", nargs="+", type=int, default=None, help="default: the preset's (4 x 1024)")
+    parser.add_argument("--disambiguation_size", type=int, default=None)
+    parser.add_argument("--name", default="model", help="results/<name>.{json,md}")
     args = parser.parse_args()
-    rows = [benchmark_preset(p, args.batch, args.seq, args.gen_batch, args.repeats) for p in args.presets]
-    write_results(rows, "model")
+    vocabulary = {key: value for key, value in (("codebook_sizes", args.codebook_sizes),
+                                                ("disambiguation_size", args.disambiguation_size)) if value is not None}
+    rows = [benchmark_preset(p, args.batch, args.seq, args.gen_batch, args.repeats, **vocabulary) for p in args.presets]
+    write_results(rows, args.name)
 
 
 if __name__ == "__main__":

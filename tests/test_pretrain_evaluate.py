@@ -26,7 +26,7 @@ from training.evaluate import (
     load_checkpoint,
 )
 from training.embedding import EmbeddingCache
-from training.pretrain import training_windows
+from training.pretrain import LengthGroupedSampler, training_windows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +48,21 @@ def test_training_windows_cut_long_histories_from_the_end(tiny_run):
     windows = training_windows(tokenizer, [history, history[:1]], max_items=3)["input_ids"]
     # 7 items in windows of 3 from the end: [4,5,6], [1,2,3], then [0] alone teaches nothing and is dropped.
     assert [tokenizer.decode_items(w) for w in windows] == [history[4:], history[1:4]]
+
+
+def test_length_grouped_batches_cover_every_window_once_and_waste_little_padding():
+    lengths = torch.randint(2, 80, (1000,), generator=torch.Generator().manual_seed(1)).tolist()
+    sampler = LengthGroupedSampler(lengths, batch_size=16, seed=3, group_batches=10)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000))
+    assert order == list(sampler)  # the same (seed, epoch), the same batches: resumable
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    def padded(indices):
+        batches = [indices[i : i + 16] for i in range(0, len(indices), 16)]
+        return sum(max(lengths[j] for j in batch) * len(batch) for batch in batches)
+    shuffled = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
+    assert sum(lengths) / padded(order) > 0.9 > 0.7 > sum(lengths) / padded(shuffled)
 
 
 def test_pretraining_killed_mid_run_resumes_to_the_same_end(tiny_run, tmp_path):

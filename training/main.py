@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     # TIGER's shape by default on CPU: 3 x 256 codes + disambiguation (the paper's 4 x 1024 is a flag away).
     parser.add_argument("--codebook_sizes", nargs="+", type=int, default=[256, 256, 256])
     parser.add_argument("--disambiguation_size", type=int, default=32)
-    parser.add_argument("--num_epochs", type=float, default=2.0)
+    parser.add_argument("--num_epochs", type=float, default=4.0)
     parser.add_argument("--max_steps", type=int, default=None)
     parser.add_argument("--per_device_batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=2e-3)

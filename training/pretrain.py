@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import set_seed
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -95,6 +95,37 @@ def training_windows(tokenizer: RecBaseTokenizer, histories: list[list[str]], ma
     if not windows:
         raise ValueError("no training sequence has two or more items")
     return Dataset.from_dict({"input_ids": windows})
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """A shuffle that keeps windows of similar length in one batch, so little compute goes to padding.
+
+    Indices are shuffled, cut into groups of ``batch_size * group_batches``, each group sorted by length and
+    cut into batches, and the batches shuffled (a short last batch stays last, so batch boundaries hold). The
+    order depends only on (seed, epoch): every process of a distributed run, and a resumed run, sees the same.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_batches: int = 50) -> None:
+        self.lengths, self.batch_size, self.seed, self.group_batches = lengths, batch_size, seed, group_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        group_size = self.batch_size * self.group_batches
+        batches = []
+        for start in range(0, len(order), group_size):
+            group = sorted(order[start : start + group_size], key=lambda index: -self.lengths[index])
+            batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        last = [batches.pop()] if len(batches[-1]) < self.batch_size else []
+        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()] + last
+        return iter([index for batch in shuffled for index in batch])
 
 
 def collate_right_padded(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -229,8 +260,6 @@ def main(argv: list[str] | None = None) -> Path:
         mixed_precision=args.mixed_precision,
         log_with=trackers,
         project_dir=str(output_dir / "logs"),
-        # A seedable sampler reshuffles identically per epoch, so a resumed run sees the same batches.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(args.seed)
 
@@ -244,8 +273,11 @@ def main(argv: list[str] | None = None) -> Path:
         interactions = interactions.filter(lambda d: d in set(args.domains), input_columns="domain")
         histories = leave_one_out(to_sequences(interactions))["train"]["items"]
         train_dataset = training_windows(tokenizer, histories, args.max_items)
+    # Windows range from 2 items to --max_items: batches of similar lengths waste little on padding
+    # (on the bundled corpus, shuffled batches of 64 were 65% padding).
+    sampler = LengthGroupedSampler([len(ids) for ids in train_dataset["input_ids"]], args.per_device_batch_size, args.seed)
     train_dataloader = DataLoader(
-        train_dataset, batch_size=args.per_device_batch_size, shuffle=True,
+        train_dataset, batch_size=args.per_device_batch_size, sampler=sampler,
         collate_fn=lambda batch: collate_right_padded(batch, tokenizer.pad_token_id),
     )
 
