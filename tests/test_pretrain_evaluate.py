@@ -26,7 +26,7 @@ from training.evaluate import (
     load_checkpoint,
 )
 from training.embedding import EmbeddingCache
-from training.pretrain import LengthGroupedSampler, training_windows
+from training.pretrain import LengthGroupedSampler, init_concept_embeddings_from_codebooks, training_windows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,6 +63,21 @@ def test_length_grouped_batches_cover_every_window_once_and_waste_little_padding
         return sum(max(lengths[j] for j in batch) * len(batch) for batch in batches)
     shuffled = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
     assert sum(lengths) / padded(order) > 0.9 > 0.7 > sum(lengths) / padded(shuffled)
+
+
+def test_codebook_initialised_embeddings_keep_the_codebook_geometry(tiny_run):
+    tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
+    config = RecBaseConfig.from_preset("recbase-tiny", hidden_size=32, num_hidden_layers=1, intermediate_size=64,
+                                       codebook_sizes=[4, 4, 4], disambiguation_size=2)
+    model = RecBaseForCausalLM(config)
+    init_concept_embeddings_from_codebooks(model, tokenizer, seed=0)
+    for level, codebook in enumerate(tokenizer.quantizer.codebooks):
+        first = tokenizer.codes_to_token_ids([0] * (level + 1))[level]
+        rows = model.get_input_embeddings().weight[first : first + len(codebook)]
+        # An orthonormal map and one scale per level: inner products are the codebook's, scaled.
+        expected = codebook @ codebook.T
+        torch.testing.assert_close(rows @ rows.T / (rows @ rows.T).norm(), expected / expected.norm(), atol=1e-5, rtol=1e-4)
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
 
 def test_pretraining_killed_mid_run_resumes_to_the_same_end(tiny_run, tmp_path):

@@ -1,7 +1,8 @@
 """The main job: from the bundled raw data to a pretrained, evaluated RecBase, end to end.
 
     python -m training.main                                  # recbase-tiny on 2 CPU cores
-    python -m training.main --preset recbase-small --num_epochs 20 --eval_max_users 0   # bigger, e.g. on a GPU
+    python -m training.main --preset recbase-small --num_epochs 5 --per_device_batch_size 256 \
+        --learning_rate 1e-3 --mixed_precision bf16 --eval_max_users 0 --eval_batch_size 128     # on a GPU
 
 1. Build the corpus of all domains (Parquet) from ``data/``.
 2. Fit the item tokenizer on the pretraining domains (Beauty, Yelp, Scientific) and give the zero-shot
