@@ -37,7 +37,7 @@ from training.quantizer import QuantizerFitConfig
 
 def hardware_description() -> str:
     if torch.cuda.is_available():
-        return f"1 x {torch.cuda.get_device_name()} (bf16 where --mixed_precision bf16)"
+        return f"1 x {torch.cuda.get_device_name()}"
     return f"CPU ({os.cpu_count()} cores)"
 
 
