@@ -10,7 +10,7 @@ from transformers import pipeline
 
 from modeling_recbase import RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer
-from training import pretrain
+from training import adapt, pretrain
 from training.evaluate import load_checkpoint
 
 UNSEEN_TEXTS = ['Describe a music:\n{"title": "late night jazz piano trio"}',
@@ -133,3 +133,17 @@ def test_adapter_from_the_training_script_round_trips_and_merges(tiny_run, tmp_p
     torch.testing.assert_close(auto.merge_and_unload()(**history_ids).logits, adapted, rtol=1e-4, atol=1e-4)
     model, tokenizer = load_checkpoint(adapter_dir)  # evaluation loads adapters too
     assert isinstance(model, PeftModel) and len(tokenizer.item_codes) == 48
+
+
+def test_adapt_reports_zero_shot_lora_and_full_fine_tuning_in_one_table(tiny_run, tmp_path):
+    results = adapt.main(["--base", str(tiny_run["checkpoint"]), "--corpus_dir", str(tiny_run["corpus"]),
+                          "--domains", "films", "--output_dir", str(tmp_path), "--lora_rank", "2", "--num_epochs", "1",
+                          "--per_device_batch_size", "8", "--negatives", "5", "--cache_dir", str(tmp_path / "embeddings")])
+    models = results["domains"]["films"]["models"]
+    assert {"RecBase zero-shot", "RecBase + LoRA", "RecBase full fine-tune", "text similarity (zero-shot)"} <= set(models)
+    for metrics in models.values():
+        assert {"recall@10", "ndcg@10", "auc", "gauc"} <= set(metrics)
+    adapter = results["adapters"]["films"]
+    # layers * rank * (in + out) summed over q, o (32 -> 32), k, v (32 -> 16) and gate, up, down (32 <-> 64)
+    assert adapter["adapter_parameters"] == 2 * 2 * (2 * (32 + 32) + 2 * (32 + 16) + 3 * (32 + 64))
+    assert 0 < adapter["trainable_share"] < 1 and (tmp_path / "adapt_results.md").is_file()

@@ -51,14 +51,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--full_learning_rate", type=float, default=5e-4)
     parser.add_argument("--per_device_batch_size", type=int, default=64)
     parser.add_argument("--eval_max_users", type=int, default=2000)
+    parser.add_argument("--negatives", type=int, default=20, help="sampled negatives per user for candidate scoring")
     parser.add_argument("--eval_batch_size", type=int, default=16)
     parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     output_dir = Path(args.output_dir)
-    common_eval = dict(zero_shot_domains=args.domains, max_users=args.eval_max_users, batch_size=args.eval_batch_size,
-                       cache_dir=args.cache_dir, seed=args.seed)
+    common_eval = dict(zero_shot_domains=args.domains, max_users=args.eval_max_users, negatives=args.negatives,
+                       batch_size=args.eval_batch_size, cache_dir=args.cache_dir, seed=args.seed)
     results = {"base": str(args.base), "domains": {}, "adapters": {}, "run": vars(args)}
     for domain in args.domains:
         zero_shot = evaluation.evaluate(args.base, args.corpus_dir, [domain], model_name="RecBase zero-shot", **common_eval)
