@@ -7,7 +7,7 @@ set -e
 W=${WORK:-outputs/embedding-init}; RESULTS=${RESULTS:-$W/results}; mkdir -p $W $RESULTS
 EPOCHS=${EPOCHS:-4}; USERS=${USERS:-1000}
 COMMON="--preset recbase-small --num_epochs $EPOCHS --per_device_batch_size 256 --learning_rate 1e-3 --mixed_precision bf16"
-python -m training.main --output_dir $W/A --work_dir $W/work $COMMON --eval_max_users $USERS --eval_batch_size 128 --embedding_init random
+python -m training.main --output_dir $W/A --work_dir $W/work $COMMON --eval_max_users $USERS --eval_batch_size 128  # random init, the default
 cp $W/A/eval_results.md $RESULTS/A.md
 for V in B C; do
   EXTRA="--embedding_init codebooks"; [ $V = C ] && EXTRA="$EXTRA --freeze_concept_embeddings"

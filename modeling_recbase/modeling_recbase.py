@@ -301,15 +301,16 @@ class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
         """labels (batch, seq): the input ids themselves (shifted inside), -100 where no loss is wanted.
 
         Example:
-            >>> model = AutoModelForCausalLM.from_pretrained("outputs/recbase-tiny", trust_remote_code=True)
-            >>> tokenizer = AutoTokenizer.from_pretrained("outputs/recbase-tiny", trust_remote_code=True)
+            >>> model = AutoModelForCausalLM.from_pretrained("./outputs/recbase-tiny", trust_remote_code=True)
+            >>> tokenizer = AutoTokenizer.from_pretrained("./outputs/recbase-tiny", trust_remote_code=True)
             >>> out = model(**tokenizer.encode_history(["amazon14_beauty/1"], return_tensors="pt"))
         """
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache if cache is not None else past_key_values,
+            cache=cache,
+            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
         )

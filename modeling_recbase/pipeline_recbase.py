@@ -1,10 +1,10 @@
 """The ``next-item-generation`` pipeline: a user's history of items in, ranked real items out.
 
     from transformers import pipeline
-    recommend = pipeline("next-item-generation", model="outputs/recbase-tiny", trust_remote_code=True)
-    recommend({"history": ["amazon14_beauty/B004756YJA", "amazon14_beauty/B0009RF9DW"]}, top_k=5)
-    recommend({"history": [{"text": "Describe a product:\\n{\\"title\\": \\"Stapler\\"}"}]}, domain="amazon18_office")
-    recommend.score_candidates(["amazon18_office/B0001"], ["amazon18_office/B0002", "amazon18_office/B0003"])
+    recommend = pipeline("next-item-generation", model="./outputs/recbase-tiny", trust_remote_code=True)
+    recommend({"history": ["amazon18_office/0", "amazon18_office/1"]}, top_k=5, domain="amazon18_office")
+    recommend({"history": [{"text": 'Describe a movie:\\n{"title": "Alien"}'}]}, domain="ml-100k")
+    recommend.score_candidates(["ml-100k/50"], ["ml-100k/172", "ml-100k/181"])
 
 A history entry is an indexed item key (``"<domain>/<item_id>"``) or ``{"text": ...}`` for an item the
 tokenizer has never seen: that item is indexed on the fly (the stored quantizer and the text encoder named
@@ -115,8 +115,9 @@ class NextItemGenerationPipeline(Pipeline):
         """Tokens a history may take so that one more item still fits in the model's context."""
         return self.model.config.max_position_embeddings - self.tokenizer.tokens_per_item
 
-    def resolve_history(self, history: Sequence[str | dict], domain: str | None = None) -> tuple[list[str], str | None]:
-        """Keys for every entry (unseen ``{"text": ...}`` items are indexed now) and the domain to rank in."""
+    def resolve_history(self, history: Sequence[str | dict], domain: str | None = None) -> list[str]:
+        """Keys for every entry; unseen ``{"text": ...}`` items are indexed now, in ``domain`` or else the
+        domain of the history's last known item."""
         if isinstance(history, (str, dict)) or len(history) == 0:
             raise ValueError('the history must be a non-empty list of item keys or {"text": ...} dicts')
         known = [entry for entry in history if isinstance(entry, str)]
@@ -134,7 +135,7 @@ class NextItemGenerationPipeline(Pipeline):
         missing = [text for text, key in new_keys.items() if key not in self.tokenizer.item_codes]
         if missing:
             self.tokenizer.add_items([new_keys[text] for text in missing], texts=missing)
-        return [entry if isinstance(entry, str) else new_keys[entry["text"]] for entry in history], domain
+        return [entry if isinstance(entry, str) else new_keys[entry["text"]] for entry in history]
 
     def _truncate(self, history: list[str]) -> list[str]:
         max_items = (self.max_history_length - 1) // self.tokenizer.tokens_per_item
@@ -147,8 +148,7 @@ class NextItemGenerationPipeline(Pipeline):
     def preprocess(self, inputs: dict, domain: str | None = None) -> dict:
         if not isinstance(inputs, dict) or "history" not in inputs:
             raise ValueError('the pipeline takes {"history": [...]} (or a list of such dicts for a batch)')
-        history, domain = self.resolve_history(inputs["history"], domain)
-        return {"history": self._truncate(history), "domain": domain}
+        return {"history": self._truncate(self.resolve_history(inputs["history"], domain)), "domain": domain}
 
     def _forward(self, model_inputs: dict, top_k: int = 10, exclude_history: bool = True,
                  num_beams: int | None = None) -> dict:
@@ -169,11 +169,8 @@ class NextItemGenerationPipeline(Pipeline):
     def score_candidates(self, history: Sequence[str | dict], candidates: Sequence[str],
                          domain: str | None = None) -> list[dict]:
         """The paper's setting: ``{"item", "score", "text"}`` for each candidate, in the order given."""
-        keys, _ = self.resolve_history(history, domain)
-        for key in candidates:
-            if key not in self.tokenizer.item_codes:
-                raise ValueError(f"unknown candidate item key {key!r}")
-        scores = score_candidates(self.model, self.tokenizer, [self._truncate(keys)], [list(candidates)])[0]
+        keys = self._truncate(self.resolve_history(history, domain))
+        scores = score_candidates(self.model, self.tokenizer, [keys], [list(candidates)])[0]  # names unknown keys
         return [{"item": key, "score": score, "text": self.tokenizer.item_text(key)} for key, score in zip(candidates, scores)]
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from model_cards.generate import write_model_card
-
 from training import evaluate as evaluation
 from training import pretrain
 from training.corpus import BUNDLED_DOMAINS, DEFAULT_DATA_DIR, DEFAULT_ZERO_SHOT_DOMAINS, build_corpus, load_corpus, split_domains
@@ -59,8 +58,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--per_device_batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--max_items", type=int, default=20)
-    parser.add_argument("--embedding_init", default="random", choices=["random", "codebooks"])
-    parser.add_argument("--freeze_concept_embeddings", action="store_true")
     parser.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
     parser.add_argument("--eval_batch_size", type=int, default=16, help="users per beam-search batch")
     parser.add_argument("--eval_max_users", type=int, default=2000, help="users sampled per domain (0: all)")
@@ -88,9 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--domains", *pretrain_domains, "--preset", args.preset, "--num_epochs", str(args.num_epochs),
         "--per_device_batch_size", str(args.per_device_batch_size), "--learning_rate", str(args.learning_rate),
         "--max_items", str(args.max_items), "--seed", str(args.seed), "--mixed_precision", args.mixed_precision,
-        "--embedding_init", args.embedding_init,
-    ] + (["--max_steps", str(args.max_steps)] if args.max_steps else []) + (
-        ["--freeze_concept_embeddings"] if args.freeze_concept_embeddings else [])
+    ] + (["--max_steps", str(args.max_steps)] if args.max_steps else [])
     pretrain.main(pretrain_args)
     write_json_atomically(output_dir / "item_tokenizer_report.json", report)
 
