@@ -22,7 +22,7 @@ from safetensors import safe_open
 
 from tokenization_recbase import RecBaseTokenizer
 from training.atomic import write_text_atomically
-from training.evaluate import results_markdown
+from training.evaluate import all_results_markdown
 
 TEMPLATE = Path(__file__).with_name("recbase_card.md.j2")
 TEXT_BASELINE = "text similarity (zero-shot)"
@@ -159,7 +159,7 @@ def build_model_card(checkpoint_dir: str | Path, model_id: str | None = None) ->
         config=config, max_history_items=(config["max_position_embeddings"] - 1) // tokenizer.tokens_per_item - 1,
         pretrain_domains=run["pretrain_domains"], zero_shot_domains=run["zero_shot"],
         tokenizer_report=tokenizer_report, run=run, hardware=run.get("hardware", "unrecorded hardware"),
-        train_steps=losses[-1][0] if losses else 0, eval_results=eval_results, results_table=results_markdown(eval_results),
+        train_steps=losses[-1][0] if losses else 0, eval_results=eval_results, results_table=all_results_markdown(eval_results),
     )
     levels = tokenizer_report["levels"]
     plots = {

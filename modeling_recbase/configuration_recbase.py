@@ -42,6 +42,31 @@ class RecBaseConfig(PretrainedConfig):
         hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size,
         rope_theta, rms_norm_eps, max_position_embeddings, attention_bias, attention_dropout,
         initializer_range, tie_word_embeddings: the decoder, as in Qwen2.
+        embedding_dropout, residual_dropout: dropout on the input embeddings and on each block's output
+            before it joins the residual stream (training only).
+        latent_dim: size of the item tokenizer's quantized latent; > 0 gives the model a frozen table of the
+            quantizer's code vectors (``code_latents``, one row per concept token), from which an item's
+            content vector (the sum of its codes' vectors) is computed. Nothing is stored per item.
+        content_inputs: add a learned projection (zero at init) of each code token's vector to its input
+            embedding, so a code never seen in a role still carries its meaning into the model.
+        dense_head: a second head (zero at init) that predicts the next item's content vector as a residual
+            on the last item's; candidates are scored by cosine (the LIGER idea) next to the code head.
+        dense_temperature: the cosine is divided by it, in training and in scoring.
+        dense_history_items, dense_history_decay: the dense head's prior is the sum of the unit content vectors
+            of the last ``dense_history_items`` items, the item k steps back weighted ``dense_history_decay ** k``
+            (1 and any decay: the last item alone).
+        dense_loss_weight: weight of the dense head's loss (a softmax over the true next item and sampled
+            items of the same domain) next to the code tokens' cross-entropy.
+        code_score_weight: weight of the code head's log-likelihood in an item's score (0: dense score only).
+        code_score_domains: with a dense head, the domains whose items get the code head's score (the domains
+            the model was trained on; ``None``: all). Items of any other domain are scored by the dense head
+            alone: on a domain it never saw, the code head's log-likelihood pulls the ranking towards noise.
+        calibrated_code_score: score the code head by pointwise mutual information, the log-likelihood after
+            the history minus the log-likelihood after an empty history.
+        rerank_candidates: how many items the dense head shortlists for full ranking (re-scored in full).
+        popularity_buckets: > 0 enables the "catalogue counts" setting: an item whose interaction count is
+            known falls in one of this many within-domain popularity buckets, each with a learned score
+            bias; items without counts get none.
     """
 
     model_type = "recbase"
@@ -69,6 +94,20 @@ class RecBaseConfig(PretrainedConfig):
         bos_token_id: int = 1,
         eos_token_id: int = 2,
         tie_word_embeddings: bool = True,
+        embedding_dropout: float = 0.0,
+        residual_dropout: float = 0.0,
+        latent_dim: int = 0,
+        content_inputs: bool = False,
+        dense_head: bool = False,
+        dense_temperature: float = 0.1,
+        dense_history_items: int = 10,
+        dense_history_decay: float = 0.5,
+        dense_loss_weight: float = 1.0,
+        code_score_weight: float = 1.0,
+        code_score_domains: list[str] | None = None,
+        calibrated_code_score: bool = False,
+        rerank_candidates: int = 100,
+        popularity_buckets: int = 0,
         **kwargs,
     ) -> None:
         self.codebook_sizes = [int(size) for size in codebook_sizes]  # JSON-friendly: a list, not a tuple
@@ -78,7 +117,7 @@ class RecBaseConfig(PretrainedConfig):
                 f"codebook_sizes must be a non-empty list of positive sizes and disambiguation_size >= 0, "
                 f"got {self.codebook_sizes} and {self.disambiguation_size}"
             )
-        needed_vocab = len(SPECIAL_TOKENS) + sum(self.codebook_sizes) + self.disambiguation_size
+        needed_vocab = self.vocab_size_needed
         self.vocab_size = needed_vocab if vocab_size is None else int(vocab_size)
         if self.vocab_size < needed_vocab:
             raise ValueError(
@@ -108,6 +147,24 @@ class RecBaseConfig(PretrainedConfig):
         self.attention_dropout = attention_dropout
         self.initializer_range = initializer_range
         self.use_cache = use_cache
+        if (content_inputs or dense_head) and latent_dim <= 0:
+            raise ValueError("content_inputs and dense_head need latent_dim > 0 (the quantizer's latent size)")
+        if popularity_buckets and not dense_head:
+            raise ValueError("popularity_buckets biases the dense head's scores: set dense_head=True")
+        self.embedding_dropout = embedding_dropout
+        self.residual_dropout = residual_dropout
+        self.latent_dim = int(latent_dim)
+        self.content_inputs = bool(content_inputs)
+        self.dense_head = bool(dense_head)
+        self.dense_temperature = float(dense_temperature)
+        self.dense_history_items = int(dense_history_items)
+        self.dense_history_decay = float(dense_history_decay)
+        self.dense_loss_weight = float(dense_loss_weight)
+        self.code_score_weight = float(code_score_weight)
+        self.code_score_domains = None if code_score_domains is None else sorted(code_score_domains)
+        self.calibrated_code_score = bool(calibrated_code_score)
+        self.rerank_candidates = int(rerank_candidates)
+        self.popularity_buckets = int(popularity_buckets)
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -120,6 +177,25 @@ class RecBaseConfig(PretrainedConfig):
     def tokens_per_item(self) -> int:
         """Number of concept tokens that spell one item."""
         return len(self.codebook_sizes) + (self.disambiguation_size > 0)
+
+    @property
+    def vocab_size_needed(self) -> int:
+        """Number of token ids the layout uses: special tokens, every level's codes, disambiguation codes."""
+        return len(SPECIAL_TOKENS) + sum(self.codebook_sizes) + self.disambiguation_size
+
+    @property
+    def last_level_size(self) -> int:
+        """Codes of an item's last token (the disambiguation level when there is one); they end the
+        vocabulary layout, so a token id >= ``vocab_size_needed - last_level_size`` closes an item."""
+        return self.disambiguation_size or self.codebook_sizes[-1]
+
+    def code_score_weights(self, keys: list[str]) -> list[float]:
+        """The code head's weight in the score of each item key ``"<domain>/<item_id>"`` (see
+        ``code_score_domains``)."""
+        if not self.dense_head or self.code_score_domains is None:
+            return [self.code_score_weight] * len(keys)
+        domains = set(self.code_score_domains)
+        return [self.code_score_weight if key.split("/", 1)[0] in domains else 0.0 for key in keys]
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "RecBaseConfig":

@@ -19,6 +19,7 @@ from torch import nn
 from transformers import GenerationMixin, LogitsProcessor, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import ModelOutput
 
 from .configuration_recbase import RecBaseConfig
 
@@ -142,6 +143,7 @@ class RecBaseDecoderLayer(nn.Module):
         self.mlp = RecBaseMLP(config)
         self.input_layernorm = RecBaseRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RecBaseRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.residual_dropout = nn.Dropout(config.residual_dropout)
 
     def forward(
         self,
@@ -150,10 +152,10 @@ class RecBaseDecoderLayer(nn.Module):
         attention_mask: torch.Tensor | None,
         cache: Cache | None = None,
     ) -> torch.Tensor:
-        hidden_states = hidden_states + self.self_attn(
+        hidden_states = hidden_states + self.residual_dropout(self.self_attn(
             self.input_layernorm(hidden_states), position_embeddings, attention_mask, cache
-        )
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        ))
+        return hidden_states + self.residual_dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
 
 
 class RecBasePreTrainedModel(PreTrainedModel):
@@ -184,6 +186,11 @@ class RecBasePreTrainedModel(PreTrainedModel):
         # the checkpoint, so it must be recomputed here or it stays uninitialised memory.
         if isinstance(module, RecBaseRotaryEmbedding):
             module.inv_freq.copy_(module.inverse_frequencies(self.config))
+        # Modules marked ``starts_at_zero`` (the content projection, the dense head, the popularity bias, the
+        # code vectors until they are set): a new model computes exactly what it would without them, and its
+        # dense score is the cosine to the last item, the text prior.
+        if getattr(module, "starts_at_zero", False):
+            module.weight.zero_()
 
 
 class RecBaseModel(RecBasePreTrainedModel):
@@ -194,6 +201,17 @@ class RecBaseModel(RecBasePreTrainedModel):
     def __init__(self, config: RecBaseConfig) -> None:
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        # Frozen: row t is the quantizer's code vector of concept token t (zero for special tokens); filled
+        # from the item tokenizer by ``set_code_latents``.
+        self.code_latents = self.content_proj = None
+        if config.latent_dim:
+            self.code_latents = nn.Embedding(config.vocab_size, config.latent_dim)
+            self.code_latents.weight.requires_grad_(False)
+            self.code_latents.starts_at_zero = True
+        if config.content_inputs:
+            self.content_proj = nn.Linear(config.latent_dim, config.hidden_size, bias=False)
+            self.content_proj.starts_at_zero = True
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         self.layers = nn.ModuleList(RecBaseDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RecBaseRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = RecBaseRotaryEmbedding(config)
@@ -214,10 +232,13 @@ class RecBaseModel(RecBasePreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         past_key_values: Cache | None = None,
+        content_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """input_ids (batch, seq); attention_mask (batch, past + seq) with 1 for real tokens, 0 for padding.
-        ``past_key_values`` is the name transformers < 5.24 gives ``cache``."""
+        ``past_key_values`` is the name transformers < 5.24 gives ``cache``. ``content_ids`` (batch, seq): the
+        tokens whose code vectors feed ``content_inputs`` when they differ from ``input_ids`` (relabelled
+        training windows); default ``input_ids``."""
         cache = cache if cache is not None else past_key_values
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -227,6 +248,10 @@ class RecBaseModel(RecBasePreTrainedModel):
                 bad = input_ids[(input_ids < 0) | (input_ids >= vocab_size)].unique().tolist()
                 raise ValueError(f"input_ids {bad[:10]} are outside the vocabulary [0, {vocab_size})")
             inputs_embeds = self.embed_tokens(input_ids)
+            if self.content_proj is not None:
+                content = self.code_latents(content_ids if content_ids is not None else input_ids)  # (batch, seq, latent)
+                inputs_embeds = inputs_embeds + self.content_proj(content.to(inputs_embeds.dtype))
+        inputs_embeds = self.embedding_dropout(inputs_embeds)
         if use_cache is None:  # a cache only helps decoding; training steps skip the bookkeeping
             use_cache = self.config.use_cache and not self.training
         if use_cache and cache is None:
@@ -261,6 +286,20 @@ class RecBaseModel(RecBasePreTrainedModel):
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), **{CACHE_FIELD: cache if use_cache else None})
 
 
+@dataclasses.dataclass
+class RecBaseCausalLMOutput(CausalLMOutputWithPast):
+    """``CausalLMOutputWithPast`` plus the parts of the loss and the dense head's queries.
+
+    code_loss: cross-entropy of the code tokens; dense_loss: the dense head's softmax loss (when negatives
+    were given); dense_queries (batch, kept positions, latent_dim): the predicted next-item content vector at
+    each position (meaningful where an item ends), when asked for with ``return_dense_queries``.
+    """
+
+    code_loss: torch.FloatTensor | None = None
+    dense_loss: torch.FloatTensor | None = None
+    dense_queries: torch.FloatTensor | None = None
+
+
 class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
     """RecBase with the next-token head over concept tokens."""
 
@@ -271,6 +310,14 @@ class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = RecBaseModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.dense_proj = self.popularity_bias = None
+        if config.dense_head:
+            self.dense_proj = nn.Linear(config.hidden_size, config.latent_dim, bias=False)
+            self.dense_proj.starts_at_zero = True
+        if config.popularity_buckets:
+            # Bucket 0 means "count unknown" and never gets a bias: a catalogue without counts scores as before.
+            self.popularity_bias = nn.Embedding(config.popularity_buckets + 1, 1, padding_idx=0)
+            self.popularity_bias.starts_at_zero = True
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -296,9 +343,24 @@ class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values: Cache | None = None,
+        content_ids: torch.LongTensor | None = None,
+        item_vectors: torch.Tensor | None = None,
+        negative_ids: torch.LongTensor | None = None,
+        negative_vectors: torch.Tensor | None = None,
+        bucket_ids: torch.LongTensor | None = None,
+        negative_buckets: torch.LongTensor | None = None,
+        return_dense_queries: bool = False,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> RecBaseCausalLMOutput:
         """labels (batch, seq): the input ids themselves (shifted inside), -100 where no loss is wanted.
+
+        Dense head (``config.dense_head``): ``item_vectors`` (batch, seq, latent_dim) holds each item's content
+        vector (the item tokenizer's ``item_vectors``) at the position of its last token and zeros elsewhere;
+        without it, the sum of the item's code vectors is used. Training: ``negative_ids`` (batch, negatives,
+        tokens_per_item) are items of each row's domain to contrast with every true next item of the row, with
+        their ``negative_vectors`` (batch, negatives, latent_dim); ``bucket_ids`` (batch, seq) the popularity
+        bucket of the item each token belongs to and ``negative_buckets`` (batch, negatives) those of the
+        negatives (catalogue counts only). ``content_ids`` as in ``RecBaseModel``.
 
         Example:
             >>> model = AutoModelForCausalLM.from_pretrained("./outputs/recbase-tiny", trust_remote_code=True)
@@ -313,14 +375,109 @@ class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            content_ids=content_ids,
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])
-        loss = None
+        content_ids = content_ids if content_ids is not None else input_ids
+        loss = code_loss = dense_loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
+            loss = code_loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            if negative_ids is not None:
+                dense_loss = self.dense_loss(hidden_states, content_ids, negative_ids, item_vectors, negative_vectors,
+                                             bucket_ids, negative_buckets)
+                loss = code_loss + self.config.dense_loss_weight * dense_loss
+        queries = None
+        if return_dense_queries:
+            queries = self.dense_queries(hidden_states, content_ids, item_vectors)[:, keep]
+        return RecBaseCausalLMOutput(loss=loss, logits=logits, code_loss=code_loss, dense_loss=dense_loss,
+                                     dense_queries=queries, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
+
+    # ----- the dense head -----
+    def item_latents(self, item_token_ids: torch.LongTensor) -> torch.Tensor:
+        """(..., tokens_per_item) token ids of items -> (..., latent_dim) content vectors (sum of code vectors)."""
+        return self.model.code_latents(item_token_ids).sum(-2)
+
+    def item_vectors_at_ends(self, content_ids: torch.LongTensor, item_vectors: torch.Tensor | None = None
+                             ) -> torch.Tensor:
+        """(batch, seq) -> (batch, seq, latent_dim): at a position where an item ends, its content vector (from
+        ``item_vectors`` when given, else the sum of its code vectors); elsewhere zero or meaningless."""
+        if item_vectors is not None:
+            return item_vectors.float()
+        summed = self.model.code_latents(content_ids).cumsum(1)  # (batch, seq, latent)
+        return summed - F.pad(summed, (0, 0, self.config.tokens_per_item, 0))[:, : summed.shape[1]]
+
+    def dense_prior(self, content_ids: torch.LongTensor, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, seq) -> (batch, seq, latent_dim): at a position where an item ends, the recency-weighted sum
+        of the unit content vectors of that item and the ``dense_history_items - 1`` before it (weights
+        ``dense_history_decay ** k`` for the item k steps back); elsewhere meaningless.
+
+        Items are contiguous runs of ``tokens_per_item`` tokens (padding only on the left), so the item k steps
+        back ends exactly ``k * tokens_per_item`` positions earlier; specials have zero vectors, so steps back
+        past the history's start add nothing."""
+        tokens_per_item, length = self.config.tokens_per_item, content_ids.shape[1]
+        unit = F.normalize(self.item_vectors_at_ends(content_ids, item_vectors), dim=-1)
+        return sum(self.config.dense_history_decay**k * F.pad(unit, (0, 0, k * tokens_per_item, 0))[:, :length]
+                   for k in range(self.config.dense_history_items))
+
+    def dense_queries(self, hidden_states: torch.Tensor, content_ids: torch.LongTensor,
+                      item_vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, seq, hidden), (batch, seq) -> (batch, seq, latent_dim): at a position where an item ends, the
+        predicted content vector of the next item: the recent items' (``dense_prior``) plus the head's learned
+        residual (zero at init). The whole items must be in ``content_ids`` (no cache)."""
+        if self.dense_proj is None:
+            raise ValueError("this model has no dense head (config.dense_head is False)")
+        prior = self.dense_prior(content_ids, item_vectors)
+        return prior + self.dense_proj(hidden_states).to(prior.dtype)
+
+    def dense_scores(self, queries: torch.Tensor, latents: torch.Tensor, buckets: torch.LongTensor | None = None,
+                     centres: torch.Tensor | None = None) -> torch.Tensor:
+        """Cosine / ``dense_temperature`` (+ the popularity bias of each candidate's bucket).
+
+        queries (..., latent_dim); latents (..., candidates, latent_dim), or (candidates, latent_dim) shared by
+        every query; buckets like latents without the last axis -> scores (..., candidates). ``centres`` (like
+        latents): subtracted from the unit candidate vectors, e.g. their domain's mean unit vector. That takes
+        the same amount off every candidate of a domain for one query, so a user's ranking is unchanged, but
+        scores of different users become comparable (zero for an average item)."""
+        queries = F.normalize(queries.float(), dim=-1).unsqueeze(-1)  # (..., latent, 1)
+        candidates = F.normalize(latents.float(), dim=-1)
+        if centres is not None:
+            candidates = candidates - centres.float()
+        scores = (candidates @ queries).squeeze(-1) / self.config.dense_temperature
+        if buckets is not None and self.popularity_bias is not None:
+            scores = scores + self.popularity_bias(buckets).squeeze(-1)
+        return scores
+
+    def dense_loss(self, hidden_states: torch.Tensor, content_ids: torch.LongTensor, negative_ids: torch.LongTensor,
+                   item_vectors: torch.Tensor | None = None, negative_vectors: torch.Tensor | None = None,
+                   bucket_ids: torch.LongTensor | None = None, negative_buckets: torch.LongTensor | None = None
+                   ) -> torch.Tensor:
+        """Softmax cross-entropy of each true next item against the row's negatives, at every position where an
+        item ends and another follows. hidden_states (batch, seq, hidden); content_ids (batch, seq);
+        negative_ids (batch, negatives, tokens_per_item); item_vectors (batch, seq, latent); negative_vectors
+        (batch, negatives, latent); bucket_ids (batch, seq); negative_buckets (batch, negatives)."""
+        tokens_per_item = self.config.tokens_per_item
+        is_item_end = content_ids >= self.config.vocab_size_needed - self.config.last_level_size  # (batch, seq)
+        has_next = F.pad(is_item_end[:, tokens_per_item:], (0, tokens_per_item), value=False)
+        rows, positions = (is_item_end & has_next).nonzero(as_tuple=True)  # (pairs,)
+        if rows.numel() == 0:
+            return hidden_states.sum() * 0.0
+        queries = self.dense_queries(hidden_states, content_ids, item_vectors)[rows, positions]  # (pairs, latent)
+        following = content_ids.unfold(1, tokens_per_item, 1)  # (batch, seq - T + 1, T): following[b, s] = ids[s:s+T]
+        targets = following[rows, positions + 1]  # (pairs, T)
+        negatives = negative_ids[rows]  # (pairs, negatives, T)
+        target_vectors = self.item_vectors_at_ends(content_ids, item_vectors)[rows, positions + tokens_per_item]
+        negative_vectors = self.item_latents(negatives) if negative_vectors is None else negative_vectors[rows].float()
+        vectors = torch.cat([target_vectors[:, None], negative_vectors], 1)  # (pairs, 1 + negatives, latent)
+        buckets = None
+        if bucket_ids is not None and negative_buckets is not None:
+            buckets = torch.cat([bucket_ids[rows, positions + 1, None], negative_buckets[rows]], 1)
+        scores = self.dense_scores(queries, vectors, buckets)  # (pairs, 1 + negatives)
+        # A sampled negative that is the target itself is no negative.
+        same = F.pad((negatives == targets[:, None]).all(-1), (1, 0), value=False)
+        scores = scores.masked_fill(same, float("-inf"))
+        return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
 
 
 class RecBaseItemConstraint(LogitsProcessor):

@@ -37,8 +37,43 @@ TASK = "next-item-generation"
 @torch.no_grad()
 def rank_items(model, tokenizer, histories: Sequence[Sequence[str]], item_keys: Sequence[str], num_beams: int,
                max_length: int | None = None) -> list[list[tuple[str, float]]]:
-    """Constrained beam search: for each history, up to ``num_beams`` distinct items of ``item_keys``, best
-    first, each with the log-probability of its code tokens. Histories are item keys, left-padded together."""
+    """For each history, up to ``num_beams`` distinct items of ``item_keys``, best first, with their scores.
+
+    Without a dense head: constrained beam search, scored by the log-probability of the item's code tokens.
+    With one: the dense head scores every allowed item; where the code head has no weight (``code_score_weight``
+    0, or a domain outside ``code_score_domains``) that is the ranking, else the beam's items and the dense
+    head's best ``rerank_candidates`` are re-scored by ``score_candidates``."""
+    config = model.config
+    if not config.dense_head:
+        return _beam_search(model, tokenizer, histories, item_keys, num_beams, max_length)
+    encoded = tokenizer.encode_history(list(histories), max_length=max_length, return_tensors="pt",
+                                       return_item_vectors=True).to(model.device)
+    queries = model(**encoded, use_cache=False, logits_to_keep=1, return_dense_queries=True).dense_queries[:, -1]
+    buckets = (tokenizer.popularity_buckets(item_keys, config.popularity_buckets).to(model.device)
+               if config.popularity_buckets else None)
+    dense = model.dense_scores(queries, tokenizer.item_vectors(item_keys).to(model.device), buckets)  # (users, items)
+    if not any(config.code_score_weights(list(item_keys))):
+        top = dense.topk(min(num_beams, len(item_keys)), dim=-1)
+        return [[(item_keys[i], score) for i, score in zip(rows, values)]
+                for rows, values in zip(top.indices.tolist(), top.values.tolist())]
+    shortlist_size = min(len(item_keys), config.rerank_candidates + num_beams)
+    beams = _beam_search(model, tokenizer, histories, item_keys, num_beams, max_length)
+    shortlists = []
+    for beam, order in zip(beams, dense.argsort(dim=-1, descending=True)[:, :shortlist_size].tolist()):
+        chosen = dict.fromkeys(key for key, _ in beam)
+        for index in order:
+            if len(chosen) == shortlist_size:
+                break
+            chosen.setdefault(item_keys[index])
+        shortlists.append(list(chosen))
+    scores = score_candidates(model, tokenizer, histories, shortlists, max_length)
+    return [sorted(zip(keys, row), key=lambda pair: -pair[1])[:num_beams] for keys, row in zip(shortlists, scores)]
+
+
+def _beam_search(model, tokenizer, histories: Sequence[Sequence[str]], item_keys: Sequence[str], num_beams: int,
+                 max_length: int | None = None) -> list[list[tuple[str, float]]]:
+    """Constrained beam search: up to ``num_beams`` distinct items of ``item_keys`` per history, best first,
+    each with the log-probability of its code tokens. Histories are item keys, left-padded together."""
     table = tokenizer.item_token_ids(item_keys)  # (items, tokens_per_item)
     beams = min(num_beams, len(item_keys))
     encoded = tokenizer.encode_history(list(histories), max_length=max_length, return_tensors="pt").to(model.device)
@@ -66,27 +101,63 @@ def rank_items(model, tokenizer, histories: Sequence[Sequence[str]], item_keys: 
     return ranked
 
 
+def _code_log_likelihood(last_logits: torch.Tensor, continuation_logits: torch.Tensor,
+                         candidate_ids: torch.LongTensor) -> torch.Tensor:
+    """Summed log-probability of each candidate's codes: the first is predicted by ``last_logits`` (N, vocab),
+    each later one by the candidate's previous code, ``continuation_logits`` (N, tokens_per_item, vocab)."""
+    logits = torch.cat([last_logits[:, None], continuation_logits[:, :-1]], 1)
+    return logits.float().log_softmax(-1).gather(-1, candidate_ids.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+
+@torch.no_grad()
+def empty_history_log_likelihood(model, candidate_ids: torch.LongTensor, bos_token_id: int) -> torch.Tensor:
+    """(N, tokens_per_item) -> (N,): the log-probability of each item's codes after ``<bos>`` alone, the item's
+    prior under the model (what pointwise-mutual-information scoring subtracts)."""
+    bos = torch.full((len(candidate_ids), 1), bos_token_id, dtype=torch.long, device=candidate_ids.device)
+    logits = model(torch.cat([bos, candidate_ids], 1), use_cache=False).logits  # (N, 1 + T, vocab)
+    return _code_log_likelihood(logits[:, 0], logits[:, 1:], candidate_ids)
+
+
 @torch.no_grad()
 def score_candidates(model, tokenizer, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]],
                      max_length: int | None = None) -> list[list[float]]:
-    """Log-probability of each candidate's code tokens after its history: (users, candidates per user).
+    """The score of each candidate after its history: (users, candidates per user).
 
-    The history runs once; its cache is then repeated for every candidate, so a user costs one prefix pass
-    plus one short continuation over all candidates."""
+    ``code_score_weight`` (for a domain of ``code_score_domains``) x the log-probability of the candidate's
+    code tokens (minus its empty-history
+    log-probability with ``calibrated_code_score``), plus, with a dense head, the cosine between the predicted
+    and the candidate's content vector over ``dense_temperature``, less the mean of that cosine over the
+    candidate's domain (which leaves a user's ranking as it is and makes users comparable), plus its popularity
+    bias given catalogue counts. The history runs once; its cache is then repeated for every
+    candidate."""
+    config = model.config
     per_user = len(candidates[0])
     if any(len(row) != per_user for row in candidates):
         raise ValueError("every history needs the same number of candidates")
-    encoded = tokenizer.encode_history(list(histories), max_length=max_length, return_tensors="pt").to(model.device)
-    prefix = model(**encoded, use_cache=True)
-    cache = getattr(prefix, CACHE_FIELD)
-    cache.batch_repeat_interleave(per_user)
-    candidate_ids = tokenizer.item_token_ids([key for row in candidates for key in row]).to(model.device)
-    mask = torch.cat([encoded["attention_mask"].repeat_interleave(per_user, 0), torch.ones_like(candidate_ids)], 1)
-    continuation = model(candidate_ids, attention_mask=mask, cache=cache)
-    # The first code is predicted by the history's last position, each later one by the candidate's previous code.
-    logits = torch.cat([prefix.logits[:, -1:].repeat_interleave(per_user, 0), continuation.logits[:, :-1]], 1)
-    log_probs = logits.float().log_softmax(-1).gather(-1, candidate_ids.unsqueeze(-1)).squeeze(-1).sum(-1)
-    return log_probs.view(len(histories), per_user).tolist()
+    flat = [key for row in candidates for key in row]
+    encoded = tokenizer.encode_history(list(histories), max_length=max_length, return_tensors="pt",
+                                       return_item_vectors=config.dense_head).to(model.device)
+    candidate_ids = tokenizer.item_token_ids(flat).to(model.device)  # (users * per_user, T)
+    weights = torch.tensor(config.code_score_weights(flat), device=model.device)  # (users * per_user,)
+    code_head = bool(weights.any())
+    prefix = model(**encoded, use_cache=code_head, return_dense_queries=config.dense_head)
+    scores = torch.zeros(len(histories), per_user, device=model.device)
+    if code_head:
+        cache = getattr(prefix, CACHE_FIELD)
+        cache.batch_repeat_interleave(per_user)
+        mask = torch.cat([encoded["attention_mask"].repeat_interleave(per_user, 0), torch.ones_like(candidate_ids)], 1)
+        continuation = model(candidate_ids, attention_mask=mask, cache=cache)
+        code = _code_log_likelihood(prefix.logits[:, -1].repeat_interleave(per_user, 0), continuation.logits, candidate_ids)
+        if config.calibrated_code_score:
+            code = code - empty_history_log_likelihood(model, candidate_ids, tokenizer.bos_token_id)
+        scores += (weights * code).view(len(histories), per_user)
+    if config.dense_head:
+        buckets = (tokenizer.popularity_buckets(flat, config.popularity_buckets).to(model.device).view(len(histories), per_user)
+                   if config.popularity_buckets else None)
+        vectors = tokenizer.item_vectors(flat).to(model.device).view(len(histories), per_user, -1)
+        centres = tokenizer.domain_centres(flat).to(model.device).view(len(histories), per_user, -1)
+        scores += model.dense_scores(prefix.dense_queries[:, -1], vectors, buckets, centres)
+    return scores.tolist()
 
 
 class NextItemGenerationPipeline(Pipeline):

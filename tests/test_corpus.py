@@ -3,9 +3,13 @@
 import csv
 import functools
 import gzip
+import hashlib
 import io
 import json
+import re
 import shutil
+import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,11 +30,14 @@ from training.corpus import (
     leave_one_out,
     load_corpus,
     read_domain,
+    read_foursquare,
     read_generic,
     read_lcrec,
+    read_microlens,
     read_p5_beauty,
     read_p5_yelp,
     read_recbole_movies,
+    read_xwines,
     split_domains,
     to_sequences,
 )
@@ -61,6 +68,13 @@ def write(path: Path, text: str | bytes) -> Path:
     if isinstance(text, str):
         text = text.encode("utf-8")
     path.write_bytes(gzip.compress(text) if path.suffix == ".gz" else text)
+    return path
+
+
+def write_zip(path: Path, members: dict[str, str | bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, text in members.items():
+            archive.writestr(name, text)
     return path
 
 
@@ -171,6 +185,137 @@ def test_recbole_movies_ties_keep_file_order(tmp_path):
         "7": ["ml-100k/2", "ml-100k/1", "ml-100k/3"],
         "8": ["ml-100k/3"],
     }
+
+
+# (users, items, interactions) as measured in each folder's SOURCE.md.
+SOURCE_COUNTS = {
+    "microlens_50k": (50000, 19220, 359708),
+    "xwines": (10561, 1007, 150000),
+    "foursquare_nyc": (620, 3248, 20713),
+}
+
+
+@pytest.mark.parametrize("name", list(SOURCE_COUNTS))
+def test_new_domain_counts_match_source(name):
+    items, interactions = bundled(name)
+    users = len(interactions.unique("user_id"))
+    assert (users, len(items), len(interactions)) == SOURCE_COUNTS[name]
+
+
+@pytest.mark.parametrize("name", list(SOURCE_COUNTS))
+def test_new_domain_files_are_unmodified_copies(name):
+    """Each file SOURCE.md gives a sha256 for is bundled as is, or gzipped (same after gunzip)."""
+    folder = DEFAULT_DATA_DIR / name
+    pattern = re.compile(r"`(?:[^`]*/)?([^`/]+)`.*?sha256 ([0-9a-f]{64})")
+    digests = dict(pattern.findall((folder / "SOURCE.md").read_text(encoding="utf-8")))
+    assert len(digests) == (1 if name == "xwines" else 2)
+    for file_name, digest in digests.items():
+        path = folder / file_name
+        raw = path.read_bytes() if path.exists() else gzip.decompress(
+            (folder / f"{file_name}.gz").read_bytes()
+        )
+        assert hashlib.sha256(raw).hexdigest() == digest, file_name
+
+
+def test_microlens_titles_and_sequences():
+    items, interactions = bundled("microlens_50k")
+    video = items_by_id(items)["1"]
+    # a CSV-quoted caption that contains a comma and hashtags
+    assert video["title"] == (
+        "Gu long song gaga bad, even three hundred years old are not let go."
+        " # comic # Two Yuan # My destiny villain"
+    )
+    assert (video["categories"], video["brand"], video["description"]) == ([], "", "")
+    assert all(items["title"])
+
+    pairs_path = DEFAULT_DATA_DIR / "microlens_50k" / "MicroLens-50k_pairs.tsv.gz"
+    raw = gzip.decompress(pairs_path.read_bytes())
+    expected = {}
+    for line in raw.decode("utf-8").splitlines():
+        user_id, item_ids = line.split("\t")
+        expected[user_id] = [f"microlens_50k/{item_id}" for item_id in item_ids.split()]
+    sequences = to_sequences(interactions)
+    assert dict(zip(sequences["user_id"], sequences["items"])) == expected
+    assert interactions[:5]["timestamp"] == [0, 1, 2, 3, 4]  # user 1: positions in the line
+
+
+def test_xwines_text_and_time_order():
+    items, interactions = bundled("xwines")
+    wines = items_by_id(items)
+    assert wines["100001"] == {
+        "key": "xwines/100001",
+        "domain": "xwines",
+        "item_id": "100001",
+        "item_type": "wine",
+        "title": "Espumante Moscatel",
+        "categories": ["Sparkling", "Muscat/Moscato"],
+        "brand": "Casa Perini",
+        "description": "Medium-bodied, high acidity. Serra Gaúcha, Brazil."
+        " Pairs with pork, rich fish, shellfish.",
+        "year": "",
+        "price": "",
+    }
+    blend = wines["179060"]
+    grapes = ["Merlot", "Cabernet Sauvignon", "Petit Verdot", "Petite Sirah"]
+    assert blend["categories"] == ["Red", *grapes]
+    assert blend["description"] == (
+        "Full-bodied, high acidity. California, United States."
+        " Pairs with beef, lamb, veal, poultry."
+    )
+
+    archive = zipfile.ZipFile(DEFAULT_DATA_DIR / "xwines" / "XWines_Slim_1K_wines_150K_ratings.zip")
+    rows = list(csv.DictReader(io.StringIO(archive.read("XWines_Slim_150K_ratings.csv").decode())))
+    expected: dict[str, list[tuple[str, int, str]]] = {}
+    for row in rows:
+        event = (row["Date"], int(row["RatingID"]), f"xwines/{row['WineID']}")
+        expected.setdefault(row["UserID"], []).append(event)
+    # the file is in RatingID order, which is not time order: the check below is meaningful
+    assert any(events != sorted(events) for events in expected.values())
+    sequences = to_sequences(interactions)
+    assert dict(zip(sequences["user_id"], sequences["items"])) == {
+        user_id: [key for _, _, key in sorted(events)] for user_id, events in expected.items()
+    }
+    first = rows[0]  # RatingID 143, user 1356810
+    date = datetime.fromisoformat(first["Date"]).replace(tzinfo=timezone.utc)
+    assert {
+        timestamp
+        for user_id, item_id, timestamp in zip(
+            interactions["user_id"], interactions["item_id"], interactions["timestamp"]
+        )
+        if (user_id, item_id) == (first["UserID"], first["WineID"])
+    } == {int(date.timestamp())}
+
+
+def test_foursquare_venues_and_time_order():
+    items, interactions = bundled("foursquare_nyc")
+    venues = items_by_id(items)
+    assert venues["4fa5cedbe4b038e6a2b5ed1c"]["title"] == "Bar"
+    assert venues["4fa5cedbe4b038e6a2b5ed1c"]["categories"] == []
+    # category "Burger Joint" in its first row (NYC_val.csv line 611), "Bar" later: keep the first
+    assert venues["4ad35de9f964a520ffe320e3"]["title"] == "Burger Joint"
+    assert len(set(items["title"])) == 192
+
+    expected: dict[str, list[tuple[datetime, str]]] = {}
+    files = {}
+    for name in ("NYC_val.csv.gz", "NYC_test.csv.gz"):
+        raw = gzip.decompress((DEFAULT_DATA_DIR / "foursquare_nyc" / name).read_bytes())
+        for row in csv.DictReader(io.StringIO(raw.decode("utf-8"))):
+            moment = datetime.fromisoformat(row["UTC_time"])
+            key = f"foursquare_nyc/{row['POI_id']}"
+            expected.setdefault(row["user_id"], []).append((moment, key))
+            files.setdefault(row["user_id"], set()).add(name)
+    assert sum(len(names) == 2 for names in files.values()) == 354  # users in both slices
+    sequences = to_sequences(interactions)
+    got = dict(zip(sequences["user_id"], sequences["items"]))
+    assert got == {
+        user_id: [key for _, key in sorted(events, key=lambda event: event[0])]
+        for user_id, events in expected.items()
+    }
+    # user 1041 has two check-ins in the same second (NYC_test.csv lines 5627, 5628): file order
+    tied = ["foursquare_nyc/507ca847e4b068bf2784eab3", "foursquare_nyc/4e0d073e483bc2b5f47416ec"]
+    assert any(got["1041"][i : i + 2] == tied for i in range(len(got["1041"])))
+    # consecutive repeats of a venue are kept (SOURCE.md: 1,432)
+    assert sum(a == b for items in got.values() for a, b in zip(items, items[1:])) == 1432
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,7 +460,14 @@ def test_leave_one_out():
 def test_split_domains():
     domains = list(BUNDLED_DOMAINS)
     pretraining, zero_shot = split_domains(domains, list(DEFAULT_ZERO_SHOT_DOMAINS))
-    assert pretraining == ["amazon14_beauty", "yelp_p5", "amazon18_scientific"]
+    assert pretraining == [
+        "amazon14_beauty",
+        "yelp_p5",
+        "amazon18_scientific",
+        "microlens_50k",
+        "xwines",
+        "foursquare_nyc",
+    ]
     assert zero_shot == ["amazon18_office", "ml-100k"]
     with pytest.raises(ValueError, match="netflix"):
         split_domains(domains, ["netflix"])
@@ -450,6 +602,206 @@ def test_generic_bad_rows(tmp_path):
     with pytest.raises(CorpusError) as error:
         read_generic(inter, items_path, domain="books")
     assert_message(error, inter, "row 1", "'b9'")
+
+
+MICROLENS_TITLES = 'item,title\n1,"Cats, dogs # pets"\n2,Rain\n'
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ("1\t1 2\n2 1 2\n", ["line 2", "expected 'user<TAB>item item ...'"]),  # no tab
+        ("1\t1 2\n2\t\n", ["line 2", "expected 'user<TAB>item item ...'"]),  # no items
+        ("1\t1 2\n\n2\t1 9\n", ["line 3", "'9'", "MicroLens-50k_titles.csv"]),  # unknown item
+        ("1\t1 2\nx\t1\n", ["line 2", "'x'"]),  # non-integer user
+        ("1\t1 2\n1\t2\n", ["line 2", "user '1' already had a line"]),
+    ],
+)
+def test_microlens_bad_pairs(tmp_path, lines, expected):
+    write(tmp_path / "MicroLens-50k_titles.csv", MICROLENS_TITLES)
+    pairs = write(tmp_path / "MicroLens-50k_pairs.tsv.gz", lines)
+    with pytest.raises(CorpusError) as error:
+        read_microlens(tmp_path)
+    assert_message(error, pairs, *expected)
+
+
+def test_microlens_bad_titles_and_good_read(tmp_path):
+    write(tmp_path / "MicroLens-50k_pairs.tsv", "7\t2 1\r\n8\t1 2 1\r\n")
+    titles = write(tmp_path / "MicroLens-50k_titles.csv", MICROLENS_TITLES + "3,Snow,again\n")
+    with pytest.raises(CorpusError) as error:
+        read_microlens(tmp_path)
+    assert_message(error, titles, "line 4", "expected 2 fields, got 3")
+
+    write(titles, MICROLENS_TITLES + "2,Rain again\n")
+    with pytest.raises(CorpusError) as error:
+        read_microlens(tmp_path)
+    assert_message(error, titles, "line 4", "duplicate item id '2'")
+
+    write(titles, MICROLENS_TITLES)
+    items, interactions = read_microlens(tmp_path, domain="clips")
+    assert items["title"] == ["Cats, dogs # pets", "Rain"]
+    assert items.unique("item_type") == ["short video"]
+    assert interactions["timestamp"] == [0, 1, 0, 1, 2]
+    assert to_sequences(interactions)["items"] == [
+        ["clips/2", "clips/1"],
+        ["clips/1", "clips/2", "clips/1"],
+    ]
+
+
+XWINES_HEADER = (
+    "WineID,WineName,Type,Elaborate,Grapes,Harmonize,ABV,Body,Acidity,Code,Country,RegionID,"
+    "RegionName,WineryID,WineryName,Website,Vintages\n"
+)
+XWINES_WINE = (
+    "1,Reserve,Red,Assemblage/Blend,\"['Merlot', 'Cabernet Franc']\",\"['Beef', 'Lamb']\",14.5,"
+    "Full-bodied,High,US,United States,9,Napa Valley,5,Acme Cellars,,[2019]\n"
+)
+RATINGS_HEADER = "RatingID,UserID,WineID,Vintage,Rating,Date\n"
+
+
+def write_xwines(folder: Path, wines: str, ratings: str) -> Path:
+    return write_zip(
+        folder / "XWines_Slim_1K_wines_150K_ratings.zip",
+        {"XWines_Slim_150K_ratings.csv": ratings, "XWines_Slim_1K_wines.csv": wines},
+    )
+
+
+def test_xwines_reader_orders_by_date_then_rating_id(tmp_path):
+    wines = XWINES_HEADER + XWINES_WINE + XWINES_WINE.replace("1,Reserve", "2,Rosado", 1)
+    ratings = (
+        RATINGS_HEADER
+        + "5,u1,1,2019,4.0,2020-01-02 10:00:00\n"
+        + "3,u1,2,2019,3.5,2020-01-02 10:00:00\n"
+        + "4,u1,2,2018,3.0,2020-01-01 09:00:00\n"
+        + "6,u2,1,2019,5.0,2019-06-30 23:59:59\n"
+    )
+    write_xwines(tmp_path, wines, ratings)
+    items, interactions = read_xwines(tmp_path)
+    assert items[0]["categories"] == ["Red", "Merlot", "Cabernet Franc"]
+    assert items[0]["brand"] == "Acme Cellars"
+    assert items[0]["description"] == (
+        "Full-bodied, high acidity. Napa Valley, United States. Pairs with beef, lamb."
+    )
+    sequences = to_sequences(interactions)
+    assert sequences["items"] == [["xwines/2", "xwines/2", "xwines/1"], ["xwines/1"]]
+    assert interactions["timestamp"][:2] == [1577869200, 1577959200]  # 2020-01-01 09:00 UTC, ...
+
+
+SECOND_WINE = XWINES_WINE.replace("1,Reserve", "2,Reserve", 1)
+
+
+@pytest.mark.parametrize(
+    ("wines", "ratings", "member", "expected"),
+    [
+        ("", "7,u1,9,2019,4.0,2020-01-02 10:00:00\n", "ratings", ["line 2", "'9'", "not in"]),
+        ("", "7,u1,1,2019,4.0,yesterday\n", "ratings", ["line 2", "Date", "'yesterday'"]),
+        ("", "7,u1,1,2019,4.0\n", "ratings", ["line 2", "expected 6 fields, got 5"]),
+        (
+            "",
+            "7,u,1,2019,4,2020-01-02\n7,v,1,2019,4,2020-01-02\n",
+            "ratings",
+            ["line 3", "duplicate RatingID 7"],
+        ),
+        ("", "x,u1,1,2019,4.0,2020-01-02\n", "ratings", ["line 2", "'x'"]),
+        (SECOND_WINE.replace("Franc']", "Franc'"), "", "wines", ["line 3", "Grapes"]),
+        (
+            SECOND_WINE.replace("['Beef', 'Lamb']", "Beef"),
+            "",
+            "wines",
+            ["line 3", "Harmonize", "'Beef'"],
+        ),
+        (SECOND_WINE.replace(",[2019]", ""), "", "wines", ["line 3", "expected 17 fields, got 16"]),
+        (XWINES_WINE, "", "wines", ["line 3", "duplicate item id '1'"]),
+    ],
+    ids=[
+        "unknown-wine",
+        "bad-date",
+        "short-rating-row",
+        "duplicate-rating",
+        "bad-rating-id",
+        "bad-grapes",
+        "bad-harmonize",
+        "short-wine-row",
+        "duplicate-wine",
+    ],
+)
+def test_xwines_bad_rows(tmp_path, wines, ratings, member, expected):
+    zip_path = write_xwines(tmp_path, XWINES_HEADER + XWINES_WINE + wines, RATINGS_HEADER + ratings)
+    name = "XWines_Slim_150K_ratings.csv" if member == "ratings" else "XWines_Slim_1K_wines.csv"
+    with pytest.raises(CorpusError) as error:
+        read_xwines(tmp_path)
+    assert_message(error, zip_path / name, *expected)
+
+
+def test_xwines_bad_zip(tmp_path):
+    zip_path = write(tmp_path / "XWines_Slim_1K_wines_150K_ratings.zip", b"PK not really a zip")
+    with pytest.raises(CorpusError) as error:
+        read_xwines(tmp_path)
+    assert_message(error, zip_path, "not a valid zip file")
+
+    write_zip(zip_path, {"XWines_Slim_1K_wines.csv": XWINES_HEADER + XWINES_WINE})
+    with pytest.raises(CorpusError) as error:
+        read_xwines(tmp_path)
+    assert_message(error, zip_path, "no member 'XWines_Slim_150K_ratings.csv'")
+
+    members = {"XWines_Slim_1K_wines.csv": b"WineID\n\xff\n", "XWines_Slim_150K_ratings.csv": ""}
+    write_zip(zip_path, members)
+    with pytest.raises(CorpusError) as error:
+        read_xwines(tmp_path)
+    assert_message(error, zip_path / "XWines_Slim_1K_wines.csv", "line 2", "UTF-8")
+
+
+FOURSQUARE_HEADER = "user_id,POI_id,POI_catid,POI_catname,UTC_time\n"
+
+
+def test_foursquare_reader_sorts_stably_and_keeps_repeats(tmp_path):
+    write(
+        tmp_path / "NYC_val.csv.gz",
+        FOURSQUARE_HEADER
+        + "1,v1,c,Bar,2012-11-10 10:00:00+00:00\n"
+        + "2,v2,c,Coffee Shop,2012-11-09 08:00:00+00:00\n"
+        + "1,v2,c,Café,2012-11-09 09:00:00+00:00\n",
+    )
+    write(
+        tmp_path / "NYC_test.csv",
+        FOURSQUARE_HEADER
+        + "1,v3,c,Subway,2012-11-10 10:00:00+00:00\n"  # same second as v1: after it (val first)
+        + "1,v3,c,Subway,2012-12-24 10:00:00+00:00\n",
+    )
+    items, interactions = read_foursquare(tmp_path, domain="nyc")
+    assert items["item_id"] == ["v1", "v2", "v3"]
+    assert items["title"] == ["Bar", "Coffee Shop", "Subway"]  # v2 keeps its first name
+    assert items.unique("item_type") == ["venue"]
+    sequences = to_sequences(interactions)
+    assert dict(zip(sequences["user_id"], sequences["items"])) == {
+        "1": ["nyc/v2", "nyc/v1", "nyc/v3", "nyc/v3"],
+        "2": ["nyc/v2"],
+    }
+    assert interactions["timestamp"][0] == 1352451600  # 2012-11-09 09:00 UTC
+
+
+@pytest.mark.parametrize(
+    ("test_rows", "expected"),
+    [
+        ("1,v,c,Bar,2012-12-24 10:00:00\n2,v,c,Bar,soon\n", ["line 3", "UTC_time", "'soon'"]),
+        ("1,v,c,Bar,2012-12-24 10:00:00\n2,v,c,Bar\n", ["line 3", "expected 5 fields, got 4"]),
+        ("1,,c,Bar,2012-12-24 10:00:00\n", ["line 2", "POI_id"]),
+    ],
+)
+def test_foursquare_bad_rows(tmp_path, test_rows, expected):
+    write(tmp_path / "NYC_val.csv", FOURSQUARE_HEADER + "1,v1,c,Bar,2012-11-10 10:00:00+00:00\n")
+    test_path = write(tmp_path / "NYC_test.csv", FOURSQUARE_HEADER + test_rows)
+    with pytest.raises(CorpusError) as error:
+        read_foursquare(tmp_path)
+    assert_message(error, test_path, *expected)
+
+
+def test_foursquare_missing_column(tmp_path):
+    val = write(tmp_path / "NYC_val.csv", "user_id,POI_id,POI_catname\n1,v1,Bar\n")
+    write(tmp_path / "NYC_test.csv", FOURSQUARE_HEADER)
+    with pytest.raises(CorpusError) as error:
+        read_foursquare(tmp_path)
+    assert_message(error, val, "line 1", "UTC_time")
 
 
 # ---------------------------------------------------------------------------------------------

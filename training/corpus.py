@@ -9,8 +9,9 @@ Every reader returns ``(items, interactions)``:
 
 ``to_sequences`` derives one time-ordered row of item keys per user, ``leave_one_out`` splits those
 rows, and ``build_corpus`` / ``load_corpus`` write and read the Parquet files. Files ending in
-``.gz`` are gunzipped; text must be UTF-8. A file that does not fit raises ``CorpusError``, whose
-message names the file, the line (or user, item or row) and the offending value.
+``.gz`` are gunzipped (X-Wines is read from inside its zip file); text must be UTF-8. A file that
+does not fit raises ``CorpusError``, whose message names the file, the line (or user, item or
+row) and the offending value.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import json
 import os
 import re
 import tempfile
+import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
@@ -114,11 +116,38 @@ def _read_text(path: Path) -> str:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
             raise _error(path, "line 1", f"not a valid gzip file ({err})") from None
+    return _decode(raw, path)
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    """``raw`` decoded as strict UTF-8; an error names ``path`` and the line."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         raise _error(path, f"line {line}", f"not valid UTF-8: {raw[err.start:err.end]!r}") from None
+
+
+def _zip_texts(path: Path, names: Iterable[str]) -> dict[str, str]:
+    """The UTF-8 text of each member ``name`` of the zip file ``path``, keyed by name.
+
+    Errors name the member as ``path/name`` (the zip file's path followed by the member's name).
+    """
+    texts = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in names:
+                try:
+                    raw = archive.read(name)
+                except KeyError:
+                    held = archive.namelist()
+                    raise CorpusError(
+                        f"{path}: the zip file has no member {name!r}, only {held}"
+                    ) from None
+                texts[name] = _decode(raw, path / name)
+    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise CorpusError(f"{path}: not a valid zip file ({err})") from None
+    return texts
 
 
 def _read_json(path: Path) -> Any:
@@ -137,14 +166,18 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def _table_rows(
-    path: Path, delimiter: str, required: Iterable[str]
+    path: Path, delimiter: str, required: Iterable[str], text: str | None = None
 ) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield (line number, {column: value}) for each row of a delimited text file with a header.
 
     Values may be CSV-quoted (quotes doubled inside). Header names may carry a RecBole type
     suffix (``item_id:token``), which is dropped. The line number is where the row ends.
+    ``text`` is the file's content when it is not read from ``path`` itself (a zip member);
+    ``path`` then only names it in errors.
     """
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
+    if text is None:
+        text = _read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader, None)
         if header is None:
@@ -287,6 +320,34 @@ def _token_sequence(text: str, path: Path, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(part, str) for part in value):
         raise _error(path, where, f"categories are not a list of quoted names: {text!r}")
     return [part.strip() for part in value if part.strip()]
+
+
+def _string_list(text: str, path: Path, where: str, field: str) -> list[str]:
+    """Parse a Python list of strings such as ``['Beef', 'Lamb']``; empty names are dropped.
+
+    ``ast.literal_eval`` only accepts literals, so no code in the file is run.
+    """
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        value = None
+    if not isinstance(value, list) or not all(isinstance(part, str) for part in value):
+        raise _error(path, where, f"{field} is not a list of quoted names: {text!r}")
+    return [part.strip() for part in value if part.strip()]
+
+
+def _unix_seconds(text: str, path: Path, where: str, field: str) -> int:
+    """Unix seconds of an ISO date and time such as ``2012-11-09 21:54:47+00:00``.
+
+    A time without an offset is read as UTC, so the result does not depend on the machine.
+    """
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise _error(path, where, f"{field} is not a date and time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,6 +597,152 @@ def read_recbole_movies(folder: str | Path, domain: str = "ml-100k") -> tuple[Da
     return _tables(items, domain, _grouped_by_user(events), inter_path)
 
 
+def read_microlens(folder: str | Path, domain: str = "microlens_50k") -> tuple[Dataset, Dataset]:
+    """Read MicroLens-50K: ``MicroLens-50k_titles.csv`` and ``MicroLens-50k_pairs.tsv``.
+
+    The titles file (header ``item,title``, CSV-quoted) gives each video's caption, which becomes
+    the title. Each line of the pairs file is ``user<TAB>item item ...`` in time order (oldest
+    first); the timestamp is the position in that sequence.
+    """
+    folder = Path(folder)
+    titles_path = _data_file(folder, "MicroLens-50k_titles.csv")
+    items = []
+    known_items: set[str] = set()
+    for number, row in _table_rows(titles_path, ",", required=("item", "title")):
+        where = f"line {number}"
+        item_id = _integer_id(row["item"].strip(), titles_path, where)
+        if item_id in known_items:
+            raise _error(titles_path, where, f"duplicate item id {item_id!r}")
+        known_items.add(item_id)
+        items.append(_item(domain, "short video", item_id, title=row["title"].strip()))
+    pairs_path = _data_file(folder, "MicroLens-50k_pairs.tsv")
+    events = []
+    seen_users: set[str] = set()
+    for number, line in _numbered_lines(pairs_path):
+        where = f"line {number}"
+        fields = line.split("\t")
+        item_ids = fields[1].split() if len(fields) == 2 else []
+        if not item_ids:
+            raise _error(pairs_path, where, f"expected 'user<TAB>item item ...', got {line!r}")
+        user_id = _integer_id(fields[0].strip(), pairs_path, where)
+        if user_id in seen_users:
+            raise _error(pairs_path, where, f"user {user_id!r} already had a line")
+        seen_users.add(user_id)
+        for position, item_id in enumerate(item_ids):
+            if item_id not in known_items:
+                raise _error(pairs_path, where, f"item {item_id!r} is not in {titles_path.name}")
+            events.append((user_id, item_id, position))
+    return _tables(items, domain, events, pairs_path)
+
+
+XWINES_ZIP = "XWines_Slim_1K_wines_150K_ratings.zip"
+XWINES_WINES = "XWines_Slim_1K_wines.csv"
+XWINES_RATINGS = "XWines_Slim_150K_ratings.csv"
+
+
+def _wine_description(row: dict[str, str], pairings: list[str]) -> str:
+    """A wine's description, e.g. ``Full-bodied, high acidity. Napa Valley, United States.
+    Pairs with beef, lamb.`` (empty parts are left out)."""
+    acidity = row["Acidity"].strip().lower()
+    taste = [row["Body"].strip(), f"{acidity} acidity" if acidity else ""]
+    place = [row["RegionName"].strip(), row["Country"].strip()]
+    pairs = f"Pairs with {', '.join(food.lower() for food in pairings)}" if pairings else ""
+    sentences = [", ".join(part for part in parts if part) for parts in (taste, place)]
+    return " ".join(f"{sentence}." for sentence in [*sentences, pairs] if sentence)
+
+
+def read_xwines(folder: str | Path, domain: str = "xwines") -> tuple[Dataset, Dataset]:
+    """Read X-Wines Slim: both CSV files inside ``XWines_Slim_1K_wines_150K_ratings.zip``.
+
+    Wines: title = WineName, brand = WineryName, categories = [Type] + Grapes, description = body,
+    acidity, region, country and the Harmonize food pairings in one short text (Grapes and
+    Harmonize are Python list strings). Ratings: one interaction per row; each user's rows are
+    ordered by Date, then RatingID, and the timestamp is the Date in Unix seconds (read as UTC).
+    Errors name a member as ``<zip path>/<member>``.
+    """
+    folder = Path(folder)
+    zip_path = _data_file(folder, XWINES_ZIP)
+    texts = _zip_texts(zip_path, (XWINES_WINES, XWINES_RATINGS))
+    wines_path = zip_path / XWINES_WINES
+    required = ("WineID", "WineName", "Type", "Grapes", "Harmonize", "Body", "Acidity")
+    required += ("Country", "RegionName", "WineryName")
+    items = []
+    known_items: set[str] = set()
+    for number, row in _table_rows(wines_path, ",", required, text=texts[XWINES_WINES]):
+        where = f"line {number}"
+        item_id = _required_id(row, "WineID", wines_path, where)
+        if item_id in known_items:
+            raise _error(wines_path, where, f"duplicate item id {item_id!r}")
+        known_items.add(item_id)
+        grapes = _string_list(row["Grapes"], wines_path, where, "Grapes")
+        pairings = _string_list(row["Harmonize"], wines_path, where, "Harmonize")
+        wine_type = row["Type"].strip()
+        items.append(
+            _item(
+                domain,
+                "wine",
+                item_id,
+                title=row["WineName"].strip(),
+                categories=[wine_type, *grapes] if wine_type else grapes,
+                brand=row["WineryName"].strip(),
+                description=_wine_description(row, pairings),
+            )
+        )
+    ratings_path = zip_path / XWINES_RATINGS
+    by_user: dict[str, list[tuple[int, int, str]]] = {}
+    rating_ids: set[int] = set()
+    required = ("RatingID", "UserID", "WineID", "Date")
+    for number, row in _table_rows(ratings_path, ",", required, text=texts[XWINES_RATINGS]):
+        where = f"line {number}"
+        rating_id = int(_integer_id(row["RatingID"].strip(), ratings_path, where))
+        if rating_id in rating_ids:
+            raise _error(ratings_path, where, f"duplicate RatingID {rating_id}")
+        rating_ids.add(rating_id)
+        user_id = _required_id(row, "UserID", ratings_path, where)
+        item_id = _required_id(row, "WineID", ratings_path, where)
+        if item_id not in known_items:
+            raise _error(ratings_path, where, f"item {item_id!r} is not in {XWINES_WINES}")
+        timestamp = _unix_seconds(row["Date"], ratings_path, where, "Date")
+        by_user.setdefault(user_id, []).append((timestamp, rating_id, item_id))
+    # Users in order of first appearance; each user's ratings by (Date, RatingID).
+    events = [
+        (user_id, item_id, timestamp)
+        for user_id, ratings in by_user.items()
+        for timestamp, _, item_id in sorted(ratings)
+    ]
+    return _tables(items, domain, events, ratings_path)
+
+
+FOURSQUARE_FILES = ("NYC_val.csv", "NYC_test.csv")
+
+
+def read_foursquare(folder: str | Path, domain: str = "foursquare_nyc") -> tuple[Dataset, Dataset]:
+    """Read Foursquare NYC check-ins in the GETNext format: ``NYC_val.csv`` then ``NYC_test.csv``.
+
+    Items are venues (``POI_id``) titled with their category name (``POI_catname``); a venue
+    whose category name differs between rows keeps the first. Each check-in is an interaction
+    with ``UTC_time`` in Unix seconds; each user's check-ins are stably sorted by it, so ties keep
+    file order (val before test). Consecutive repeats of a venue are kept.
+    """
+    folder = Path(folder)
+    items = []
+    known_items: set[str] = set()
+    events = []
+    required = ("user_id", "POI_id", "POI_catname", "UTC_time")
+    for name in FOURSQUARE_FILES:
+        path = _data_file(folder, name)
+        for number, row in _table_rows(path, ",", required):
+            where = f"line {number}"
+            user_id = _required_id(row, "user_id", path, where)
+            item_id = _required_id(row, "POI_id", path, where)
+            timestamp = _unix_seconds(row["UTC_time"], path, where, "UTC_time")
+            if item_id not in known_items:
+                known_items.add(item_id)
+                items.append(_item(domain, "venue", item_id, title=row["POI_catname"].strip()))
+            events.append((user_id, item_id, timestamp))
+    return _tables(items, domain, _grouped_by_user(events), folder)
+
+
 def read_generic(
     interactions_path: str | Path, items_path: str | Path, domain: str, item_type: str = "item"
 ) -> tuple[Dataset, Dataset]:
@@ -610,6 +817,9 @@ BUNDLED_DOMAINS: dict[str, BundledDomain] = {
     "amazon18_scientific": _lcrec_domain("Scientific", "industrial and scientific product"),
     "amazon18_office": _lcrec_domain("Office", "office product"),
     "ml-100k": BundledDomain("movie", read_recbole_movies),
+    "microlens_50k": BundledDomain("short video", read_microlens),
+    "xwines": BundledDomain("wine", read_xwines),
+    "foursquare_nyc": BundledDomain("venue", read_foursquare),
 }
 # The bundled domains held out of pretraining and used only for zero-shot evaluation.
 DEFAULT_ZERO_SHOT_DOMAINS: tuple[str, ...] = ("amazon18_office", "ml-100k")

@@ -28,14 +28,13 @@ from tqdm.auto import tqdm
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modeling_recbase import RecBaseForCausalLM
+from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
 from modeling_recbase.pipeline_recbase import rank_items, score_candidates
 from tokenization_recbase import RecBaseTokenizer
 from training.corpus import leave_one_out, load_corpus, to_sequences
 from training.embedding import DEFAULT_CACHE_DIR, EmbeddingCache
 from training.atomic import write_json_atomically, write_text_atomically
 from training.metrics import auc, gauc, ndcg_at_k, recall_at_k
-from training.pretrain import check_vocabulary
 
 PROTOCOLS = {
     "full_ranking": "leave-one-out test item ranked among all items of the domain; Recall@K, NDCG@K",
@@ -53,6 +52,10 @@ class EvaluationSet:
     targets: list[str]
     candidates: list[list[str]]
     train_histories: list[list[str]]
+
+    def training_counts(self) -> Counter:
+        """Interactions per item in the domain's training part (what popularity and catalogue counts use)."""
+        return Counter(key for history in self.train_histories for key in history)
 
 
 def build_evaluation_set(
@@ -131,17 +134,13 @@ class PopularityRecommender:
     name = "popularity (in-domain counts)"
 
     def rank(self, data: EvaluationSet, k: int) -> list[list[str]]:
-        counts = self._counts(data)
+        counts = data.training_counts()
         top = sorted(data.items, key=lambda key: -counts[key])[:k]
         return [top for _ in data.histories]
 
     def score(self, data: EvaluationSet) -> list[list[float]]:
-        counts = self._counts(data)
+        counts = data.training_counts()
         return [[float(counts[key]) for key in row] for row in data.candidates]
-
-    @staticmethod
-    def _counts(data: EvaluationSet) -> Counter:
-        return Counter(key for history in data.train_histories for key in history)
 
 
 class TextSimilarityRecommender:
@@ -171,19 +170,22 @@ class TextSimilarityRecommender:
         return [(items[[index[k] for k in row]] @ query).tolist() for query, row in zip(queries, data.candidates)]
 
 
-def evaluate_recommender(recommender, data: EvaluationSet, ks: tuple[int, ...] = (5, 10)) -> dict[str, float]:
-    """Both protocols for one recommender on one domain's users."""
-    ranked = recommender.rank(data, max(ks))
-    if any(len(set(row)) != len(row) or not set(row) <= set(data.items) for row in ranked):
-        raise AssertionError(f"{recommender.name} returned duplicate items or items outside {data.domain}")
+def evaluate_recommender(recommender, data: EvaluationSet, ks: tuple[int, ...] = (5, 10),
+                         protocols: tuple[str, ...] = tuple(PROTOCOLS)) -> dict[str, float]:
+    """The ``protocols`` (both by default) for one recommender on one domain's users."""
     metrics: dict[str, float] = {}
-    for k in ks:
-        metrics[f"recall@{k}"] = sum(recall_at_k(r, t, k) for r, t in zip(ranked, data.targets)) / len(ranked)
-        metrics[f"ndcg@{k}"] = sum(ndcg_at_k(r, t, k) for r, t in zip(ranked, data.targets)) / len(ranked)
-    scores = recommender.score(data)
-    labels = [[1] + [0] * (len(row) - 1) for row in data.candidates]
-    metrics["auc"] = auc([s for row in scores for s in row], [y for row in labels for y in row])
-    metrics["gauc"] = gauc(list(zip(scores, labels)))
+    if "full_ranking" in protocols:
+        ranked = recommender.rank(data, max(ks))
+        if any(len(set(row)) != len(row) or not set(row) <= set(data.items) for row in ranked):
+            raise AssertionError(f"{recommender.name} returned duplicate items or items outside {data.domain}")
+        for k in ks:
+            metrics[f"recall@{k}"] = sum(recall_at_k(r, t, k) for r, t in zip(ranked, data.targets)) / len(ranked)
+            metrics[f"ndcg@{k}"] = sum(ndcg_at_k(r, t, k) for r, t in zip(ranked, data.targets)) / len(ranked)
+    if "candidate_scoring" in protocols:
+        scores = recommender.score(data)
+        labels = [[1] + [0] * (len(row) - 1) for row in data.candidates]
+        metrics["auc"] = auc([s for row in scores for s in row], [y for row in labels for y in row])
+        metrics["gauc"] = gauc(list(zip(scores, labels)))
     return metrics
 
 
@@ -202,6 +204,17 @@ def load_checkpoint(checkpoint: str | Path) -> tuple[RecBaseForCausalLM, RecBase
     return model, tokenizer
 
 
+def check_vocabulary(config: RecBaseConfig, tokenizer: RecBaseTokenizer, where: str) -> None:
+    """The model and the tokenizer must agree on the concept vocabulary."""
+    if (config.codebook_sizes != tokenizer.codebook_sizes or config.disambiguation_size != tokenizer.disambiguation_size
+            or config.vocab_size < len(tokenizer)):
+        raise ValueError(
+            f"{where}: the tokenizer (codebooks {tokenizer.codebook_sizes}, disambiguation "
+            f"{tokenizer.disambiguation_size}, {len(tokenizer)} tokens) does not match the model (codebooks "
+            f"{config.codebook_sizes}, disambiguation {config.disambiguation_size}, vocab_size {config.vocab_size})"
+        )
+
+
 def results_markdown(results: dict) -> str:
     """One table per protocol: a row per (domain, model)."""
     lines = []
@@ -216,15 +229,30 @@ def results_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def all_results_markdown(results: dict) -> str:
+    """The pure results, then (when present) the "zero-shot + catalogue counts" ones under their own heading."""
+    text = results_markdown(results)
+    if "with_catalogue_counts" in results:
+        text += ("\n\n### Zero-shot + catalogue counts (a separate setting: each zero-shot domain's item counts "
+                 "from its training part are given to the model, with no training)\n" + results_markdown(results["with_catalogue_counts"]))
+    return text
+
+
 def evaluate(
     checkpoint: str | Path, corpus_dir: str | Path, domains: list[str], zero_shot_domains: list[str] = (),
     split: str = "test", max_users: int = 0, negatives: int = 20, num_beams: int = 20, batch_size: int = 16,
     max_history_items: int = 20, text_similarity_items: int = 1, cache_dir: str | Path = DEFAULT_CACHE_DIR,
-    seed: int = 0, model_name: str = "RecBase", baselines: bool = True,
+    seed: int = 0, model_name: str = "RecBase", baselines: bool = True, catalogue_counts: bool = False,
+    score_overrides: dict | None = None,
 ) -> dict:
     """Evaluate the checkpoint (named ``model_name`` in the results) and, with ``baselines``, the baselines on
-    ``domains``; returns the results dict."""
+    ``domains``; returns the results dict.
+
+    ``catalogue_counts``: the model is given each evaluated domain's item counts from that domain's training
+    part (what popularity counts), the "zero-shot + catalogue counts" setting. ``score_overrides``: model config
+    fields that only change scoring (``code_score_weight``, ``calibrated_code_score``) set for this run."""
     model, tokenizer = load_checkpoint(checkpoint)
+    model.config.update(score_overrides or {})
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     interactions = load_corpus(corpus_dir)["interactions"]
     recommenders = [RecBaseRecommender(model, tokenizer, max_history_items, num_beams, batch_size, model_name)]
@@ -237,6 +265,9 @@ def evaluate(
                "domains": {}}
     for domain in domains:
         data = build_evaluation_set(interactions, domain, tokenizer.domain_items(domain), split, max_users, negatives, seed)
+        if catalogue_counts:
+            counts = data.training_counts()
+            tokenizer.set_item_counts({key: counts[key] for key in data.items})
         entry = {"role": "zero-shot" if domain in zero_shot_domains else "in-domain", "users": len(data.targets), "models": {}}
         for recommender in recommenders:
             entry["models"][recommender.name] = evaluate_recommender(recommender, data)
@@ -256,12 +287,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num_beams", type=int, default=20)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--text_similarity_items", type=int, default=1)
+    parser.add_argument("--code_score_weight", type=float, default=None,
+                        help="the code head's weight in item scores for this run (default: the model's)")
+    parser.add_argument("--catalogue_counts", action="store_true",
+                        help="give the model each domain's item counts from its training part (a separate setting)")
     parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR))
     parser.add_argument("--output", default=None, help="results JSON (default: <checkpoint>/eval_results.json)")
     args = parser.parse_args(argv)
     results = evaluate(args.checkpoint, args.corpus_dir, args.domains, args.zero_shot, args.split, args.max_users,
                        args.negatives, args.num_beams, args.batch_size, text_similarity_items=args.text_similarity_items,
-                       cache_dir=args.cache_dir)
+                       cache_dir=args.cache_dir, catalogue_counts=args.catalogue_counts,
+                       score_overrides={} if args.code_score_weight is None else {"code_score_weight": args.code_score_weight})
     output = Path(args.output or Path(args.checkpoint) / "eval_results.json")
     write_json_atomically(output, results)
     write_text_atomically(output.with_suffix(".md"), results_markdown(results) + "\n")

@@ -18,12 +18,14 @@ every ``--checkpointing_steps``; ``--resume_from_checkpoint latest`` continues e
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import importlib.util
 import json
 import math
 import os
 import shutil
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -38,7 +40,9 @@ from transformers import get_cosine_schedule_with_warmup
 
 from modeling_recbase import NextItemGenerationPipeline, RecBaseConfig, RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer
+from training.atomic import write_json_atomically
 from training.corpus import leave_one_out, load_corpus, to_sequences
+from training.evaluate import EvaluationSet, RecBaseRecommender, build_evaluation_set, check_vocabulary, evaluate_recommender
 
 # Every linear layer of the decoder (Qwen2's names); the embeddings and head stay frozen.
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -80,21 +84,30 @@ class TrainingProgress:
         self.completed_steps = int(state["completed_steps"])
 
 
-def training_windows(tokenizer: RecBaseTokenizer, histories: list[list[str]], max_items: int) -> Dataset:
+def training_windows(tokenizer: RecBaseTokenizer, histories: list[list[str]], max_items: int,
+                     popularity_buckets: int = 0) -> Dataset:
     """Histories of item keys -> token windows ``<bos> item ... item`` of at most ``max_items`` items.
 
     A long history is cut from its end backwards, so the most recent items are always in one window and
     every item is trained on once. Histories of one item teach nothing (no next item) and are skipped.
+    Columns: ``input_ids``, ``domain`` (of the window's items) and, with ``popularity_buckets``, ``bucket_ids``
+    (the bucket of the item each token belongs to, 0 for ``<bos>``).
     """
-    windows = []
+    rows: dict[str, list] = {"input_ids": [], "domain": [], "bucket_ids": []}
     for history in histories:
         for end in range(len(history), 1, -max_items):
             window = history[max(0, end - max_items) : end]
             if len(window) > 1:
-                windows.append(tokenizer.encode_history(window)["input_ids"])
-    if not windows:
+                rows["input_ids"].append(tokenizer.encode_history(window)["input_ids"])
+                rows["domain"].append(window[0].split("/", 1)[0])
+                if popularity_buckets:
+                    buckets = tokenizer.popularity_buckets(window, popularity_buckets).tolist()
+                    rows["bucket_ids"].append([0] + [b for b in buckets for _ in range(tokenizer.tokens_per_item)])
+    if not rows["input_ids"]:
         raise ValueError("no training sequence has two or more items")
-    return Dataset.from_dict({"input_ids": windows})
+    if not popularity_buckets:
+        del rows["bucket_ids"]
+    return Dataset.from_dict(rows)
 
 
 class LengthGroupedSampler(Sampler[int]):
@@ -130,24 +143,116 @@ class LengthGroupedSampler(Sampler[int]):
 
 def collate_right_padded(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right padding: with causal attention no real token ever sees a pad, so no attention mask is needed
-    (and the fast causal kernel is used). Labels are the inputs with pads ignored (-100)."""
+    (and the fast causal kernel is used). Labels are the inputs with pads ignored (-100); ``bucket_ids`` are
+    padded with 0 when the windows have them."""
     width = max(len(example["input_ids"]) for example in batch)
-    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-    for row, example in enumerate(batch):
-        input_ids[row, : len(example["input_ids"])] = torch.tensor(example["input_ids"])
-    labels = input_ids.masked_fill(input_ids == pad_token_id, -100)
-    return {"input_ids": input_ids, "labels": labels}
+    collated = {}
+    for name, pad in (("input_ids", pad_token_id), ("bucket_ids", 0)):
+        if name in batch[0]:
+            collated[name] = torch.full((len(batch), width), pad, dtype=torch.long)
+            for row, example in enumerate(batch):
+                collated[name][row, : len(example[name])] = torch.tensor(example[name])
+    collated["labels"] = collated["input_ids"].masked_fill(collated["input_ids"] == pad_token_id, -100)
+    return collated
 
 
-def check_vocabulary(config: RecBaseConfig, tokenizer: RecBaseTokenizer, where: str) -> None:
-    """The model and the tokenizer must agree on the concept vocabulary."""
-    if (config.codebook_sizes != tokenizer.codebook_sizes or config.disambiguation_size != tokenizer.disambiguation_size
-            or config.vocab_size < len(tokenizer)):
-        raise ValueError(
-            f"{where}: the tokenizer (codebooks {tokenizer.codebook_sizes}, disambiguation "
-            f"{tokenizer.disambiguation_size}, {len(tokenizer)} tokens) does not match the model (codebooks "
-            f"{config.codebook_sizes}, disambiguation {config.disambiguation_size}, vocab_size {config.vocab_size})"
-        )
+def relabel_codes(input_ids: torch.LongTensor, level_offsets: list[int], level_sizes: list[int],
+                  generator: torch.Generator) -> tuple[torch.LongTensor, list[torch.LongTensor]]:
+    """Identity-free training: one window's codes of each level mapped through a random permutation of that
+    level's codes (fixed within the window). Which positions share a code, and so repeats and shared
+    prefixes, is kept; what a code means in a domain is not, so only the window itself can tell what comes
+    next, as in a domain never seen.
+
+    input_ids (seq,) -> (relabelled (seq,), the permutation of each level: code k became permutation[k]).
+    """
+    relabelled = input_ids.clone()
+    permutations = []
+    for offset, size in zip(level_offsets, level_sizes):
+        permutation = torch.randperm(size, generator=generator)
+        in_level = (input_ids >= offset) & (input_ids < offset + size)
+        relabelled[in_level] = offset + permutation[input_ids[in_level] - offset]
+        permutations.append(permutation)
+    return relabelled, permutations
+
+
+class PretrainingCollator:
+    """Right-padded batches (``collate_right_padded``), plus what the training recipe asks for:
+
+    - ``relabel_share``: that share of windows is relabelled (``relabel_codes``); ``content_ids`` keep the
+      true tokens, whose code vectors feed the content inputs and the dense head;
+    - ``num_negatives``: for the dense head, that many items drawn uniformly from each window's domain
+      (``negative_ids`` (batch, negatives, tokens_per_item) and their ``negative_vectors``, with
+      ``negative_buckets`` given catalogue counts), and each window's ``item_vectors`` (batch, seq, latent):
+      every item's content vector at the position of its last token (right padding: item j ends at
+      ``(j + 1) * tokens_per_item``).
+    """
+
+    def __init__(self, tokenizer: RecBaseTokenizer, relabel_share: float = 0.0, num_negatives: int = 0,
+                 popularity_buckets: int = 0, seed: int = 0) -> None:
+        self.pad_token_id, self.relabel_share, self.num_negatives = tokenizer.pad_token_id, relabel_share, num_negatives
+        sizes = tokenizer.codebook_sizes + ([tokenizer.disambiguation_size] if tokenizer.disambiguation_size else [])
+        self.level_sizes = sizes
+        self.level_offsets = [tokenizer.codes_to_token_ids([0] * len(sizes))[level] for level in range(len(sizes))]
+        self.tokenizer = tokenizer
+        self.domain_items: dict[str, torch.LongTensor] = {}
+        self.domain_vectors: dict[str, torch.Tensor] = {}
+        self.domain_buckets: dict[str, torch.LongTensor] = {}
+        if num_negatives:
+            for domain in sorted(tokenizer.domains):
+                keys = tokenizer.domain_items(domain)
+                self.domain_items[domain] = tokenizer.item_token_ids(keys)
+                self.domain_vectors[domain] = tokenizer.item_vectors(keys)
+                if popularity_buckets:
+                    self.domain_buckets[domain] = tokenizer.popularity_buckets(keys, popularity_buckets)
+        self.seed = seed
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        collated = collate_right_padded(batch, self.pad_token_id)
+        # Random draws depend only on (seed, batch): a resumed run, which replays the same batches, draws the same.
+        generator = torch.Generator().manual_seed(
+            self.seed * 2**32 + zlib.crc32(collated["input_ids"].numpy().tobytes()))
+        if self.relabel_share:
+            collated["content_ids"] = collated["input_ids"]
+            relabelled = collated["input_ids"].clone()
+            chosen = torch.rand(len(batch), generator=generator) < self.relabel_share
+            for row in chosen.nonzero().squeeze(-1).tolist():
+                relabelled[row] = relabel_codes(relabelled[row], self.level_offsets, self.level_sizes, generator)[0]
+            collated["input_ids"] = relabelled
+            collated["labels"] = relabelled.masked_fill(collated["labels"] == -100, -100)
+        if self.num_negatives:
+            tokens_per_item = self.tokenizer.tokens_per_item
+            negatives, vectors, buckets = [], [], []
+            item_vectors = torch.zeros(*collated["input_ids"].shape, next(iter(self.domain_vectors.values())).shape[-1])
+            for row, example in enumerate(batch):
+                keys = self.tokenizer.decode_items(example["input_ids"])
+                item_vectors[row, tokens_per_item : tokens_per_item * (len(keys) + 1) : tokens_per_item] = \
+                    self.tokenizer.item_vectors(keys)
+                items = self.domain_items[example["domain"]]
+                drawn = torch.randint(len(items), (self.num_negatives,), generator=generator)
+                negatives.append(items[drawn])
+                vectors.append(self.domain_vectors[example["domain"]][drawn])
+                if self.domain_buckets:
+                    buckets.append(self.domain_buckets[example["domain"]][drawn])
+            collated.update(item_vectors=item_vectors, negative_ids=torch.stack(negatives),
+                            negative_vectors=torch.stack(vectors))
+            if buckets:
+                collated["negative_buckets"] = torch.stack(buckets)
+        return collated
+
+
+@torch.no_grad()
+def validation_metrics(model: torch.nn.Module, tokenizer: RecBaseTokenizer, validation_sets: list[EvaluationSet],
+                       max_items: int) -> dict[str, float]:
+    """Mean candidate-scoring AUC and GAUC over the validation sets, and each domain's metrics; full ranking
+    too when it is cheap (the dense head alone ranks, no beam search)."""
+    recommender = RecBaseRecommender(model.eval(), tokenizer, max_items, batch_size=32)
+    cheap_ranking = model.config.dense_head and not any(model.config.code_score_weights([d.items[0] for d in validation_sets]))
+    protocols = ("candidate_scoring", "full_ranking") if cheap_ranking else ("candidate_scoring",)
+    per_domain = {data.domain: evaluate_recommender(recommender, data, ks=(10,), protocols=protocols)
+                  for data in validation_sets}
+    return {"auc": sum(m["auc"] for m in per_domain.values()) / len(per_domain),
+            "gauc": sum(m["gauc"] for m in per_domain.values()) / len(per_domain),
+            **{f"{name}_{domain}": value for domain, m in per_domain.items() for name, value in m.items()}}
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -174,6 +279,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="codebooks: concept-token embeddings start from the quantizer's code vectors")
     parser.add_argument("--freeze_concept_embeddings", action="store_true",
                         help="keep the token embeddings (and the tied output head) fixed")
+    # The recipe of new models (see RecBaseConfig for each model field). The defaults are what training.select
+    # chose on held-out domains (benchmarks/results/selection.md); --no-dense_head --no-content_inputs
+    # --popularity_buckets 0 is the plain generative model.
+    parser.add_argument("--content_inputs", action=argparse.BooleanOptionalAction, default=True,
+                        help="add each code's projected vector to its input embedding")
+    parser.add_argument("--dense_head", action=argparse.BooleanOptionalAction, default=True,
+                        help="a dense head scoring items by cosine to a predicted content vector (LIGER)")
+    parser.add_argument("--dense_loss_weight", type=float, default=1.0)
+    parser.add_argument("--dense_temperature", type=float, default=0.1)
+    parser.add_argument("--dense_history_items", type=int, default=10)
+    parser.add_argument("--dense_history_decay", type=float, default=0.5)
+    parser.add_argument("--dense_head_learning_rate", type=float, default=2e-4,
+                        help="learning rate of the dense head's residual (0: --learning_rate)")
+    parser.add_argument("--code_score_weight", type=float, default=1.0, help="weight of the code log-likelihood in scores")
+    parser.add_argument("--calibrated_code_score", action=argparse.BooleanOptionalAction, default=False,
+                        help="score codes by PMI (minus the empty history's log-likelihood)")
+    parser.add_argument("--popularity_buckets", type=int, default=10,
+                        help="> 0: learn a score bias per popularity bucket, used when items have catalogue counts")
+    parser.add_argument("--embedding_dropout", type=float, default=0.0)
+    parser.add_argument("--residual_dropout", type=float, default=0.0)
+    parser.add_argument("--attention_dropout", type=float, default=0.0)
+    parser.add_argument("--num_negatives", type=int, default=128, help="same-domain items per window for the dense loss")
+    parser.add_argument("--relabel_share", type=float, default=0.0, help="share of windows with relabelled codes")
+    # Checkpoint selection: every --validate_every steps, candidate-scoring AUC on the validation split of
+    # --validation_domains (held-out domains for zero-shot selection); the best step is what gets saved.
+    parser.add_argument("--validation_domains", nargs="*", default=[])
+    parser.add_argument("--validation_users", type=int, default=500, help="users sampled per validation domain")
+    parser.add_argument("--validation_negatives", type=int, default=20, help="sampled negatives per validation user")
+    parser.add_argument("--validate_every", type=int, default=200)
     parser.add_argument("--per_device_batch_size", type=int, default=64)
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
@@ -200,16 +334,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@torch.no_grad()
 def build_model(args: argparse.Namespace, tokenizer: RecBaseTokenizer) -> torch.nn.Module:
     """A new model of ``--preset``, or the ``--init_from`` checkpoint, wrapped in LoRA when ``--lora_rank`` > 0."""
     if args.init_from:
         model = RecBaseForCausalLM.from_pretrained(args.init_from)
         check_vocabulary(model.config, tokenizer, args.tokenizer_dir)
+        if model.config.code_score_domains is not None:  # trained on these domains now too
+            model.config.code_score_domains = sorted(set(model.config.code_score_domains) | set(args.domains))
     else:
-        config = RecBaseConfig.from_preset(args.preset, codebook_sizes=tokenizer.codebook_sizes,
-                                           disambiguation_size=tokenizer.disambiguation_size)
+        content = args.content_inputs or args.dense_head
+        args.popularity_buckets *= args.dense_head  # the buckets bias the dense head's scores
+        if content and tokenizer.quantizer is None:
+            raise ValueError(f"{args.tokenizer_dir}: --content_inputs and --dense_head need a tokenizer with its quantizer")
+        config = RecBaseConfig.from_preset(
+            args.preset, codebook_sizes=tokenizer.codebook_sizes, disambiguation_size=tokenizer.disambiguation_size,
+            latent_dim=tokenizer.quantizer.config["latent_dim"] if content else 0, content_inputs=args.content_inputs,
+            dense_head=args.dense_head, dense_loss_weight=args.dense_loss_weight, code_score_weight=args.code_score_weight,
+            code_score_domains=list(args.domains), dense_temperature=args.dense_temperature,
+            dense_history_items=args.dense_history_items,
+            dense_history_decay=args.dense_history_decay,
+            calibrated_code_score=args.calibrated_code_score, popularity_buckets=args.popularity_buckets,
+            embedding_dropout=args.embedding_dropout, residual_dropout=args.residual_dropout,
+            attention_dropout=args.attention_dropout)
         check_vocabulary(config, tokenizer, args.tokenizer_dir)
         model = RecBaseForCausalLM(config)
+        if content:
+            model.model.code_latents.weight.copy_(tokenizer.code_latent_table(config.vocab_size))
         if args.embedding_init == "codebooks":
             init_concept_embeddings_from_codebooks(model, tokenizer, args.seed)
     if args.freeze_concept_embeddings:
@@ -268,29 +419,38 @@ def main(argv: list[str] | None = None) -> Path:
     tokenizer = RecBaseTokenizer.from_pretrained(args.tokenizer_dir)
     model = build_model(args, tokenizer)
     with accelerator.main_process_first():
-        interactions = load_corpus(args.corpus_dir)["interactions"]
-        missing = sorted(set(args.domains) - set(interactions.unique("domain")))
+        interactions_all = load_corpus(args.corpus_dir)["interactions"]
+        missing = sorted(set(args.domains + args.validation_domains) - set(interactions_all.unique("domain")))
         if missing:
             raise ValueError(f"{args.corpus_dir}: no interactions for domains {missing}")
-        interactions = interactions.filter(lambda d: d in set(args.domains), input_columns="domain")
+        interactions = interactions_all.filter(lambda d: d in set(args.domains), input_columns="domain")
         histories = leave_one_out(to_sequences(interactions))["train"]["items"]
-        train_dataset = training_windows(tokenizer, histories, args.max_items)
+        popularity_buckets = model.config.popularity_buckets
+        if popularity_buckets:  # the pretraining domains' own catalogue counts, from their training part
+            tokenizer.set_item_counts(Counter(key for history in histories for key in history))
+        train_dataset = training_windows(tokenizer, histories, args.max_items, popularity_buckets)
     # Windows range from 2 items to --max_items: batches of similar lengths waste little on padding
     # (on the bundled corpus, shuffled batches of 64 were 65% padding).
     sampler = LengthGroupedSampler([len(ids) for ids in train_dataset["input_ids"]], args.per_device_batch_size, args.seed)
-    train_dataloader = DataLoader(
-        train_dataset, batch_size=args.per_device_batch_size, sampler=sampler,
-        collate_fn=lambda batch: collate_right_padded(batch, tokenizer.pad_token_id),
-    )
+    dense = model.config.dense_head
+    collator = PretrainingCollator(tokenizer, args.relabel_share, args.num_negatives if dense else 0, popularity_buckets,
+                                   seed=args.seed + accelerator.process_index)
+    train_dataloader = DataLoader(train_dataset, batch_size=args.per_device_batch_size, sampler=sampler, collate_fn=collator)
 
     # Decay only the projection matrices: norms, biases and the (tied) concept-token embeddings are left
     # alone, since decaying rarely seen codes' embeddings pulls them to zero between their updates.
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    # The dense head's residual gets its own (smaller) learning rate: at the decoder's, it outgrows the prior it
+    # corrects within the warmup and held-out validation falls (see benchmarks/results/selection.md).
     no_decay_names = {name for name, p in trainable if p.ndim < 2 or "embed_tokens" in name}
-    decay = [p for name, p in trainable if name not in no_decay_names]
+    dense_head_params = [p for name, p in trainable if "dense_proj" in name]
+    decay = [p for name, p in trainable if name not in no_decay_names and "dense_proj" not in name]
     no_decay = [p for name, p in trainable if name in no_decay_names]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.learning_rate, betas=(0.9, 0.98))
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if dense_head_params:
+        groups.append({"params": dense_head_params, "weight_decay": args.weight_decay,
+                       "lr": args.dense_head_learning_rate or args.learning_rate})
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.98))
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
     # Recompute after prepare: sharding across processes changes the number of batches per epoch.
     steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
@@ -307,6 +467,23 @@ def main(argv: list[str] | None = None) -> Path:
         accelerator.load_state(str(resume_path))
         accelerator.print(f"resumed from {resume_path} at step {progress.completed_steps}")
 
+    validation_sets = [build_evaluation_set(interactions_all, domain, tokenizer.domain_items(domain), "validation",
+                                            args.validation_users, args.validation_negatives, args.seed) for domain in args.validation_domains]
+    best = {"step": -1, "auc": -1.0}
+    validation_log: list[dict] = []
+
+    def validate() -> None:
+        """Score the held-out validation users; keep a copy of the weights when they are the best so far."""
+        scores = validation_metrics(accelerator.unwrap_model(model), tokenizer, validation_sets, args.max_items)
+        validation_log.append({"step": progress.completed_steps, **scores})
+        accelerator.log({f"validation_{name}": value for name, value in scores.items()}, step=progress.completed_steps)
+        if scores["auc"] > best["auc"]:
+            best.update(step=progress.completed_steps, auc=scores["auc"],
+                        state={k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()})
+        model.train()
+
+    if validation_sets and progress.completed_steps == 0:
+        validate()  # step 0: with zero-initialised dense head, the prior itself
     model.train()
     bar = tqdm(total=max_steps, initial=progress.completed_steps, disable=not accelerator.is_local_main_process, desc="pretraining")
     window_tokens, window_start = 0, time.perf_counter()
@@ -318,7 +495,8 @@ def main(argv: list[str] | None = None) -> Path:
         batches = accelerator.skip_first_batches(train_dataloader, micro_step) if micro_step else train_dataloader
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                output = model(**batch)
+                loss = output.loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -333,10 +511,13 @@ def main(argv: list[str] | None = None) -> Path:
             if progress.completed_steps % args.log_every == 0 or progress.completed_steps == max_steps:
                 elapsed = time.perf_counter() - window_start
                 tokens = accelerator.reduce(torch.tensor(window_tokens, device=accelerator.device), reduction="sum").item()
-                accelerator.log({"loss": loss.item(), "learning_rate": scheduler.get_last_lr()[0],
+                parts = {name: value.item() for name in ("code_loss", "dense_loss") if (value := getattr(output, name)) is not None}
+                accelerator.log({"loss": loss.item(), **parts, "learning_rate": scheduler.get_last_lr()[0],
                                  "tokens_per_second": tokens / elapsed, "epoch": epoch}, step=progress.completed_steps)
                 bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens / elapsed:.0f}")
                 window_tokens, window_start = 0, time.perf_counter()
+            if validation_sets and (progress.completed_steps % args.validate_every == 0 or progress.completed_steps == max_steps):
+                validate()
             if progress.completed_steps % args.checkpointing_steps == 0 or progress.completed_steps == max_steps:
                 save_checkpoint(accelerator, checkpoint_dir, progress.completed_steps, args.checkpoints_total_limit)
             if progress.completed_steps >= max_steps:
@@ -346,6 +527,10 @@ def main(argv: list[str] | None = None) -> Path:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
+        if validation_sets:
+            final.load_state_dict(best.pop("state"))
+            write_json_atomically(output_dir / "validation.json", {"best": best, "history": validation_log})
+            accelerator.print(f"kept step {best['step']} (validation AUC {best['auc']:.4f})")
         save_hub_folder(final.merge_and_unload() if args.merge_lora and args.lora_rank else final, tokenizer, output_dir)
     accelerator.end_training()
     return output_dir

@@ -1,0 +1,169 @@
+"""Recipe selection on held-out domains: every choice is made without looking at the test domains.
+
+    python -m training.select --output_dir outputs/selection          # the screening table, 2 CPU cores
+
+1. Build the corpus of every bundled domain. The test domains (Office, ML-100k) and the validation domains
+   (default: Scientific, a product catalogue near the test ones, and X-Wines, a far one) are left out of the
+   quantizer's fit and of pretraining, and indexed with ``add_items`` alone, as a new domain would be.
+2. Pretrain each recipe with the same budget (``--max_steps``), keeping the step with the best validation
+   AUC on the validation domains (step 0 included: the prior itself).
+3. Evaluate each recipe on the validation split of the validation domains (zero-shot) and of Beauty
+   (in-domain), next to text similarity, popularity and random on the same users, and write one table
+   (``selection.md`` and ``selection.json``).
+
+A recipe is a list of ``training.pretrain`` flags, plus options of the evaluation (model fields that change only
+how items are scored, or catalogue counts), so that recipes differing only there share one trained model. A
+second run in the same ``--output_dir`` keeps the rows already there and the fitted item tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+from training import evaluate as evaluation
+from training import pretrain
+from training.atomic import write_json_atomically, write_text_atomically
+from training.corpus import BUNDLED_DOMAINS, DEFAULT_DATA_DIR, DEFAULT_ZERO_SHOT_DOMAINS, build_corpus, load_corpus
+from training.embedding import DEFAULT_CACHE_DIR
+from training.fit_item_tokenizer import fit_item_tokenizer
+from training.quantizer import QuantizerFitConfig
+
+DEFAULT_VALIDATION_DOMAINS = ("amazon18_scientific", "xwines")
+ORIGINAL_DOMAINS = ("amazon14_beauty", "yelp_p5", "amazon18_scientific")  # the first release's pretraining set
+# Rows spell out every flag that differs from training.pretrain's defaults (the recipe chosen here: dense head,
+# content inputs, dense head learning rate 2e-4, popularity buckets). The screened dense models are scored by
+# the dense head alone, Beauty included (code_score_weight 0), and have no popularity buckets unless a row
+# says so; on a held-out domain the code head never counts (``code_score_domains``).
+CODE_HEAD = ["--no-dense_head", "--no-content_inputs"]
+RECIPE = ["--code_score_weight", "0", "--popularity_buckets", "0"]
+# name -> (pretraining domains: "original" or "all", pretrain flags, keyword arguments of training.evaluate.evaluate)
+RECIPES: dict[str, tuple[str, list[str], dict]] = {
+    "code head, original domains": ("original", CODE_HEAD, {}),
+    "code head, all domains": ("all", CODE_HEAD, {}),
+    "code head, PMI scoring": ("all", CODE_HEAD, {"score_overrides": {"calibrated_code_score": True}}),
+    "code head, relabelled windows 50%": ("all", CODE_HEAD + ["--relabel_share", "0.5"], {}),
+    "dense head + content inputs": ("all", RECIPE + ["--dense_head_learning_rate", "0"], {}),
+    "dense head + content inputs, dense head learning rate 2e-5": (
+        "all", RECIPE + ["--dense_head_learning_rate", "2e-5"], {}),
+    "dense head + content inputs, dense head learning rate 2e-4": ("all", RECIPE, {}),
+    "recipe, original domains": ("original", RECIPE, {}),
+    "recipe without content inputs": ("all", RECIPE + ["--no-content_inputs"], {}),
+    "recipe + relabelled windows 50%": ("all", RECIPE + ["--relabel_share", "0.5"], {}),
+    "recipe + dropout 0.1": ("all", RECIPE + ["--embedding_dropout", "0.1", "--residual_dropout", "0.1"], {}),
+    "recipe, history decay 0.3": ("all", RECIPE + ["--dense_history_decay", "0.3"], {}),
+    "recipe, temperature 0.05": ("all", RECIPE + ["--dense_temperature", "0.05"], {}),
+    "recipe, 4x steps": ("all", RECIPE + ["--max_steps", "2400"], {}),
+    "recipe + popularity buckets, no counts given": ("all", RECIPE[:2], {}),  # the default buckets
+    "recipe + popularity buckets, + catalogue counts": ("all", RECIPE[:2], {"catalogue_counts": True}),
+}
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
+
+
+def selection_markdown(results: dict) -> str:
+    """One row per recipe and baseline: each validation domain's AUC / GAUC / NDCG@10 / Recall@10, Beauty
+    Recall@10 and CPU minutes."""
+    domains = results["validation_domains"]
+    header = ["recipe", "best step"] + [f"{d} AUC / GAUC / NDCG@10 / R@10" for d in domains] + [
+        "mean AUC", "Beauty R@10 (in-domain)", "CPU minutes"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in results["rows"].items():
+        cells = [name, str(row.get("best_step", "-"))]
+        for domain in domains:
+            m = row["domains"][domain]
+            cells.append(f"{m['auc']:.4f} / {m['gauc']:.4f} / {m['ndcg@10']:.4f} / {m['recall@10']:.4f}")
+        cells += [f"{sum(row['domains'][d]['auc'] for d in domains) / len(domains):.4f}",
+                  f"{row['domains'][results['in_domain']]['recall@10']:.4f}",
+                  f"{row['minutes']:.1f}" if "minutes" in row else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="outputs/selection")
+    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--corpus_dir", default=None, help="a corpus already built (default: build one from --data_dir)")
+    parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR))
+    parser.add_argument("--domains", nargs="+", default=list(BUNDLED_DOMAINS))
+    parser.add_argument("--test_domains", nargs="*", default=list(DEFAULT_ZERO_SHOT_DOMAINS),
+                        help="never trained on, never evaluated here")
+    parser.add_argument("--validation_domains", nargs="+", default=list(DEFAULT_VALIDATION_DOMAINS))
+    parser.add_argument("--in_domain", default="amazon14_beauty")
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--preset", default="recbase-tiny")
+    parser.add_argument("--codebook_sizes", nargs="+", type=int, default=[256, 256, 256])
+    parser.add_argument("--disambiguation_size", type=int, default=32)
+    parser.add_argument("--max_steps", type=int, default=600)
+    parser.add_argument("--validate_every", type=int, default=150)
+    parser.add_argument("--per_device_batch_size", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--max_items", type=int, default=20)
+    parser.add_argument("--eval_users", type=int, default=500, help="validation users sampled per domain")
+    parser.add_argument("--negatives", type=int, default=20, help="sampled negatives per user (candidate scoring)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    output_dir = Path(args.output_dir)
+    held_out = set(args.test_domains) | set(args.validation_domains)
+    train_domains = [d for d in args.domains if d not in held_out]
+    if args.in_domain not in train_domains:
+        raise ValueError(f"the in-domain check {args.in_domain!r} must be a pretraining domain ({train_domains})")
+    corpus_dir = args.corpus_dir or build_corpus(args.domains, output_dir / "corpus", data_dir=args.data_dir)
+    tokenizer_dir = output_dir / "item-tokenizer"
+    if not (tokenizer_dir / "tokenizer_config.json").is_file():
+        tokenizer, _ = fit_item_tokenizer(
+            load_corpus(corpus_dir)["items"], train_domains, [d for d in args.domains if d in held_out],
+            QuantizerFitConfig(codebook_sizes=args.codebook_sizes, seed=args.seed), args.disambiguation_size,
+            cache_dir=args.cache_dir)
+        tokenizer.save_pretrained(tokenizer_dir)
+
+    results_path = output_dir / "selection.json"
+    results: dict = {"validation_domains": args.validation_domains, "in_domain": args.in_domain,
+                     "train_domains": train_domains, "test_domains": args.test_domains, "split": "validation",
+                     "settings": vars(args), "rows": {}}
+    if results_path.is_file():
+        results["rows"] = json.loads(results_path.read_text())["rows"]
+    eval_domains = args.validation_domains + [args.in_domain]
+    for name in [name for name in args.recipes if name not in results["rows"]]:
+        domain_choice, flags, evaluation_options = RECIPES[name]
+        domains = [d for d in (ORIGINAL_DOMAINS if domain_choice == "original" else train_domains) if d in train_domains]
+        started = time.process_time()
+        # Named by what is trained, so recipes that differ only in evaluation share one model.
+        run_dir = output_dir / "runs" / slug(" ".join([domain_choice, *flags]))
+        if not (run_dir / "config.json").is_file():
+            pretrain.main([
+                "--corpus_dir", str(corpus_dir), "--tokenizer_dir", str(tokenizer_dir), "--output_dir", str(run_dir),
+                "--domains", *domains, "--preset", args.preset, "--max_steps", str(args.max_steps),
+                "--per_device_batch_size", str(args.per_device_batch_size), "--learning_rate", str(args.learning_rate),
+                "--max_items", str(args.max_items), "--seed", str(args.seed), "--checkpointing_steps", str(10**9),
+                "--validation_domains", *args.validation_domains, "--validation_users", str(args.eval_users),
+                "--validation_negatives", str(args.negatives),
+                "--validate_every", str(args.validate_every), *flags])
+        evaluated = evaluation.evaluate(
+            run_dir, corpus_dir, eval_domains, args.validation_domains, split="validation", max_users=args.eval_users,
+            negatives=args.negatives,
+            max_history_items=args.max_items, cache_dir=args.cache_dir, seed=args.seed, model_name=name,
+            baselines=not results["rows"], **evaluation_options)
+        validation = (run_dir / "validation.json")
+        best_step = json.loads(validation.read_text())["best"]["step"] if validation.is_file() else None
+        for model_name in evaluated["domains"][args.in_domain]["models"]:
+            row = results["rows"].setdefault(model_name, {"domains": {}})
+            for domain in eval_domains:
+                row["domains"][domain] = evaluated["domains"][domain]["models"][model_name]
+        results["rows"][name].update(best_step=best_step, minutes=(time.process_time() - started) / 60,
+                                     flags=flags, evaluation=evaluation_options, pretraining_domains=domains)
+        write_json_atomically(results_path, results)
+        write_text_atomically(output_dir / "selection.md", selection_markdown(results) + "\n")
+        print(selection_markdown(results), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
