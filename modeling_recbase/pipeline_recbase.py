@@ -10,9 +10,10 @@ A history entry is an indexed item key (``"<domain>/<item_id>"``) or ``{"text": 
 tokenizer has never seen: that item is indexed on the fly (the stored quantizer and the text encoder named
 in the tokenizer's config), in ``domain`` or else the domain of the history's known items.
 
-Ranking is beam search constrained to the code sequences of the allowed items (``RecBaseItemConstraint``),
-so every result is a real item and none repeats. A score is the log-probability of the item's code tokens
-after the history; ``score_candidates`` gives the same number for a given candidate list (the paper's setting).
+Every result is a real item and none repeats. With a dense head, every allowed item is scored by the cosine
+between the predicted next-item content vector and its own; on the domains the model was trained on, the code
+head's log-likelihood is added, with beam search constrained to real items' codes (``RecBaseItemConstraint``)
+proposing candidates. ``score_candidates`` gives the same score for a given candidate list (the paper's setting).
 
 Shipped beside the weights: imports only torch, transformers, the standard library and siblings.
 """
@@ -124,12 +125,11 @@ def score_candidates(model, tokenizer, histories: Sequence[Sequence[str]], candi
     """The score of each candidate after its history: (users, candidates per user).
 
     ``code_score_weight`` (for a domain of ``code_score_domains``) x the log-probability of the candidate's
-    code tokens (minus its empty-history
-    log-probability with ``calibrated_code_score``), plus, with a dense head, the cosine between the predicted
-    and the candidate's content vector over ``dense_temperature``, less the mean of that cosine over the
-    candidate's domain (which leaves a user's ranking as it is and makes users comparable), plus its popularity
-    bias given catalogue counts. The history runs once; its cache is then repeated for every
-    candidate."""
+    code tokens (minus its empty-history log-probability with ``calibrated_code_score``), plus, with a dense
+    head, the cosine between the predicted and the candidate's content vector over ``dense_temperature``, less
+    the mean of that cosine over the candidate's domain (a user's ranking is unchanged, users become
+    comparable), plus its popularity bias given catalogue counts. The history runs once; its cache is then
+    repeated for every candidate."""
     config = model.config
     per_user = len(candidates[0])
     if any(len(row) != per_user for row in candidates):
