@@ -19,7 +19,6 @@ from torch import nn
 from transformers import GenerationMixin, LogitsProcessor, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.utils import ModelOutput
 
 from .configuration_recbase import RecBaseConfig
 
@@ -188,7 +187,7 @@ class RecBasePreTrainedModel(PreTrainedModel):
             module.inv_freq.copy_(module.inverse_frequencies(self.config))
         # Modules marked ``starts_at_zero`` (the content projection, the dense head, the popularity bias, the
         # code vectors until they are set): a new model computes exactly what it would without them, and its
-        # dense score is the cosine to the last item, the text prior.
+        # dense score is the prior alone (the cosine to the recent items' content vectors).
         if getattr(module, "starts_at_zero", False):
             module.weight.zero_()
 
@@ -201,8 +200,8 @@ class RecBaseModel(RecBasePreTrainedModel):
     def __init__(self, config: RecBaseConfig) -> None:
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        # Frozen: row t is the quantizer's code vector of concept token t (zero for special tokens); filled
-        # from the item tokenizer by ``set_code_latents``.
+        # Frozen: row t is the quantizer's code vector of concept token t (zero for special tokens); training
+        # fills it from the item tokenizer's ``code_latent_table``.
         self.code_latents = self.content_proj = None
         if config.latent_dim:
             self.code_latents = nn.Embedding(config.vocab_size, config.latent_dim)
@@ -463,11 +462,12 @@ class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
         rows, positions = (is_item_end & has_next).nonzero(as_tuple=True)  # (pairs,)
         if rows.numel() == 0:
             return hidden_states.sum() * 0.0
-        queries = self.dense_queries(hidden_states, content_ids, item_vectors)[rows, positions]  # (pairs, latent)
+        at_ends = self.item_vectors_at_ends(content_ids, item_vectors)  # (batch, seq, latent), computed once
+        queries = self.dense_queries(hidden_states, content_ids, at_ends)[rows, positions]  # (pairs, latent)
         following = content_ids.unfold(1, tokens_per_item, 1)  # (batch, seq - T + 1, T): following[b, s] = ids[s:s+T]
         targets = following[rows, positions + 1]  # (pairs, T)
         negatives = negative_ids[rows]  # (pairs, negatives, T)
-        target_vectors = self.item_vectors_at_ends(content_ids, item_vectors)[rows, positions + tokens_per_item]
+        target_vectors = at_ends[rows, positions + tokens_per_item]
         negative_vectors = self.item_latents(negatives) if negative_vectors is None else negative_vectors[rows].float()
         vectors = torch.cat([target_vectors[:, None], negative_vectors], 1)  # (pairs, 1 + negatives, latent)
         buckets = None

@@ -451,8 +451,8 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         """(len(keys), latent_dim) content vectors for the dense head: an item's stored vector, or else the sum of
         its code vectors (its quantized latent).
 
-        The stored vector keeps what quantization loses: the nearest neighbours of an item (measured on held-out
-        Scientific: NDCG@10 of the next item by cosine to the last one, 0.047 with it, 0.017 with codes alone)."""
+        The stored vector keeps what quantization loses: the nearest neighbours of an item (held-out Scientific,
+        NDCG@10 of the next item by cosine to the last one: 0.046 with it, 0.020 with codes alone)."""
         codes = None
         rows = []
         for key in keys:
