@@ -47,6 +47,9 @@ class RecBaseConfig(PretrainedConfig):
         latent_dim: size of the item tokenizer's quantized latent; > 0 gives the model a frozen table of the
             quantizer's code vectors (``code_latents``, one row per concept token), from which an item's
             content vector (the sum of its codes' vectors) is computed. Nothing is stored per item.
+        item_vector_size: size of the content vectors the dense head predicts and scores (the item tokenizer's
+            ``item_vectors``: each item's aligned text embedding); 0 means ``latent_dim``, where the sum of an
+            item's code vectors can stand in for a vector that was not given.
         content_inputs: add a learned projection (zero at init) of each code token's vector to its input
             embedding, so a code never seen in a role still carries its meaning into the model.
         dense_head: a second head (zero at init) that predicts the next item's content vector as a residual
@@ -97,6 +100,7 @@ class RecBaseConfig(PretrainedConfig):
         embedding_dropout: float = 0.0,
         residual_dropout: float = 0.0,
         latent_dim: int = 0,
+        item_vector_size: int = 0,
         content_inputs: bool = False,
         dense_head: bool = False,
         dense_temperature: float = 0.1,
@@ -154,6 +158,7 @@ class RecBaseConfig(PretrainedConfig):
         self.embedding_dropout = embedding_dropout
         self.residual_dropout = residual_dropout
         self.latent_dim = int(latent_dim)
+        self.item_vector_size = int(item_vector_size) or self.latent_dim
         self.content_inputs = bool(content_inputs)
         self.dense_head = bool(dense_head)
         self.dense_temperature = float(dense_temperature)

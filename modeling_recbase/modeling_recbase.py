@@ -290,7 +290,7 @@ class RecBaseCausalLMOutput(CausalLMOutputWithPast):
     """``CausalLMOutputWithPast`` plus the parts of the loss and the dense head's queries.
 
     code_loss: cross-entropy of the code tokens; dense_loss: the dense head's softmax loss (when negatives
-    were given); dense_queries (batch, kept positions, latent_dim): the predicted next-item content vector at
+    were given); dense_queries (batch, kept positions, item_vector_size): the predicted next-item content vector at
     each position (meaningful where an item ends), when asked for with ``return_dense_queries``.
     """
 
@@ -311,7 +311,7 @@ class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.dense_proj = self.popularity_bias = None
         if config.dense_head:
-            self.dense_proj = nn.Linear(config.hidden_size, config.latent_dim, bias=False)
+            self.dense_proj = nn.Linear(config.hidden_size, config.item_vector_size, bias=False)
             self.dense_proj.starts_at_zero = True
         if config.popularity_buckets:
             # Bucket 0 means "count unknown" and never gets a bias: a catalogue without counts scores as before.
@@ -353,11 +353,11 @@ class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
     ) -> RecBaseCausalLMOutput:
         """labels (batch, seq): the input ids themselves (shifted inside), -100 where no loss is wanted.
 
-        Dense head (``config.dense_head``): ``item_vectors`` (batch, seq, latent_dim) holds each item's content
+        Dense head (``config.dense_head``): ``item_vectors`` (batch, seq, item_vector_size) holds each item's content
         vector (the item tokenizer's ``item_vectors``) at the position of its last token and zeros elsewhere;
         without it, the sum of the item's code vectors is used. Training: ``negative_ids`` (batch, negatives,
         tokens_per_item) are items of each row's domain to contrast with every true next item of the row, with
-        their ``negative_vectors`` (batch, negatives, latent_dim); ``bucket_ids`` (batch, seq) the popularity
+        their ``negative_vectors`` (batch, negatives, item_vector_size); ``bucket_ids`` (batch, seq) the popularity
         bucket of the item each token belongs to and ``negative_buckets`` (batch, negatives) those of the
         negatives (catalogue counts only). ``content_ids`` as in ``RecBaseModel``.
 
@@ -394,21 +394,29 @@ class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
                                      dense_queries=queries, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
 
     # ----- the dense head -----
+    def _check_code_vectors_stand_in(self) -> None:
+        if self.config.item_vector_size != self.config.latent_dim:
+            raise ValueError(f"this model's dense head scores {self.config.item_vector_size}-number item vectors, which "
+                             "code vectors cannot stand in for: pass item_vectors (tokenizer.encode_history(..., "
+                             "return_item_vectors=True)) and negative_vectors")
+
     def item_latents(self, item_token_ids: torch.LongTensor) -> torch.Tensor:
         """(..., tokens_per_item) token ids of items -> (..., latent_dim) content vectors (sum of code vectors)."""
+        self._check_code_vectors_stand_in()
         return self.model.code_latents(item_token_ids).sum(-2)
 
     def item_vectors_at_ends(self, content_ids: torch.LongTensor, item_vectors: torch.Tensor | None = None
                              ) -> torch.Tensor:
-        """(batch, seq) -> (batch, seq, latent_dim): at a position where an item ends, its content vector (from
+        """(batch, seq) -> (batch, seq, item_vector_size): at a position where an item ends, its content vector (from
         ``item_vectors`` when given, else the sum of its code vectors); elsewhere zero or meaningless."""
         if item_vectors is not None:
             return item_vectors.float()
+        self._check_code_vectors_stand_in()
         summed = self.model.code_latents(content_ids).cumsum(1)  # (batch, seq, latent)
         return summed - F.pad(summed, (0, 0, self.config.tokens_per_item, 0))[:, : summed.shape[1]]
 
     def dense_prior(self, content_ids: torch.LongTensor, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
-        """(batch, seq) -> (batch, seq, latent_dim): at a position where an item ends, the recency-weighted sum
+        """(batch, seq) -> (batch, seq, item_vector_size): at a position where an item ends, the recency-weighted sum
         of the unit content vectors of that item and the ``dense_history_items - 1`` before it (weights
         ``dense_history_decay ** k`` for the item k steps back); elsewhere meaningless.
 
@@ -422,7 +430,7 @@ class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
 
     def dense_queries(self, hidden_states: torch.Tensor, content_ids: torch.LongTensor,
                       item_vectors: torch.Tensor | None = None) -> torch.Tensor:
-        """(batch, seq, hidden), (batch, seq) -> (batch, seq, latent_dim): at a position where an item ends, the
+        """(batch, seq, hidden), (batch, seq) -> (batch, seq, item_vector_size): at a position where an item ends, the
         predicted content vector of the next item: the recent items' (``dense_prior``) plus the head's learned
         residual (zero at init). The whole items must be in ``content_ids`` (no cache)."""
         if self.dense_proj is None:
@@ -434,7 +442,7 @@ class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
                      centres: torch.Tensor | None = None) -> torch.Tensor:
         """Cosine / ``dense_temperature`` (+ the popularity bias of each candidate's bucket).
 
-        queries (..., latent_dim); latents (..., candidates, latent_dim), or (candidates, latent_dim) shared by
+        queries (..., item_vector_size); latents (..., candidates, item_vector_size), or (candidates, ...) shared by
         every query; buckets like latents without the last axis -> scores (..., candidates). ``centres`` (like
         latents): subtracted from the unit candidate vectors, e.g. their domain's mean unit vector. That takes
         the same amount off every candidate of a domain for one query, so a user's ranking is unchanged, but

@@ -37,8 +37,9 @@ TASK = "next-item-generation"
 
 @torch.no_grad()
 def rank_items(model, tokenizer, histories: Sequence[Sequence[str]], item_keys: Sequence[str], num_beams: int,
-               max_length: int | None = None) -> list[list[tuple[str, float]]]:
-    """For each history, up to ``num_beams`` distinct items of ``item_keys``, best first, with their scores.
+               max_length: int | None = None, exclude_history: bool = False) -> list[list[tuple[str, float]]]:
+    """For each history, up to ``num_beams`` distinct items of ``item_keys``, best first, with their scores;
+    with ``exclude_history``, never an item of that history.
 
     Without a dense head: constrained beam search, scored by the log-probability of the item's code tokens.
     With one: the dense head scores every allowed item; where the code head has no weight (``code_score_weight``
@@ -46,37 +47,47 @@ def rank_items(model, tokenizer, histories: Sequence[Sequence[str]], item_keys: 
     head's best ``rerank_candidates`` are re-scored by ``score_candidates``."""
     config = model.config
     if not config.dense_head:
-        return _beam_search(model, tokenizer, histories, item_keys, num_beams, max_length)
+        return _beam_search(model, tokenizer, histories, item_keys, num_beams, max_length, exclude_history)
     encoded = tokenizer.encode_history(list(histories), max_length=max_length, return_tensors="pt",
                                        return_item_vectors=True).to(model.device)
     queries = model(**encoded, use_cache=False, logits_to_keep=1, return_dense_queries=True).dense_queries[:, -1]
     buckets = (tokenizer.popularity_buckets(item_keys, config.popularity_buckets).to(model.device)
                if config.popularity_buckets else None)
     dense = model.dense_scores(queries, tokenizer.item_vectors(item_keys).to(model.device), buckets)  # (users, items)
+    positions = {key: i for i, key in enumerate(item_keys)}
+    if exclude_history:
+        for row, history in enumerate(histories):
+            dense[row, [positions[key] for key in set(history) if key in positions]] = float("-inf")
     if not any(config.code_score_weights(list(item_keys))):
         top = dense.topk(min(num_beams, len(item_keys)), dim=-1)
-        return [[(item_keys[i], score) for i, score in zip(rows, values)]
+        return [[(item_keys[i], score) for i, score in zip(rows, values) if score != float("-inf")]
                 for rows, values in zip(top.indices.tolist(), top.values.tolist())]
-    shortlist_size = min(len(item_keys), config.rerank_candidates + num_beams)
+    # Re-score a shortlist per user: the beam's items (the code head's best), then the dense head's best.
+    # Excluded items are -inf in ``dense`` (so last in its order); every shortlist has the same length, as
+    # score_candidates needs.
+    shortlist_size = min(config.rerank_candidates + num_beams, int((dense > float("-inf")).sum(-1).min()))
     beams = _beam_search(model, tokenizer, histories, item_keys, num_beams, max_length)
     shortlists = []
-    for beam, order in zip(beams, dense.argsort(dim=-1, descending=True)[:, :shortlist_size].tolist()):
-        chosen = dict.fromkeys(key for key, _ in beam)
-        for index in order:
-            if len(chosen) == shortlist_size:
+    for row, (beam, order) in enumerate(zip(beams, dense.argsort(dim=-1, descending=True)[:, :shortlist_size].tolist())):
+        chosen = dict.fromkeys(key for key, _ in beam if dense[row, positions[key]] > float("-inf"))
+        for position in order:
+            if len(chosen) >= shortlist_size:
                 break
-            chosen.setdefault(item_keys[index])
-        shortlists.append(list(chosen))
+            chosen.setdefault(item_keys[position])
+        shortlists.append(list(chosen)[:shortlist_size])
     scores = score_candidates(model, tokenizer, histories, shortlists, max_length)
     return [sorted(zip(keys, row), key=lambda pair: -pair[1])[:num_beams] for keys, row in zip(shortlists, scores)]
 
 
 def _beam_search(model, tokenizer, histories: Sequence[Sequence[str]], item_keys: Sequence[str], num_beams: int,
-                 max_length: int | None = None) -> list[list[tuple[str, float]]]:
+                 max_length: int | None = None, exclude_history: bool = False) -> list[list[tuple[str, float]]]:
     """Constrained beam search: up to ``num_beams`` distinct items of ``item_keys`` per history, best first,
-    each with the log-probability of its code tokens. Histories are item keys, left-padded together."""
+    each with the log-probability of its code tokens. Histories are item keys, left-padded together. With
+    ``exclude_history``, the search keeps as many more beams as the longest history has items to drop."""
     table = tokenizer.item_token_ids(item_keys)  # (items, tokens_per_item)
-    beams = min(num_beams, len(item_keys))
+    allowed = set(item_keys)
+    excluded = [set(history) & allowed if exclude_history else set() for history in histories]
+    beams = min(num_beams + max(map(len, excluded)), len(item_keys))
     encoded = tokenizer.encode_history(list(histories), max_length=max_length, return_tensors="pt").to(model.device)
     prompt_length = encoded["input_ids"].shape[1]
     output = model.generate(
@@ -87,18 +98,18 @@ def _beam_search(model, tokenizer, histories: Sequence[Sequence[str]], item_keys
     )
     generated = output.sequences[:, prompt_length:].reshape(len(histories), beams, -1)
     scores = output.sequences_scores.reshape(len(histories), beams).tolist()
-    allowed, special = set(item_keys), len(tokenizer.all_special_ids)
+    special = len(tokenizer.all_special_ids)
     ranked = []
-    for rows, row_scores in zip(generated, scores):
+    for rows, row_scores, skip in zip(generated, scores, excluded):
         items: dict[str, float] = {}
         for row, score in zip(rows, row_scores):
             # A beam the constraint ran dry on (fewer valid items than beams) ends in special tokens: skip it.
             if score == float("-inf") or not bool((row >= special).all()):
                 continue
             key = tokenizer.decode_items(row)[0]
-            if key in allowed and key not in items:
+            if key in allowed and key not in skip and key not in items:
                 items[key] = score
-        ranked.append(list(items.items()))
+        ranked.append(list(items.items())[:num_beams])
     return ranked
 
 
@@ -225,13 +236,12 @@ class NextItemGenerationPipeline(Pipeline):
                  num_beams: int | None = None) -> dict:
         history, domain = model_inputs["history"], model_inputs["domain"]
         items = self.tokenizer.domain_items(domain) if domain else list(self.tokenizer.item_codes)
-        if exclude_history:
-            seen = set(history)
-            items = [key for key in items if key not in seen]
-        if not 0 < top_k <= len(items):
-            raise ValueError(f"top_k={top_k} but {len(items)} items can be recommended"
+        available = len(set(items) - set(history)) if exclude_history else len(items)
+        if not 0 < top_k <= available:
+            raise ValueError(f"top_k={top_k} but {available} items can be recommended"
                              + (f" in domain {domain!r}" if domain else ""))
-        ranked = rank_items(self.model, self.tokenizer, [history], items, max(num_beams or 20, top_k))[0]
+        ranked = rank_items(self.model, self.tokenizer, [history], items, max(num_beams or 20, top_k),
+                            exclude_history=exclude_history)[0]
         return {"ranked": ranked[:top_k]}
 
     def postprocess(self, model_outputs: dict) -> list[dict]:

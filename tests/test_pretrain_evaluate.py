@@ -126,7 +126,7 @@ def test_constrained_ranking_returns_only_real_distinct_items_of_the_domain(tiny
     model, tokenizer = load_checkpoint(tiny_run["checkpoint"])
     interactions = load_corpus(tiny_run["corpus"])["interactions"]
     data = build_evaluation_set(interactions, "films", tokenizer.domain_items("films"), negatives=5)
-    ranked = RecBaseRecommender(model, tokenizer, num_beams=12).rank(data, k=10)
+    ranked = RecBaseRecommender(model, tokenizer, num_beams=12).rank(data, k=10, exclude_history=False)
     films = set(tokenizer.domain_items("films"))
     assert len(ranked) == 30
     for row in ranked:
@@ -162,7 +162,7 @@ def test_text_similarity_ranks_the_same_text_first(tiny_run, tmp_path):
     tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
     interactions = load_corpus(tiny_run["corpus"])["interactions"]
     data = build_evaluation_set(interactions, "music", tokenizer.domain_items("music"), negatives=5)
-    ranked = TextSimilarityRecommender(tokenizer, EmbeddingCache(cache_dir=tiny_run["root"] / "embeddings")).rank(data, 3)
+    ranked = TextSimilarityRecommender(tokenizer, EmbeddingCache(cache_dir=tiny_run["root"] / "embeddings")).rank(data, 3, exclude_history=False)
     assert all(row[0] == history[-1] for row, history in zip(ranked, data.histories))
 
 

@@ -159,8 +159,9 @@ def test_held_out_validation_keeps_the_best_step(tiny_run, tmp_path):
                    "--checkpointing_steps", "100"])
     log = json.loads((output_dir / "validation.json").read_text())
     assert [entry["step"] for entry in log["history"]] == [0, 3, 6]
-    best = max(log["history"], key=lambda entry: entry["auc"])
-    assert log["best"] == {"step": best["step"], "auc": best["auc"]}
+    best = max(log["history"], key=lambda entry: entry["ndcg@10"])
+    assert log["best"] == {"step": best["step"], "metric": "ndcg@10", "ndcg@10": best["ndcg@10"]}
+    assert all({"recall@10", "auc"} <= set(entry) for entry in log["history"])
     # The saved folder recommends through the pipeline: code and dense heads on the domain it was trained on,
     # the dense head alone on the held-out one, and a LoRA adapts it.
     recommend = pipeline("next-item-generation", model=str(output_dir), trust_remote_code=True)

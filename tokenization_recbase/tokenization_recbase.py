@@ -211,7 +211,7 @@ class RecBaseTokenizer(PreTrainedTokenizer):
     Args:
         item_table_file: JSON ``{"items": {key: {"codes": [...], "text": str}}}`` written by ``save_pretrained``.
         quantizer_file: the frozen quantizer (``torch.save`` of its config and weights), used by ``add_items``.
-        item_vectors_file: each item's content vector (``item_vectors``), ``{"keys": [...], "vectors": (N, latent)}``.
+        item_vectors_file: each item's content vector (``item_vectors``), ``{"keys": [...], "vectors": (N, item_vector_size)}``.
         codebook_sizes: codes per level.
         disambiguation_size: codes of the extra level (0 = none).
         text_encoder: the encoder that embeds item texts for ``add_items`` (a folder or a model package name).
@@ -339,7 +339,7 @@ class RecBaseTokenizer(PreTrainedTokenizer):
     ) -> BatchEncoding:
         """Item keys -> ``<bos>`` + each item's tokens. One history (a list of keys) or a batch (list of lists,
         left-padded). ``max_length`` (tokens) drops the oldest whole items first. ``return_item_vectors`` (with
-        ``return_tensors="pt"``) adds ``item_vectors`` (batch, seq, latent_dim): each item's content vector at
+        ``return_tensors="pt"``) adds ``item_vectors`` (batch, seq, item_vector_size): each item's content vector at
         the position of its last token, zeros elsewhere (the model's dense head reads them)."""
         batch = [histories] if histories and isinstance(histories[0], str) else histories
         if not batch or any(len(history) == 0 for history in batch):
@@ -364,7 +364,7 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         if return_item_vectors:
             if return_tensors != "pt":
                 raise ValueError('return_item_vectors needs return_tensors="pt"')
-            vectors = torch.zeros(len(batch), width, self._quantizer.config["latent_dim"])
+            vectors = torch.zeros(len(batch), width, self.item_vector_size)
             for row, sequence in enumerate(sequences):
                 items = (len(sequence) - 1) // self.tokens_per_item
                 # Left padding: the last item ends at the last position, each earlier one tokens_per_item before.
@@ -441,31 +441,44 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         return torch.tensor(buckets, dtype=torch.long)
 
     def set_item_vectors(self, vectors: Mapping[str, torch.Tensor]) -> None:
-        """Each item's content vector: the quantizer encoder's latent of its aligned text embedding, before
-        quantization (what ``add_items`` computes and stores)."""
+        """Each item's content vector: its aligned text embedding, the quantizer's input (what ``add_items``
+        computes and stores). All stored vectors have one size."""
+        sizes = {vector.shape[-1] for vector in vectors.values()} | ({self.item_vector_size} if self._vectors else set())
+        if len(sizes) > 1:
+            raise ValueError(f"item vectors must all have one size, got sizes {sorted(sizes)}")
         for key, vector in vectors.items():
             self._vectors[self._check_key(key)] = vector.detach().half().float()  # as saved: the same after a reload
         self._domain_centres.clear()
 
-    def item_vectors(self, keys: Sequence[str]) -> torch.Tensor:
-        """(len(keys), latent_dim) content vectors for the dense head: an item's stored vector, or else the sum of
-        its code vectors (its quantized latent).
+    @property
+    def item_vector_size(self) -> int:
+        """Size of the content vectors ``item_vectors`` returns (stored ones, else the quantizer's latent)."""
+        if self._vectors:
+            return next(iter(self._vectors.values())).shape[-1]
+        return self._quantizer.config["latent_dim"] if self._quantizer is not None else 0
 
-        The stored vector keeps what quantization loses: the nearest neighbours of an item (held-out Scientific,
-        NDCG@10 of the next item by cosine to the last one: 0.046 with it, 0.020 with codes alone)."""
+    def item_vectors(self, keys: Sequence[str]) -> torch.Tensor:
+        """(len(keys), item_vector_size) content vectors for the dense head: an item's stored vector, or else
+        (only where stored vectors are latent-sized) the sum of its code vectors (its quantized latent).
+
+        The stored vector keeps what quantization loses: the nearest neighbours of an item (Beauty, Recall@10 of
+        the next item by cosine to the last one: 0.066 with the text embedding, 0.038 with the quantizer's
+        64-number latent; ``benchmarks/results/content_vectors.md``)."""
         codes = None
         rows = []
         for key in keys:
             if key in self._vectors:
                 rows.append(self._vectors[key])
                 continue
+            if self._quantizer is None or self.item_vector_size != self._quantizer.config["latent_dim"]:
+                raise ValueError(f"item {key!r} has no content vector: index it with add_items")
             if codes is None:
                 codes = self.code_latent_table(self._level_offsets[-1] + self._level_sizes[-1])
             rows.append(codes[self.codes_to_token_ids(self._codes[self._check_key(key)])].sum(0))
-        return torch.stack(rows) if rows else torch.zeros(0, self._quantizer.config["latent_dim"])
+        return torch.stack(rows) if rows else torch.zeros(0, self.item_vector_size)
 
     def domain_centres(self, keys: Sequence[str]) -> torch.Tensor:
-        """(len(keys), latent_dim): for each item, the mean unit content vector of its domain's items."""
+        """(len(keys), item_vector_size): for each item, the mean unit content vector of its domain's items."""
         for domain in {key.split("/", 1)[0] for key in keys} - set(self._domain_centres):
             vectors = self.item_vectors(self.domain_items(domain))
             self._domain_centres[domain] = torch.nn.functional.normalize(vectors, dim=-1).mean(0)
@@ -550,8 +563,7 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         codes, distances = self._quantizer.encode_to_codes(aligned)
         new_codes = assign_unique_codes(codes, distances, set(self._key_by_codes), self.disambiguation_size)
         self.set_items(dict(zip(keys, new_codes)), dict(zip(keys, texts or [""] * len(keys))))
-        with torch.no_grad():
-            self.set_item_vectors(dict(zip(keys, self._quantizer.encoder(aligned))))
+        self.set_item_vectors(dict(zip(keys, aligned)))
         if counts is not None:
             self.set_item_counts(dict(zip(keys, counts)))
         return dict(zip(keys, new_codes))

@@ -98,11 +98,12 @@ class RecBaseRecommender:
         self.max_length = 1 + max_history_items * tokenizer.tokens_per_item
         self.num_beams, self.batch_size = num_beams, batch_size
 
-    def rank(self, data: EvaluationSet, k: int) -> list[list[str]]:
+    def rank(self, data: EvaluationSet, k: int, exclude_history: bool) -> list[list[str]]:
         ranked = []
         for start in tqdm(range(0, len(data.histories), self.batch_size), desc=f"{data.domain} beam search", leave=False):
             batch = data.histories[start : start + self.batch_size]
-            rows = rank_items(self.model, self.tokenizer, batch, data.items, max(self.num_beams, k), self.max_length)
+            rows = rank_items(self.model, self.tokenizer, batch, data.items, max(self.num_beams, k), self.max_length,
+                              exclude_history)
             ranked += [[key for key, _ in row[:k]] for row in rows]
         return ranked
 
@@ -121,9 +122,10 @@ class RandomRecommender:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
-    def rank(self, data: EvaluationSet, k: int) -> list[list[str]]:
+    def rank(self, data: EvaluationSet, k: int, exclude_history: bool) -> list[list[str]]:
         rng = random.Random(self.seed)
-        return [rng.sample(data.items, k) for _ in data.histories]
+        return [[key for key in rng.sample(data.items, k + len(history)) if not (exclude_history and key in history)][:k]
+                for history in data.histories]
 
     def score(self, data: EvaluationSet) -> list[list[float]]:
         rng = random.Random(self.seed)
@@ -133,10 +135,11 @@ class RandomRecommender:
 class PopularityRecommender:
     name = "popularity (in-domain counts)"
 
-    def rank(self, data: EvaluationSet, k: int) -> list[list[str]]:
+    def rank(self, data: EvaluationSet, k: int, exclude_history: bool) -> list[list[str]]:
         counts = data.training_counts()
-        top = sorted(data.items, key=lambda key: -counts[key])[:k]
-        return [top for _ in data.histories]
+        top = sorted(data.items, key=lambda key: -counts[key])
+        return [[key for key in top[: k + len(history)] if not (exclude_history and key in history)][:k]
+                for history in data.histories]
 
     def score(self, data: EvaluationSet) -> list[list[float]]:
         counts = data.training_counts()
@@ -159,9 +162,14 @@ class TextSimilarityRecommender:
         items = self._embeddings(data.items)
         return torch.stack([items[[index[k] for k in history[-self.last_items:]]].mean(0) for history in data.histories]), items
 
-    def rank(self, data: EvaluationSet, k: int) -> list[list[str]]:
+    def rank(self, data: EvaluationSet, k: int, exclude_history: bool) -> list[list[str]]:
         queries, items = self._queries(data)
-        top = (queries @ items.T).topk(k, dim=-1).indices.tolist()
+        scores = queries @ items.T  # (users, items)
+        if exclude_history:
+            index = {key: i for i, key in enumerate(data.items)}
+            for row, history in enumerate(data.histories):
+                scores[row, [index[key] for key in set(history)]] = float("-inf")
+        top = scores.topk(k, dim=-1).indices.tolist()
         return [[data.items[i] for i in row] for row in top]
 
     def score(self, data: EvaluationSet) -> list[list[float]]:
@@ -171,13 +179,16 @@ class TextSimilarityRecommender:
 
 
 def evaluate_recommender(recommender, data: EvaluationSet, ks: tuple[int, ...] = (5, 10),
-                         protocols: tuple[str, ...] = tuple(PROTOCOLS)) -> dict[str, float]:
-    """The ``protocols`` (both by default) for one recommender on one domain's users."""
+                         protocols: tuple[str, ...] = tuple(PROTOCOLS), exclude_history: bool = True) -> dict[str, float]:
+    """The ``protocols`` (both by default) for one recommender on one domain's users; with ``exclude_history``
+    the full ranking never holds an item of the user's history (the pipeline's default)."""
     metrics: dict[str, float] = {}
     if "full_ranking" in protocols:
-        ranked = recommender.rank(data, max(ks))
+        ranked = recommender.rank(data, max(ks), exclude_history)
         if any(len(set(row)) != len(row) or not set(row) <= set(data.items) for row in ranked):
             raise AssertionError(f"{recommender.name} returned duplicate items or items outside {data.domain}")
+        if exclude_history and any(set(row) & set(history) for row, history in zip(ranked, data.histories)):
+            raise AssertionError(f"{recommender.name} recommended an item of the history with exclude_history")
         for k in ks:
             metrics[f"recall@{k}"] = sum(recall_at_k(r, t, k) for r, t in zip(ranked, data.targets)) / len(ranked)
             metrics[f"ndcg@{k}"] = sum(ndcg_at_k(r, t, k) for r, t in zip(ranked, data.targets)) / len(ranked)
@@ -220,7 +231,10 @@ def results_markdown(results: dict) -> str:
     lines = []
     for protocol, columns in (("full_ranking", ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]),
                               ("candidate_scoring", ["auc", "gauc"])):
-        lines += [f"\n**{protocol}** ({PROTOCOLS[protocol]})\n", "| domain | users | model | " + " | ".join(columns) + " |",
+        note = ""
+        if protocol == "full_ranking" and "exclude_history" in results:
+            note = "; history items " + ("excluded" if results["exclude_history"] else "allowed")
+        lines += [f"\n**{protocol}** ({PROTOCOLS[protocol]}{note})\n", "| domain | users | model | " + " | ".join(columns) + " |",
                   "|---|---|---|" + "---|" * len(columns)]
         for domain, entry in results["domains"].items():
             for model_name, metrics in entry["models"].items():
@@ -243,14 +257,15 @@ def evaluate(
     split: str = "test", max_users: int = 0, negatives: int = 20, num_beams: int = 20, batch_size: int = 16,
     max_history_items: int = 20, text_similarity_items: int = 1, cache_dir: str | Path = DEFAULT_CACHE_DIR,
     seed: int = 0, model_name: str = "RecBase", baselines: bool = True, catalogue_counts: bool = False,
-    score_overrides: dict | None = None,
+    score_overrides: dict | None = None, exclude_history: bool = True,
 ) -> dict:
     """Evaluate the checkpoint (named ``model_name`` in the results) and, with ``baselines``, the baselines on
     ``domains``; returns the results dict.
 
     ``catalogue_counts``: the model is given each evaluated domain's item counts from that domain's training
     part (what popularity counts), the "zero-shot + catalogue counts" setting. ``score_overrides``: model config
-    fields that only change scoring (``code_score_weight``, ``calibrated_code_score``) set for this run."""
+    fields that only change scoring (``code_score_weight``, ``calibrated_code_score``) set for this run.
+    ``exclude_history``: full rankings (of every model) leave out the items of the user's history."""
     model, tokenizer = load_checkpoint(checkpoint)
     model.config.update(score_overrides or {})
     model.to("cuda" if torch.cuda.is_available() else "cpu")
@@ -262,7 +277,7 @@ def evaluate(
             PopularityRecommender(), RandomRecommender(seed),
         ]
     results = {"protocols": PROTOCOLS, "split": split, "negatives": negatives, "num_beams": num_beams, "seed": seed,
-               "domains": {}}
+               "exclude_history": exclude_history, "domains": {}}
     for domain in domains:
         data = build_evaluation_set(interactions, domain, tokenizer.domain_items(domain), split, max_users, negatives, seed)
         if catalogue_counts:
@@ -270,7 +285,7 @@ def evaluate(
             tokenizer.set_item_counts({key: counts[key] for key in data.items})
         entry = {"role": "zero-shot" if domain in zero_shot_domains else "in-domain", "users": len(data.targets), "models": {}}
         for recommender in recommenders:
-            entry["models"][recommender.name] = evaluate_recommender(recommender, data)
+            entry["models"][recommender.name] = evaluate_recommender(recommender, data, exclude_history=exclude_history)
         results["domains"][domain] = entry
     return results
 
@@ -291,12 +306,14 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the code head's weight in item scores for this run (default: the model's)")
     parser.add_argument("--catalogue_counts", action="store_true",
                         help="give the model each domain's item counts from its training part (a separate setting)")
+    parser.add_argument("--exclude_history", action=argparse.BooleanOptionalAction, default=True,
+                        help="full rankings leave out the items of the user's history (as the pipeline does)")
     parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR))
     parser.add_argument("--output", default=None, help="results JSON (default: <checkpoint>/eval_results.json)")
     args = parser.parse_args(argv)
     results = evaluate(args.checkpoint, args.corpus_dir, args.domains, args.zero_shot, args.split, args.max_users,
                        args.negatives, args.num_beams, args.batch_size, text_similarity_items=args.text_similarity_items,
-                       cache_dir=args.cache_dir, catalogue_counts=args.catalogue_counts,
+                       cache_dir=args.cache_dir, catalogue_counts=args.catalogue_counts, exclude_history=args.exclude_history,
                        score_overrides={} if args.code_score_weight is None else {"code_score_weight": args.code_score_weight})
     output = Path(args.output or Path(args.checkpoint) / "eval_results.json")
     write_json_atomically(output, results)

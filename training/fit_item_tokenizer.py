@@ -67,8 +67,7 @@ def fit_item_tokenizer(
     ids = assign_unique_codes(*quantizer.encode_to_codes(aligned[index]), set(), disambiguation_size)
     tokenizer.set_items({keys[i]: ident for i, ident in zip(index.tolist(), ids)},
                         {keys[i]: texts[i] for i in index.tolist()})
-    with torch.no_grad():
-        tokenizer.set_item_vectors(dict(zip((keys[i] for i in index.tolist()), quantizer.encoder(aligned[index]))))
+    tokenizer.set_item_vectors(dict(zip((keys[i] for i in index.tolist()), aligned[index])))
     for domain in zero_shot_domains:  # cold start: the frozen quantizer alone, as a user would do it
         rows = rows_of[domain]
         tokenizer.add_items([keys[i] for i in rows], texts=[texts[i] for i in rows], embeddings=embeddings[rows])

@@ -240,19 +240,52 @@ class PretrainingCollator:
         return collated
 
 
+VALIDATION_METRICS = ("ndcg@10", "recall@10", "auc", "gauc")
+
+
 @torch.no_grad()
 def validation_metrics(model: torch.nn.Module, tokenizer: RecBaseTokenizer, validation_sets: list[EvaluationSet],
-                       max_items: int) -> dict[str, float]:
-    """Mean candidate-scoring AUC and GAUC over the validation sets, and each domain's metrics; full ranking
-    too when it is cheap (the dense head alone ranks, no beam search)."""
+                       max_items: int, full_ranking: bool = True) -> dict[str, float]:
+    """Each of ``VALIDATION_METRICS`` averaged over the validation sets, and each domain's metrics. The full
+    ranking (Recall@10 / NDCG@10, history excluded, as in evaluation) runs when ``full_ranking`` or when it is
+    cheap (the dense head alone ranks, no beam search)."""
     recommender = RecBaseRecommender(model.eval(), tokenizer, max_items, batch_size=32)
     cheap_ranking = model.config.dense_head and not any(model.config.code_score_weights([d.items[0] for d in validation_sets]))
-    protocols = ("candidate_scoring", "full_ranking") if cheap_ranking else ("candidate_scoring",)
+    protocols = ("candidate_scoring", "full_ranking") if full_ranking or cheap_ranking else ("candidate_scoring",)
     per_domain = {data.domain: evaluate_recommender(recommender, data, ks=(10,), protocols=protocols)
                   for data in validation_sets}
-    return {"auc": sum(m["auc"] for m in per_domain.values()) / len(per_domain),
-            "gauc": sum(m["gauc"] for m in per_domain.values()) / len(per_domain),
-            **{f"{name}_{domain}": value for domain, m in per_domain.items() for name, value in m.items()}}
+    means = {name: sum(m[name] for m in per_domain.values()) / len(per_domain)
+             for name in VALIDATION_METRICS if name in next(iter(per_domain.values()))}
+    return {**means, **{f"{name}_{domain}": value for domain, m in per_domain.items() for name, value in m.items()}}
+
+
+class CheckpointSelector:
+    """Keeps a copy of the weights at the best validation score seen so far, and says when ``patience``
+    validations in a row have not beaten it (early stopping; ``patience`` 0 never stops)."""
+
+    def __init__(self, metric: str, patience: int = 0) -> None:
+        self.metric, self.patience = metric, patience
+        self.best_step, self.best_score, self.best_state = -1, float("-inf"), None
+        self.history: list[dict] = []
+        self.validations_since_best = 0
+
+    def update(self, step: int, scores: dict[str, float], model: torch.nn.Module) -> None:
+        self.history.append({"step": step, **scores})
+        if scores[self.metric] > self.best_score:
+            self.best_step, self.best_score = step, scores[self.metric]
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.validations_since_best = 0
+        else:
+            self.validations_since_best += 1
+
+    @property
+    def should_stop(self) -> bool:
+        return 0 < self.patience <= self.validations_since_best
+
+    def summary(self) -> dict:
+        """What ``validation.json`` holds: the kept step and its score, and every validation."""
+        return {"best": {"step": self.best_step, "metric": self.metric, self.metric: self.best_score},
+                "patience": self.patience, "stopped_early": self.should_stop, "history": self.history}
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -302,12 +335,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attention_dropout", type=float, default=0.0)
     parser.add_argument("--num_negatives", type=int, default=128, help="same-domain items per window for the dense loss")
     parser.add_argument("--relabel_share", type=float, default=0.0, help="share of windows with relabelled codes")
-    # Checkpoint selection: every --validate_every steps, candidate-scoring AUC on the validation split of
-    # --validation_domains (held-out domains for zero-shot selection); the best step is what gets saved.
+    # Checkpoint selection: every --validate_every steps (and at step 0, the prior itself), --validation_metric
+    # on the validation split of --validation_domains: the pretraining domains' own validation users for
+    # in-domain quality, or held-out domains for zero-shot selection. The best step is what gets saved; a
+    # run stops after --early_stopping_patience validations without a new best.
     parser.add_argument("--validation_domains", nargs="*", default=[])
+    parser.add_argument("--validation_metric", default="ndcg@10", choices=VALIDATION_METRICS,
+                        help="mean over the validation domains; ranking metrics use the full constrained ranking")
     parser.add_argument("--validation_users", type=int, default=500, help="users sampled per validation domain")
     parser.add_argument("--validation_negatives", type=int, default=20, help="sampled negatives per validation user")
     parser.add_argument("--validate_every", type=int, default=200)
+    parser.add_argument("--early_stopping_patience", type=int, default=3,
+                        help="stop after this many validations without improvement (0: never stop early)")
     parser.add_argument("--per_device_batch_size", type=int, default=64)
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
@@ -350,6 +389,7 @@ def build_model(args: argparse.Namespace, tokenizer: RecBaseTokenizer) -> torch.
         config = RecBaseConfig.from_preset(
             args.preset, codebook_sizes=tokenizer.codebook_sizes, disambiguation_size=tokenizer.disambiguation_size,
             latent_dim=tokenizer.quantizer.config["latent_dim"] if content else 0, content_inputs=args.content_inputs,
+            item_vector_size=tokenizer.item_vector_size if args.dense_head else 0,
             dense_head=args.dense_head, dense_loss_weight=args.dense_loss_weight, code_score_weight=args.code_score_weight,
             code_score_domains=list(args.domains), dense_temperature=args.dense_temperature,
             dense_history_items=args.dense_history_items,
@@ -469,17 +509,17 @@ def main(argv: list[str] | None = None) -> Path:
 
     validation_sets = [build_evaluation_set(interactions_all, domain, tokenizer.domain_items(domain), "validation",
                                             args.validation_users, args.validation_negatives, args.seed) for domain in args.validation_domains]
-    best = {"step": -1, "auc": -1.0}
-    validation_log: list[dict] = []
+    selector = CheckpointSelector(args.validation_metric, args.early_stopping_patience)
 
     def validate() -> None:
-        """Score the held-out validation users; keep a copy of the weights when they are the best so far."""
-        scores = validation_metrics(accelerator.unwrap_model(model), tokenizer, validation_sets, args.max_items)
-        validation_log.append({"step": progress.completed_steps, **scores})
+        """Score the validation users; keep a copy of the weights when they are the best so far."""
+        unwrapped = accelerator.unwrap_model(model)
+        scores = validation_metrics(unwrapped, tokenizer, validation_sets, args.max_items,
+                                    full_ranking=args.validation_metric in ("ndcg@10", "recall@10"))
+        selector.update(progress.completed_steps, scores, unwrapped)
         accelerator.log({f"validation_{name}": value for name, value in scores.items()}, step=progress.completed_steps)
-        if scores["auc"] > best["auc"]:
-            best.update(step=progress.completed_steps, auc=scores["auc"],
-                        state={k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()})
+        accelerator.print(f"step {progress.completed_steps}: validation {args.validation_metric} "
+                          f"{scores[args.validation_metric]:.4f} (best {selector.best_score:.4f} at step {selector.best_step})")
         model.train()
 
     if validation_sets and progress.completed_steps == 0:
@@ -520,17 +560,21 @@ def main(argv: list[str] | None = None) -> Path:
                 validate()
             if progress.completed_steps % args.checkpointing_steps == 0 or progress.completed_steps == max_steps:
                 save_checkpoint(accelerator, checkpoint_dir, progress.completed_steps, args.checkpoints_total_limit)
-            if progress.completed_steps >= max_steps:
+            if progress.completed_steps >= max_steps or selector.should_stop:
                 break
+        if selector.should_stop:
+            accelerator.print(f"early stopping at step {progress.completed_steps}: {selector.patience} validations "
+                              f"without a better {args.validation_metric}")
+            break
     bar.close()
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         if validation_sets:
-            final.load_state_dict(best.pop("state"))
-            write_json_atomically(output_dir / "validation.json", {"best": best, "history": validation_log})
-            accelerator.print(f"kept step {best['step']} (validation AUC {best['auc']:.4f})")
+            final.load_state_dict(selector.best_state)
+            write_json_atomically(output_dir / "validation.json", selector.summary())
+            accelerator.print(f"kept step {selector.best_step} (validation {args.validation_metric} {selector.best_score:.4f})")
         save_hub_folder(final.merge_and_unload() if args.merge_lora and args.lora_rank else final, tokenizer, output_dir)
     accelerator.end_training()
     return output_dir

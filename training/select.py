@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "--per_device_batch_size", str(args.per_device_batch_size), "--learning_rate", str(args.learning_rate),
                 "--max_items", str(args.max_items), "--seed", str(args.seed), "--checkpointing_steps", str(10**9),
                 "--validation_domains", *args.validation_domains, "--validation_users", str(args.eval_users),
-                "--validation_negatives", str(args.negatives),
-                "--validate_every", str(args.validate_every), *flags])
+                "--validation_negatives", str(args.negatives), "--validation_metric", "auc",
+                "--early_stopping_patience", "0", "--validate_every", str(args.validate_every), *flags])
         evaluated = evaluation.evaluate(
             run_dir, corpus_dir, eval_domains, args.validation_domains, split="validation", max_users=args.eval_users,
             negatives=args.negatives,
