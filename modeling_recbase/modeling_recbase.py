@@ -158,7 +158,8 @@ class RecBaseDecoderLayer(nn.Module):
 
 
 class RecBasePreTrainedModel(PreTrainedModel):
-    """Weight init and capability flags; saving writes every entry point into ``config.json``'s ``auto_map``."""
+    """Weight init and capability flags; saving writes every entry point into ``config.json``'s ``auto_map`` and
+    the pipeline task into its ``custom_pipelines``, and ships the pipeline's file with the model's."""
 
     config_class = RecBaseConfig
     base_model_prefix = "model"
@@ -177,6 +178,12 @@ class RecBasePreTrainedModel(PreTrainedModel):
             "AutoModel": "modeling_recbase.RecBaseModel",
             "AutoModelForCausalLM": "modeling_recbase.RecBaseForCausalLM",
         }
+        # Any folder this model is saved to (model.save_pretrained, a merged LoRA's) is a pipeline folder: this
+        # relative import is also what makes save_pretrained copy pipeline_recbase.py beside modeling_recbase.py.
+        from .pipeline_recbase import TASK, NextItemGenerationPipeline
+
+        config.custom_pipelines = {TASK: {"impl": f"pipeline_recbase.{NextItemGenerationPipeline.__name__}",
+                                          "pt": ["AutoModelForCausalLM"]}}
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -20,6 +20,7 @@ Shipped beside the weights: imports only torch, transformers, the standard libra
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
 
@@ -33,6 +34,7 @@ from .modeling_recbase import CACHE_FIELD, RecBaseItemConstraint
 logger = logging.get_logger(__name__)
 
 TASK = "next-item-generation"
+SCORING_ROWS = 1024  # (user, candidate) rows scored at once by the code head: bounds score_candidates' memory
 
 
 @torch.no_grad()
@@ -140,7 +142,7 @@ def score_candidates(model, tokenizer, histories: Sequence[Sequence[str]], candi
     head, the cosine between the predicted and the candidate's content vector over ``dense_temperature``, less
     the mean of that cosine over the candidate's domain (a user's ranking is unchanged, users become
     comparable), plus its popularity bias given catalogue counts. The history runs once; its cache is then
-    repeated for every candidate."""
+    repeated for the candidates, ``SCORING_ROWS`` (user, candidate) rows at a time."""
     config = model.config
     per_user = len(candidates[0])
     if any(len(row) != per_user for row in candidates):
@@ -154,14 +156,24 @@ def score_candidates(model, tokenizer, histories: Sequence[Sequence[str]], candi
     prefix = model(**encoded, use_cache=code_head, return_dense_queries=config.dense_head)
     scores = torch.zeros(len(histories), per_user, device=model.device)
     if code_head:
-        cache = getattr(prefix, CACHE_FIELD)
-        cache.batch_repeat_interleave(per_user)
-        mask = torch.cat([encoded["attention_mask"].repeat_interleave(per_user, 0), torch.ones_like(candidate_ids)], 1)
-        continuation = model(candidate_ids, attention_mask=mask, cache=cache)
-        code = _code_log_likelihood(prefix.logits[:, -1].repeat_interleave(per_user, 0), continuation.logits, candidate_ids)
-        if config.calibrated_code_score:
-            code = code - empty_history_log_likelihood(model, candidate_ids, tokenizer.bos_token_id)
-        scores += (weights * code).view(len(histories), per_user)
+        # The history's cache is repeated for at most SCORING_ROWS (user, candidate) rows at a time, so memory
+        # stays bounded whatever the number of candidates.
+        history_cache = getattr(prefix, CACHE_FIELD)
+        users, width = len(histories), max(1, SCORING_ROWS // len(histories))
+        per_row = candidate_ids.view(users, per_user, -1)
+        code = torch.empty(users, per_user, device=model.device)
+        for start in range(0, per_user, width):
+            ids = per_row[:, start : start + width].reshape(-1, per_row.shape[-1])  # (users * chunk, T)
+            chunk = ids.shape[0] // users
+            cache = copy.deepcopy(history_cache) if start + width < per_user else history_cache
+            cache.batch_repeat_interleave(chunk)
+            mask = torch.cat([encoded["attention_mask"].repeat_interleave(chunk, 0), torch.ones_like(ids)], 1)
+            continuation = model(ids, attention_mask=mask, cache=cache)
+            likelihood = _code_log_likelihood(prefix.logits[:, -1].repeat_interleave(chunk, 0), continuation.logits, ids)
+            if config.calibrated_code_score:
+                likelihood = likelihood - empty_history_log_likelihood(model, ids, tokenizer.bos_token_id)
+            code[:, start : start + chunk] = likelihood.view(users, chunk)
+        scores += weights.view(users, per_user) * code
     if config.dense_head:
         buckets = (tokenizer.popularity_buckets(flat, config.popularity_buckets).to(model.device).view(len(histories), per_user)
                    if config.popularity_buckets else None)
@@ -187,6 +199,8 @@ class NextItemGenerationPipeline(Pipeline):
 
     def _sanitize_parameters(self, top_k: int | None = None, domain: str | None = None,
                              exclude_history: bool | None = None, num_beams: int | None = None):
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
         preprocess = {"domain": domain} if domain is not None else {}
         forward = {name: value for name, value in
                    (("top_k", top_k), ("exclude_history", exclude_history), ("num_beams", num_beams)) if value is not None}
@@ -200,7 +214,7 @@ class NextItemGenerationPipeline(Pipeline):
     def resolve_history(self, history: Sequence[str | dict], domain: str | None = None) -> list[str]:
         """Keys for every entry; unseen ``{"text": ...}`` items are indexed now, in ``domain`` or else the
         domain of the history's last known item."""
-        if isinstance(history, (str, dict)) or len(history) == 0:
+        if not isinstance(history, (list, tuple)) or len(history) == 0:
             raise ValueError('the history must be a non-empty list of item keys or {"text": ...} dicts')
         known = [entry for entry in history if isinstance(entry, str)]
         for key in known:
@@ -250,6 +264,8 @@ class NextItemGenerationPipeline(Pipeline):
     def score_candidates(self, history: Sequence[str | dict], candidates: Sequence[str],
                          domain: str | None = None) -> list[dict]:
         """The paper's setting: ``{"item", "score", "text"}`` for each candidate, in the order given."""
+        if isinstance(candidates, str) or not candidates or not all(isinstance(key, str) for key in candidates):
+            raise ValueError(f"candidates must be a non-empty list of item keys, got {candidates!r}")
         keys = self._truncate(self.resolve_history(history, domain))
         scores = score_candidates(self.model, self.tokenizer, [keys], [list(candidates)])[0]  # names unknown keys
         return [{"item": key, "score": score, "text": self.tokenizer.item_text(key)} for key, score in zip(candidates, scores)]

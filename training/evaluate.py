@@ -264,7 +264,8 @@ def evaluate(
 
     ``catalogue_counts``: the model is given each evaluated domain's item counts from that domain's training
     part (what popularity counts), the "zero-shot + catalogue counts" setting. ``score_overrides``: model config
-    fields that only change scoring (``code_score_weight``, ``calibrated_code_score``) set for this run.
+    fields that only change scoring (``code_score_weight``, ``calibrated_code_score``, ``popularity_buckets`` 0 to
+    leave out the popularity bias) set for this run.
     ``exclude_history``: full rankings (of every model) leave out the items of the user's history."""
     model, tokenizer = load_checkpoint(checkpoint)
     model.config.update(score_overrides or {})

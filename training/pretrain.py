@@ -11,7 +11,8 @@ prediction over every concept token. The same script runs unchanged:
 ``--init_from CHECKPOINT`` fine-tunes a saved model instead of starting from scratch, and ``--lora_rank R``
 trains a LoRA adapter on it instead (PEFT; the output folder then holds the adapter and the tokenizer, or
 the merged model with ``--merge_lora``). ``--config file.json`` sets any option; flags given on the command
-line win. Checkpoints (model, optimizer, scheduler, RNG and step) go to ``<output_dir>/checkpoints/step_<n>``
+line win. Checkpoints (model, optimizer, scheduler, RNG and step) go to ``--checkpoint_dir`` (default
+``<output_dir>-checkpoints``, outside the folder one uploads: they hold pickled optimizer state) as ``step_<n>``
 every ``--checkpointing_steps``; ``--resume_from_checkpoint latest`` continues exactly where the last one stopped.
 """
 
@@ -359,6 +360,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_epochs", type=float, default=1.0)
     parser.add_argument("--max_grad_norm", type=float, default=1.0)
     parser.add_argument("--checkpointing_steps", type=int, default=500)
+    parser.add_argument("--checkpoint_dir", default=None,
+                        help="training state (default: <output_dir>-checkpoints, never inside the Hub folder)")
     parser.add_argument("--checkpoints_total_limit", type=int, default=2)
     parser.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
     parser.add_argument("--log_every", type=int, default=25)
@@ -448,7 +451,7 @@ def init_concept_embeddings_from_codebooks(model: RecBaseForCausalLM, tokenizer:
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
-    checkpoint_dir = output_dir / "checkpoints"
+    checkpoint_dir = Path(args.checkpoint_dir or f"{output_dir}-checkpoints")
     trackers: list = [JsonlTracker(output_dir / "logs" / "train_log.jsonl")]
     if importlib.util.find_spec("tensorboard") is not None:
         trackers.append("tensorboard")
