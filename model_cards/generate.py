@@ -156,7 +156,7 @@ def build_model_card(checkpoint_dir: str | Path, model_id: str | None = None) ->
         card_data, template_path=str(TEMPLATE), model_name=model_name, summary=summary_lines(eval_results),
         usage_snippet=usage_snippet(model_ref, tokenizer.domain_items(example_domain)[:3], example_domain),
         text_encoder=tokenizer.text_encoder, preset=run["preset"], parameters=count_parameters(checkpoint_dir),
-        config=config, max_history_items=(config["max_position_embeddings"] - 1) // tokenizer.tokens_per_item - 1,
+        config=config, max_history_items=config.get("max_history_items", 20),
         pretrain_domains=run["pretrain_domains"], zero_shot_domains=run["zero_shot"],
         tokenizer_report=tokenizer_report, run=run, hardware=run.get("hardware", "unrecorded hardware"),
         train_steps=losses[-1][0] if losses else 0, eval_results=eval_results, results_table=all_results_markdown(eval_results),

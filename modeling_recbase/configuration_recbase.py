@@ -42,6 +42,9 @@ class RecBaseConfig(PretrainedConfig):
         hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size,
         rope_theta, rms_norm_eps, max_position_embeddings, attention_bias, attention_dropout,
         initializer_range, tie_word_embeddings: the decoder, as in Qwen2.
+        max_history_items: the most recent items of a history the model reads, in training windows, in
+            evaluation and in the pipeline (a longer history is cut from the left); at most what the context
+            holds.
         embedding_dropout, residual_dropout: dropout on the input embeddings and on each block's output
             before it joins the residual stream (training only).
         latent_dim: size of the item tokenizer's quantized latent; > 0 gives the model a frozen table of the
@@ -97,6 +100,7 @@ class RecBaseConfig(PretrainedConfig):
         bos_token_id: int = 1,
         eos_token_id: int = 2,
         tie_word_embeddings: bool = True,
+        max_history_items: int = 20,
         embedding_dropout: float = 0.0,
         residual_dropout: float = 0.0,
         latent_dim: int = 0,
@@ -155,6 +159,7 @@ class RecBaseConfig(PretrainedConfig):
             raise ValueError("content_inputs and dense_head need latent_dim > 0 (the quantizer's latent size)")
         if popularity_buckets and not dense_head:
             raise ValueError("popularity_buckets biases the dense head's scores: set dense_head=True")
+        self.max_history_items = int(max_history_items)
         self.embedding_dropout = embedding_dropout
         self.residual_dropout = residual_dropout
         self.latent_dim = int(latent_dim)

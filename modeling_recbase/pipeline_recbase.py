@@ -186,8 +186,8 @@ def score_candidates(model, tokenizer, histories: Sequence[Sequence[str]], candi
 class NextItemGenerationPipeline(Pipeline):
     """History of items -> ranked ``{"item", "score", "text"}`` dicts (real, distinct items only).
 
-    Call options: ``top_k`` (default 10), ``domain`` (rank only that domain's items; default: every indexed
-    item), ``exclude_history`` (default True: never recommend an item of the history), ``num_beams``
+    Call options: ``top_k`` (default 10), ``domain`` (rank only that domain's items; default: the history's
+    domain, or its last item's when it mixes domains, with a warning), ``exclude_history`` (default True: never recommend an item of the history), ``num_beams``
     (default ``max(top_k, 20)``).
     """
 
@@ -234,29 +234,46 @@ class NextItemGenerationPipeline(Pipeline):
         return [entry if isinstance(entry, str) else new_keys[entry["text"]] for entry in history]
 
     def _truncate(self, history: list[str]) -> list[str]:
-        max_items = (self.max_history_length - 1) // self.tokenizer.tokens_per_item
+        """The most recent ``config.max_history_items`` items (what the model was trained to read), at most
+        what the context holds."""
+        max_items = min(self.model.config.max_history_items,
+                        (self.max_history_length - 1) // self.tokenizer.tokens_per_item)
         if len(history) > max_items:
-            logger.warning(f"history of {len(history)} items is longer than the model's context "
+            logger.warning(f"history of {len(history)} items is longer than the model reads "
                            f"({max_items} items): keeping the most recent {max_items}")
             return history[-max_items:]
         return history
 
+    def _infer_domain(self, history: list[str]) -> str:
+        """The history's domain; for a history of several domains, its last item's, with a warning."""
+        domains = list(dict.fromkeys(key.split("/", 1)[0] for key in history))
+        if len(domains) > 1:
+            logger.warning(f"the history mixes domains {domains}: recommending items of {domains[-1]!r}, the last "
+                           "item's domain; pass domain=... to choose")
+        return domains[-1]
+
     def preprocess(self, inputs: dict, domain: str | None = None) -> dict:
         if not isinstance(inputs, dict) or "history" not in inputs:
             raise ValueError('the pipeline takes {"history": [...]} (or a list of such dicts for a batch)')
-        return {"history": self._truncate(self.resolve_history(inputs["history"], domain)), "domain": domain}
+        history = self._truncate(self.resolve_history(inputs["history"], domain))
+        return {"history": history, "domain": domain or self._infer_domain(history)}
 
     def _forward(self, model_inputs: dict, top_k: int = 10, exclude_history: bool = True,
                  num_beams: int | None = None) -> dict:
-        history, domain = model_inputs["history"], model_inputs["domain"]
-        items = self.tokenizer.domain_items(domain) if domain else list(self.tokenizer.item_codes)
-        available = len(set(items) - set(history)) if exclude_history else len(items)
-        if not 0 < top_k <= available:
-            raise ValueError(f"top_k={top_k} but {available} items can be recommended"
-                             + (f" in domain {domain!r}" if domain else ""))
-        ranked = rank_items(self.model, self.tokenizer, [history], items, max(num_beams or 20, top_k),
-                            exclude_history=exclude_history)[0]
-        return {"ranked": ranked[:top_k]}
+        """One history (its keys and domain), or a batch of them (lists of both) when ``batch_size`` > 1."""
+        histories, domains = model_inputs["history"], model_inputs["domain"]
+        batched = bool(histories) and not isinstance(histories[0], str)
+        if not batched:
+            histories, domains = [histories], [domains]
+        ranked = []
+        for history, domain in zip(histories, domains):
+            items = self.tokenizer.domain_items(domain)
+            available = len(set(items) - set(history)) if exclude_history else len(items)
+            if top_k > available:
+                raise ValueError(f"top_k={top_k} but {available} items of domain {domain!r} can be recommended")
+            ranked.append(rank_items(self.model, self.tokenizer, [history], items, max(num_beams or 20, top_k),
+                                     exclude_history=exclude_history)[0][:top_k])
+        return {"ranked": ranked if batched else ranked[0]}
 
     def postprocess(self, model_outputs: dict) -> list[dict]:
         return [{"item": key, "score": score, "text": self.tokenizer.item_text(key)} for key, score in model_outputs["ranked"]]

@@ -58,7 +58,7 @@ def rigged_run(tiny_run, tmp_path, monkeypatch, curve: list[float], patience: in
                    "--output_dir", str(output_dir), "--domains", "music", "--per_device_batch_size", "4",
                    "--max_steps", str(len(curve) - 1), "--validation_domains", "music", "--validate_every", "1",
                    "--validation_users", "5", "--validation_negatives", "5", "--early_stopping_patience", str(patience),
-                   "--learning_rate", "1e-2", "--checkpointing_steps", "100"])
+                   "--learning_rate", "1e-2", "--checkpointing_steps", "100", "--max_items", "6"])
     log = json.loads((output_dir / "validation.json").read_text())
     return log, states, load_file(output_dir / "model.safetensors")
 
@@ -69,6 +69,8 @@ def test_the_saved_model_is_the_best_validation_step(tiny_run, tmp_path, monkeyp
     assert log["best"] == {"step": 2, "metric": "ndcg@10", "ndcg@10": 0.9}
     assert all(torch.equal(saved[name], states[2][name]) for name in saved)
     assert not all(torch.equal(saved[name], states[-1][name]) for name in saved)  # training went on after the peak
+    # The window length it was trained on is what the pipeline and evaluation read.
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["max_history_items"] == 6
 
 
 def test_early_stopping_stops_at_its_patience(tiny_run, tmp_path, monkeypatch):

@@ -230,3 +230,14 @@ def test_a_downloaded_text_encoder_name_is_never_imported(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="'this' is neither a local folder nor a known encoder package"):
         tokenizer.add_items(["music/new"], texts=["a new song"])
     assert "this" not in sys.modules
+
+
+def test_a_folder_without_its_item_table_is_refused(tiny_run, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no-items"
+    shutil.copytree(tiny_run["tokenizer"], folder)
+    (folder / "item_table.json").unlink()
+    with pytest.raises(ValueError, match="item_table.json is missing"):
+        RecBaseTokenizer.from_pretrained(folder)
+    assert len(RecBaseTokenizer(codebook_sizes=[4, 4]).item_codes) == 0  # a new, empty tokenizer is still fine

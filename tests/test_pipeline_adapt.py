@@ -60,9 +60,17 @@ def test_pipeline_scores_equal_the_model_log_likelihood(tiny_run):
     ("empty history", lambda p: p({"history": []}), (ValueError, "non-empty list")),
     ("unknown key", lambda p: p({"history": ["music/404"]}), (ValueError, "unknown item key 'music/404'")),
     ("top_k above the domain", lambda p: p({"history": ["music/1"]}, top_k=30, domain="music"),
-     (ValueError, "top_k=30 but 23 items can be recommended in domain 'music'")),
+     (ValueError, "top_k=30 but 23 items of domain 'music' can be recommended")),
     ("texts without a domain", lambda p: p({"history": [{"text": "a song"}]}), (ValueError, "needs domain=")),
     ("bare list", lambda p: p.preprocess(["music/1"]), (ValueError, '{"history": \\[...\\]}')),
+    *[(f"top_k={k!r}", lambda p, k=k: p({"history": ["music/1"]}, top_k=k),
+       (ValueError, re.escape(f"top_k must be a positive integer, got {k!r}"))) for k in (0, -3, 2.5, "5", True)],
+    ("no history", lambda p: p({"history": None}), (ValueError, "the history must be a non-empty list")),
+    ("a None key", lambda p: p({"history": [None]}), (ValueError, "history entries must be item keys")),
+    *[(f"candidates {c!r}", lambda p, c=c: p.score_candidates(["music/1"], c),
+       (ValueError, "candidates must be a non-empty list of item keys")) for c in ([], [None], "music/2")],
+    ("unknown candidate", lambda p: p.score_candidates(["music/1"], ["music/nope"]),
+     (ValueError, "unknown item key 'music/nope'")),
 ])
 def test_pipeline_bad_input_is_reported_clearly(tiny_run, problem, call, error):
     recommend = pipeline("next-item-generation", model=str(tiny_run["checkpoint"]), trust_remote_code=True)
@@ -78,6 +86,16 @@ def test_a_history_longer_than_the_context_is_cut_from_the_left_with_a_warning(t
         long_result = recommend({"history": history}, top_k=3, exclude_history=False)
     assert "keeping the most recent 2" in caplog.text
     assert long_result == recommend({"history": history[-2:]}, top_k=3, exclude_history=False)
+
+
+def test_the_pipeline_reads_as_many_items_as_training_did(tiny_run, caplog):
+    recommend = pipeline("next-item-generation", model=str(tiny_run["checkpoint"]), trust_remote_code=True)
+    recommend.model.config.max_history_items = 4
+    history = [f"music/{i}" for i in range(10)]
+    with caplog.at_level(logging.WARNING):
+        long_result = recommend({"history": history}, top_k=3, exclude_history=False)
+    assert "keeping the most recent 4" in caplog.text
+    assert long_result == recommend({"history": history[-4:]}, top_k=3, exclude_history=False)
 
 
 # ----- LoRA: PEFT-style invariants -----
@@ -171,23 +189,6 @@ print([row["item"] for row in recommend({{"history": ["music/1", "music/5"]}}, t
     assert len(set(items)) == 3 and all(key.startswith("music/") for key in items)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda r: r({"history": ["music/1"]}, top_k=0), "top_k must be a positive integer, got 0"),
-    (lambda r: r({"history": ["music/1"]}, top_k=-3), "top_k must be a positive integer, got -3"),
-    (lambda r: r({"history": ["music/1"]}, top_k=2.5), "top_k must be a positive integer, got 2.5"),
-    (lambda r: r({"history": ["music/1"]}, top_k="5"), "top_k must be a positive integer, got '5'"),
-    (lambda r: r({"history": None}), "the history must be a non-empty list"),
-    (lambda r: r({"history": [None]}), "history entries must be item keys"),
-    (lambda r: r.score_candidates(["music/1"], []), "candidates must be a non-empty list of item keys"),
-    (lambda r: r.score_candidates(["music/1"], [None]), "candidates must be a non-empty list of item keys"),
-    (lambda r: r.score_candidates(["music/1"], ["music/nope"]), "unknown item key 'music/nope'"),
-])
-def test_bad_pipeline_input_names_the_culprit(tiny_run, call, message):
-    recommend = pipeline("next-item-generation", model=str(tiny_run["checkpoint"]), trust_remote_code=True)
-    with pytest.raises(ValueError, match=re.escape(message)):
-        call(recommend)
-
-
 def test_candidate_scoring_in_chunks_matches_scoring_at_once(tiny_run, monkeypatch):
     from modeling_recbase import pipeline_recbase
 
@@ -199,3 +200,16 @@ def test_candidate_scoring_in_chunks_matches_scoring_at_once(tiny_run, monkeypat
     chunked = torch.tensor(pipeline_recbase.score_candidates(model, tokenizer, histories, candidates))
     torch.testing.assert_close(chunked, at_once, rtol=1e-5, atol=1e-5)
     assert at_once.std() > 0
+
+
+def test_the_domain_comes_from_the_history_and_batches_match_single_calls(tiny_run, caplog):
+    recommend = pipeline("next-item-generation", model=str(tiny_run["checkpoint"]), trust_remote_code=True)
+    inputs = [{"history": ["films/2", "films/6"]}, {"history": ["music/1"]}, {"history": ["music/3", "films/4"]}]
+    single = [recommend(entry, top_k=4) for entry in inputs]
+    assert all(row["item"].startswith("films/") for row in single[0])  # no domain given: the history's
+    assert all(row["item"].startswith("music/") for row in single[1])
+    with caplog.at_level(logging.WARNING):
+        mixed = recommend(inputs[2], top_k=4)
+    assert all(row["item"].startswith("films/") for row in mixed) and "mixes domains" in caplog.text
+    batched = recommend(inputs, top_k=4, batch_size=2)
+    assert [[row["item"] for row in rows] for rows in batched] == [[row["item"] for row in rows] for rows in single]

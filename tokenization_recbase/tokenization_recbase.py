@@ -266,6 +266,9 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         self._quantizer: ResidualQuantizer | None = None
         self._alignments: dict[str, dict[str, torch.Tensor]] = {}
         self._encoder: TextEncoder | None = None
+        if item_table_file is None and kwargs.get("name_or_path"):  # from_pretrained of a folder without its items
+            raise ValueError(f"{kwargs['name_or_path']}: {self.vocab_files_names['item_table_file']} is missing, so this "
+                          "RecBase tokenizer would know no items; copy the whole saved folder")
         if item_table_file is not None:
             self._load_item_table(item_table_file)
         if quantizer_file is not None:

@@ -92,10 +92,10 @@ def build_evaluation_set(
 class RecBaseRecommender:
     """RecBase as a recommender: constrained beam search for ranking, code log-likelihood for scoring."""
 
-    def __init__(self, model: RecBaseForCausalLM, tokenizer: RecBaseTokenizer, max_history_items: int = 20,
+    def __init__(self, model: RecBaseForCausalLM, tokenizer: RecBaseTokenizer, max_history_items: int | None = None,
                  num_beams: int = 20, batch_size: int = 16, name: str = "RecBase") -> None:
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
-        self.max_length = 1 + max_history_items * tokenizer.tokens_per_item
+        self.max_length = 1 + (max_history_items or model.config.max_history_items) * tokenizer.tokens_per_item
         self.num_beams, self.batch_size = num_beams, batch_size
 
     def rank(self, data: EvaluationSet, k: int, exclude_history: bool) -> list[list[str]]:
@@ -255,7 +255,7 @@ def all_results_markdown(results: dict) -> str:
 def evaluate(
     checkpoint: str | Path, corpus_dir: str | Path, domains: list[str], zero_shot_domains: list[str] = (),
     split: str = "test", max_users: int = 0, negatives: int = 20, num_beams: int = 20, batch_size: int = 16,
-    max_history_items: int = 20, text_similarity_items: int = 1, cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    max_history_items: int | None = None, text_similarity_items: int = 1, cache_dir: str | Path = DEFAULT_CACHE_DIR,
     seed: int = 0, model_name: str = "RecBase", baselines: bool = True, catalogue_counts: bool = False,
     score_overrides: dict | None = None, exclude_history: bool = True,
 ) -> dict:

@@ -402,7 +402,7 @@ def build_model(args: argparse.Namespace, tokenizer: RecBaseTokenizer) -> torch.
             dense_history_items=args.dense_history_items,
             dense_history_decay=args.dense_history_decay,
             calibrated_code_score=args.calibrated_code_score, popularity_buckets=args.popularity_buckets,
-            embedding_dropout=args.embedding_dropout, residual_dropout=args.residual_dropout,
+            max_history_items=args.max_items, embedding_dropout=args.embedding_dropout, residual_dropout=args.residual_dropout,
             attention_dropout=args.attention_dropout)
         check_vocabulary(config, tokenizer, args.tokenizer_dir)
         model = RecBaseForCausalLM(config)
