@@ -212,8 +212,9 @@ class NextItemGenerationPipeline(Pipeline):
         return self.model.config.max_position_embeddings - self.tokenizer.tokens_per_item
 
     def resolve_history(self, history: Sequence[str | dict], domain: str | None = None) -> list[str]:
-        """Keys for every entry; unseen ``{"text": ...}`` items are indexed now, in ``domain`` or else the
-        domain of the history's last known item."""
+        """Keys for every entry; unseen items, given as ``{"text": ...}`` or as their fields (``{"title": ...,
+        "categories": [...], "item_type": ...}``, written with the tokenizer's saved template), are indexed now, in
+        ``domain`` or else the domain of the history's last known item."""
         if not isinstance(history, (list, tuple)) or len(history) == 0:
             raise ValueError('the history must be a non-empty list of item keys or {"text": ...} dicts')
         known = [entry for entry in history if isinstance(entry, str)]
@@ -221,9 +222,12 @@ class NextItemGenerationPipeline(Pipeline):
             if key not in self.tokenizer.item_codes:
                 raise ValueError(f"unknown item key {key!r}: not indexed by this tokenizer; pass "
                                '{"text": ...} for an item it has never seen')
-        texts = [entry["text"] for entry in history if isinstance(entry, dict)]
+        texts_of = {index: entry["text"] if "text" in entry else self.tokenizer.item_text_from_fields(entry)
+                    for index, entry in enumerate(history) if isinstance(entry, dict)}
+        texts = list(texts_of.values())
         if len(known) + len(texts) != len(history) or not all(isinstance(t, str) and t for t in texts):
-            raise ValueError('history entries must be item keys (str) or {"text": <non-empty str>} dicts')
+            raise ValueError('history entries must be item keys (str), {"text": <non-empty str>} dicts or dicts of '
+                             'item fields ({"title": ..., "categories": [...], "item_type": ...})')
         text_domain = domain or (known[-1].split("/", 1)[0] if known else None)
         if texts and text_domain is None:
             raise ValueError("a history of item texts alone needs domain=... to place the new items in")
@@ -231,7 +235,7 @@ class NextItemGenerationPipeline(Pipeline):
         missing = [text for text, key in new_keys.items() if key not in self.tokenizer.item_codes]
         if missing:
             self.tokenizer.add_items([new_keys[text] for text in missing], texts=missing)
-        return [entry if isinstance(entry, str) else new_keys[entry["text"]] for entry in history]
+        return [new_keys[texts_of[index]] if index in texts_of else entry for index, entry in enumerate(history)]
 
     def _truncate(self, history: list[str]) -> list[str]:
         """The most recent ``config.max_history_items`` items (what the model was trained to read), at most

@@ -14,7 +14,7 @@ from training import embedding
 from training.corpus import read_domain
 from training.embedding import EmbeddingCache
 from training.fit_item_tokenizer import fit_item_tokenizer, report_markdown
-from training.item_text import unified_item_text
+from tokenization_recbase import unified_item_text
 from training.quantizer import QuantizerFitConfig, code_usage, collision_rate, kmeans
 
 SMALL_FIT = QuantizerFitConfig(codebook_sizes=[32, 32, 32], hidden_dims=[128], latent_dim=32, epochs_per_level=3,

