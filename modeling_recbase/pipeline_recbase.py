@@ -173,6 +173,7 @@ def score_candidates(model, tokenizer, histories: Sequence[Sequence[str]], candi
             if config.calibrated_code_score:
                 likelihood = likelihood - empty_history_log_likelihood(model, ids, tokenizer.bos_token_id)
             code[:, start : start + chunk] = likelihood.view(users, chunk)
+            del cache, continuation  # free this chunk's repeated cache before the next one is made
         scores += weights.view(users, per_user) * code
     if config.dense_head:
         buckets = (tokenizer.popularity_buckets(flat, config.popularity_buckets).to(model.device).view(len(histories), per_user)
