@@ -610,7 +610,7 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         if embeddings is None:
             if texts is None:
                 raise ValueError("add_items needs texts or embeddings")
-            embeddings = self.embed_texts(texts)
+            embeddings = self.embed_texts(texts, progress=len(texts) >= 256)  # a bar when it takes seconds
         if embeddings.shape != (len(keys), self._quantizer.config["input_dim"]):
             raise ValueError(f"embeddings of shape {tuple(embeddings.shape)}, expected "
                              f"({len(keys)}, {self._quantizer.config['input_dim']})")
