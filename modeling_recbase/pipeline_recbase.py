@@ -198,6 +198,11 @@ class NextItemGenerationPipeline(Pipeline):
     _load_processor = False
     _pipeline_calls_generate = True
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # A tokenizer of another layout would only show up later as token ids outside the vocabulary.
+        self.tokenizer.check_model_config(self.model.config, "pipeline")
+
     def _sanitize_parameters(self, top_k: int | None = None, domain: str | None = None,
                              exclude_history: bool | None = None, num_beams: int | None = None):
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):

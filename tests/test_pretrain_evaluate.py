@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, pipeline
 from safetensors.torch import load_file
 
 from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
@@ -182,6 +182,8 @@ def test_bad_input_is_reported_clearly(tiny_run, tmp_path, problem):
         RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"]).save_pretrained(tmp_path)
         with pytest.raises(ValueError, match=r"tokenizer \(codebooks \[4, 4, 4\].*does not match the model \(codebooks \[8, 8\]"):
             load_checkpoint(tmp_path)
+        with pytest.raises(ValueError, match=r"pipeline: the tokenizer \(codebooks \[4, 4, 4\].*does not match"):
+            pipeline("next-item-generation", model=str(tmp_path), trust_remote_code=True)
     elif problem == "too few negatives":
         interactions = load_corpus(tiny_run["corpus"])["interactions"]
         tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])

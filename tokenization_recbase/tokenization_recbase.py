@@ -558,6 +558,16 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         """Read-only: domain -> its alignment (``fit_domain_alignment``), for every domain indexed so far."""
         return types.MappingProxyType(self._alignments)
 
+    def check_model_config(self, config, where: str) -> None:
+        """Raise a ValueError naming ``where`` unless a model ``config`` has this tokenizer's concept vocabulary."""
+        if (list(config.codebook_sizes) != self.codebook_sizes or config.disambiguation_size != self.disambiguation_size
+                or config.vocab_size < len(self)):
+            raise ValueError(
+                f"{where}: the tokenizer (codebooks {self.codebook_sizes}, disambiguation {self.disambiguation_size}, "
+                f"{len(self)} tokens) does not match the model (codebooks {config.codebook_sizes}, disambiguation "
+                f"{config.disambiguation_size}, vocab_size {config.vocab_size})"
+            )
+
     def item_text_from_fields(self, fields: Mapping) -> str:
         """An item's unified text from its fields (``title``, ``brand``, ``categories``, ``description``,
         ``year``, ``price``, ``item_type``), with this tokenizer's saved template settings."""

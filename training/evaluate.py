@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
+from modeling_recbase import RecBaseForCausalLM
 from modeling_recbase.pipeline_recbase import rank_items, score_candidates
 from tokenization_recbase import RecBaseTokenizer
 from training.corpus import leave_one_out, load_corpus, to_sequences
@@ -211,19 +211,8 @@ def load_checkpoint(checkpoint: str | Path) -> tuple[RecBaseForCausalLM, RecBase
     loader = AutoPeftModelForCausalLM if is_adapter else AutoModelForCausalLM
     model = loader.from_pretrained(checkpoint, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
-    check_vocabulary(model.config, tokenizer, str(checkpoint))
+    tokenizer.check_model_config(model.config, str(checkpoint))
     return model, tokenizer
-
-
-def check_vocabulary(config: RecBaseConfig, tokenizer: RecBaseTokenizer, where: str) -> None:
-    """The model and the tokenizer must agree on the concept vocabulary."""
-    if (config.codebook_sizes != tokenizer.codebook_sizes or config.disambiguation_size != tokenizer.disambiguation_size
-            or config.vocab_size < len(tokenizer)):
-        raise ValueError(
-            f"{where}: the tokenizer (codebooks {tokenizer.codebook_sizes}, disambiguation "
-            f"{tokenizer.disambiguation_size}, {len(tokenizer)} tokens) does not match the model (codebooks "
-            f"{config.codebook_sizes}, disambiguation {config.disambiguation_size}, vocab_size {config.vocab_size})"
-        )
 
 
 def results_markdown(results: dict) -> str:

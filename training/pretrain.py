@@ -43,7 +43,7 @@ from modeling_recbase import NextItemGenerationPipeline, RecBaseConfig, RecBaseF
 from tokenization_recbase import RecBaseTokenizer
 from training.atomic import write_json_atomically
 from training.corpus import leave_one_out, load_corpus, to_sequences
-from training.evaluate import EvaluationSet, RecBaseRecommender, build_evaluation_set, check_vocabulary, evaluate_recommender
+from training.evaluate import EvaluationSet, RecBaseRecommender, build_evaluation_set, evaluate_recommender
 
 # Every linear layer of the decoder (Qwen2's names); the embeddings and head stay frozen.
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -384,7 +384,7 @@ def build_model(args: argparse.Namespace, tokenizer: RecBaseTokenizer) -> torch.
     """A new model of ``--preset``, or the ``--init_from`` checkpoint, wrapped in LoRA when ``--lora_rank`` > 0."""
     if args.init_from:
         model = RecBaseForCausalLM.from_pretrained(args.init_from)
-        check_vocabulary(model.config, tokenizer, args.tokenizer_dir)
+        tokenizer.check_model_config(model.config, args.tokenizer_dir)
         if model.config.code_score_domains is not None:  # trained on these domains now too
             model.config.code_score_domains = sorted(set(model.config.code_score_domains) | set(args.domains))
     else:
@@ -404,7 +404,7 @@ def build_model(args: argparse.Namespace, tokenizer: RecBaseTokenizer) -> torch.
             calibrated_code_score=args.calibrated_code_score, popularity_buckets=args.popularity_buckets,
             max_history_items=args.max_items, embedding_dropout=args.embedding_dropout, residual_dropout=args.residual_dropout,
             attention_dropout=args.attention_dropout)
-        check_vocabulary(config, tokenizer, args.tokenizer_dir)
+        tokenizer.check_model_config(config, args.tokenizer_dir)
         model = RecBaseForCausalLM(config)
         if content:
             model.model.code_latents.weight.copy_(tokenizer.code_latent_table(config.vocab_size))
