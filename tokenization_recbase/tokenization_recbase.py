@@ -181,6 +181,18 @@ def assign_unique_codes(
     return result
 
 
+def check_model_config(tokenizer, config, where: str) -> None:
+    """Raise a ValueError naming ``where`` unless the model ``config`` has the ``tokenizer``'s concept vocabulary.
+    A function as well as a method: training code checks folders whose shipped tokenizer may predate it."""
+    if (list(config.codebook_sizes) != list(tokenizer.codebook_sizes)
+            or config.disambiguation_size != tokenizer.disambiguation_size or config.vocab_size < len(tokenizer)):
+        raise ValueError(
+            f"{where}: the tokenizer (codebooks {tokenizer.codebook_sizes}, disambiguation "
+            f"{tokenizer.disambiguation_size}, {len(tokenizer)} tokens) does not match the model (codebooks "
+            f"{config.codebook_sizes}, disambiguation {config.disambiguation_size}, vocab_size {config.vocab_size})"
+        )
+
+
 class TextEncoder:
     """Mean-pooled, L2-normalised sentence embeddings from a local Hugging Face encoder (all-MiniLM-L6-v2 style).
 
@@ -560,13 +572,7 @@ class RecBaseTokenizer(PreTrainedTokenizer):
 
     def check_model_config(self, config, where: str) -> None:
         """Raise a ValueError naming ``where`` unless a model ``config`` has this tokenizer's concept vocabulary."""
-        if (list(config.codebook_sizes) != self.codebook_sizes or config.disambiguation_size != self.disambiguation_size
-                or config.vocab_size < len(self)):
-            raise ValueError(
-                f"{where}: the tokenizer (codebooks {self.codebook_sizes}, disambiguation {self.disambiguation_size}, "
-                f"{len(self)} tokens) does not match the model (codebooks {config.codebook_sizes}, disambiguation "
-                f"{config.disambiguation_size}, vocab_size {config.vocab_size})"
-            )
+        check_model_config(self, config, where)
 
     def item_text_from_fields(self, fields: Mapping) -> str:
         """An item's unified text from its fields (``title``, ``brand``, ``categories``, ``description``,

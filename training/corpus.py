@@ -16,6 +16,7 @@ row) and the offending value.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import contextlib
 import csv
@@ -27,7 +28,7 @@ import re
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -906,20 +907,34 @@ def leave_one_out(sequences: Dataset) -> dict[str, Dataset]:
 # Corpus on disk
 
 
+@dataclass(frozen=True)
+class OwnDomain:
+    """A user's own domain for ``build_corpus``: files that ``read_generic`` reads, and what its items are."""
+
+    interactions: str | Path
+    items: str | Path
+    item_type: str = "item"
+
+
 def build_corpus(
-    domains: list[str], out_dir: str | Path, data_dir: str | Path = DEFAULT_DATA_DIR
+    domains: list[str], out_dir: str | Path, data_dir: str | Path = DEFAULT_DATA_DIR,
+    own_domains: Mapping[str, OwnDomain] | None = None,
 ) -> Path:
-    """Read the bundled ``domains``; write ``items.parquet`` and ``interactions.parquet``.
+    """Read the bundled ``domains`` and the user's ``own_domains`` (name -> files, see ``read_generic``);
+    write ``items.parquet`` and ``interactions.parquet``.
 
     All domains are read before anything is written; each file is written to a temporary file in
     ``out_dir`` and moved into place with ``os.replace``, so a failure leaves earlier outputs
     intact.
     Returns ``out_dir``.
     """
-    if not domains or len(set(domains)) != len(domains):
-        raise ValueError(f"expected a non-empty list of distinct domains, got {domains}")
+    own_domains = dict(own_domains or {})
+    names = list(domains) + list(own_domains)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"expected a non-empty list of distinct domains, got {names}")
     out_dir = Path(out_dir)
     parts = [read_domain(name, data_dir) for name in domains]
+    parts += [read_generic(own.interactions, own.items, name, own.item_type) for name, own in own_domains.items()]
     tables = {
         "items": datasets.concatenate_datasets([items for items, _ in parts]),
         "interactions": datasets.concatenate_datasets([interactions for _, interactions in parts]),
@@ -956,3 +971,29 @@ def load_corpus(
         )
         for name, features in CORPUS_FEATURES.items()
     }
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """``python -m training.corpus``: a corpus from bundled domains and your own files."""
+    parser = argparse.ArgumentParser(description="""Build a corpus (items.parquet, interactions.parquet).
+
+    python -m training.corpus --output_dir outputs/my-corpus \\
+        --own my_movies data/examples/my_movies/interactions.csv data/examples/my_movies/items.csv movie
+
+--own NAME INTERACTIONS ITEMS ITEM_TYPE adds your own domain: interactions (user_id, item_id, optional timestamp)
+and items (item_id and any of title, categories, brand, description, year, price) as CSV, JSONL or Parquet.""",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--domains", nargs="*", default=[], help=f"bundled domains: {sorted(BUNDLED_DOMAINS)}")
+    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--own", nargs=4, action="append", default=[],
+                        metavar=("NAME", "INTERACTIONS", "ITEMS", "ITEM_TYPE"))
+    args = parser.parse_args(argv)
+    own = {name: OwnDomain(interactions, items, item_type) for name, interactions, items, item_type in args.own}
+    out_dir = build_corpus(args.domains, args.output_dir, args.data_dir, own)
+    print(f"corpus of {args.domains + list(own)} written to {out_dir}")
+    return out_dir
+
+
+if __name__ == "__main__":
+    main()

@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modeling_recbase import RecBaseForCausalLM
 from modeling_recbase.pipeline_recbase import rank_items, score_candidates
-from tokenization_recbase import RecBaseTokenizer
+from tokenization_recbase import RecBaseTokenizer, check_model_config
 from training.corpus import leave_one_out, load_corpus, to_sequences
 from training.embedding import DEFAULT_CACHE_DIR, EmbeddingCache
 from training.atomic import write_json_atomically, write_text_atomically
@@ -211,7 +211,7 @@ def load_checkpoint(checkpoint: str | Path) -> tuple[RecBaseForCausalLM, RecBase
     loader = AutoPeftModelForCausalLM if is_adapter else AutoModelForCausalLM
     model = loader.from_pretrained(checkpoint, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
-    tokenizer.check_model_config(model.config, str(checkpoint))
+    check_model_config(tokenizer, model.config, str(checkpoint))
     return model, tokenizer
 
 

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from modeling_recbase import NextItemGenerationPipeline, RecBaseConfig, RecBaseForCausalLM
-from tokenization_recbase import RecBaseTokenizer
+from tokenization_recbase import RecBaseTokenizer, check_model_config
 from training.atomic import write_json_atomically
 from training.corpus import leave_one_out, load_corpus, to_sequences
 from training.evaluate import EvaluationSet, RecBaseRecommender, build_evaluation_set, evaluate_recommender
@@ -384,7 +384,7 @@ def build_model(args: argparse.Namespace, tokenizer: RecBaseTokenizer) -> torch.
     """A new model of ``--preset``, or the ``--init_from`` checkpoint, wrapped in LoRA when ``--lora_rank`` > 0."""
     if args.init_from:
         model = RecBaseForCausalLM.from_pretrained(args.init_from)
-        tokenizer.check_model_config(model.config, args.tokenizer_dir)
+        check_model_config(tokenizer, model.config, args.tokenizer_dir)
         if model.config.code_score_domains is not None:  # trained on these domains now too
             model.config.code_score_domains = sorted(set(model.config.code_score_domains) | set(args.domains))
     else:
@@ -404,7 +404,7 @@ def build_model(args: argparse.Namespace, tokenizer: RecBaseTokenizer) -> torch.
             calibrated_code_score=args.calibrated_code_score, popularity_buckets=args.popularity_buckets,
             max_history_items=args.max_items, embedding_dropout=args.embedding_dropout, residual_dropout=args.residual_dropout,
             attention_dropout=args.attention_dropout)
-        tokenizer.check_model_config(config, args.tokenizer_dir)
+        check_model_config(tokenizer, config, args.tokenizer_dir)
         model = RecBaseForCausalLM(config)
         if content:
             model.model.code_latents.weight.copy_(tokenizer.code_latent_table(config.vocab_size))
