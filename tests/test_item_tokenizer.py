@@ -241,3 +241,25 @@ def test_a_folder_without_its_item_table_is_refused(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="item_table.json is missing"):
         RecBaseTokenizer.from_pretrained(folder)
     assert len(RecBaseTokenizer(codebook_sizes=[4, 4]).item_codes) == 0  # a new, empty tokenizer is still fine
+
+
+def test_embedding_shows_one_bar_with_the_real_total(tmp_path, monkeypatch):
+    """Shards are written every SHARD_SIZE texts, but the user sees one bar counting all of them."""
+    bars = []
+
+    class RecordingBar:
+        def __init__(self, total, **kwargs):
+            self.total, self.count = total, 0
+            bars.append(self)
+
+        def update(self, count):
+            self.count += count
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(embedding, "SHARD_SIZE", 2)
+    monkeypatch.setattr(embedding, "tqdm", RecordingBar)
+    texts = [f"Describe a song:\n{{\"title\": \"Song {i}\"}}" for i in range(5)]
+    EmbeddingCache(cache_dir=tmp_path).embed(texts)
+    assert [(bar.total, bar.count) for bar in bars] == [(5, 5)]

@@ -213,12 +213,15 @@ class TextEncoder:
         return self.model.config.hidden_size
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-        """texts -> (len(texts), dim) float32 embeddings. Texts are sorted by length so batches pad little."""
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False, bar=None) -> torch.Tensor:
+        """texts -> (len(texts), dim) float32 embeddings. Texts are sorted by length so batches pad little.
+        ``progress`` shows a bar of its own; ``bar`` (a tqdm bar counting texts) is advanced instead, so that a
+        caller embedding in several calls shows one bar with the real total."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = torch.empty(len(texts), self.dim)
-        batches = range(0, len(texts), batch_size)
-        for start in logging.tqdm(batches, desc="embedding items", disable=not progress, unit="batch"):
+        own_bar = logging.tqdm(total=len(texts), desc="embedding items", disable=not progress or bar is not None,
+                               unit="text")
+        for start in range(0, len(texts), batch_size):
             index = order[start : start + batch_size]
             batch = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt").to(self.device)
@@ -226,6 +229,8 @@ class TextEncoder:
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             out[index] = nn.functional.normalize(pooled, dim=-1).float().cpu()
+            (bar or own_bar).update(len(index))
+        own_bar.close()
         return out
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from tokenization_recbase import DEFAULT_TEXT_ENCODER, TextEncoder
 
@@ -45,14 +46,16 @@ class EmbeddingCache:
         if missing:
             encoder = TextEncoder(self.encoder, max_length=self.max_length)
             items = list(missing.items())
+            bar = tqdm(total=len(items), desc="embedding items", unit="text", disable=not progress)  # one bar, real total
             for start in range(0, len(items), SHARD_SIZE):
                 chunk = items[start : start + SHARD_SIZE]
-                vectors = encoder.encode([t for _, t in chunk], batch_size=batch_size, progress=progress)
+                vectors = encoder.encode([t for _, t in chunk], batch_size=batch_size, bar=bar)
                 shard = self.folder / f"shard-{len(list(self.folder.glob('shard-*.pt'))):05d}.pt"
                 temporary = shard.with_suffix(f".tmp-{os.getpid()}")
                 torch.save({"keys": [k for k, _ in chunk], "vectors": vectors}, temporary)
                 os.replace(temporary, shard)
                 self._vectors.update(zip((k for k, _ in chunk), vectors))
+            bar.close()
         if not keys:
             raise ValueError("no texts to embed")
         return torch.stack([self._vectors[k] for k in keys])

@@ -37,6 +37,11 @@ from training.fit_item_tokenizer import fit_item_tokenizer, report_markdown
 from training.quantizer import QuantizerFitConfig
 
 
+def stage(number: int, title: str) -> None:
+    """A header for each step of the main job, so that a reader of its log knows where it is."""
+    print(f"\n=== [{number}/4] {title} ===", flush=True)
+
+
 def hardware_description() -> str:
     if torch.cuda.is_available():
         return f"1 x {torch.cuda.get_device_name()}"
@@ -83,7 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
     work_dir = Path(args.work_dir or f"{output_dir}-work")
     pretrain_domains, zero_shot_domains = split_domains(args.domains, args.zero_shot)
 
+    stage(1, f"corpus of {len(args.domains)} domains from {args.data_dir}")
     corpus_dir = build_corpus(args.domains, work_dir / "corpus", data_dir=args.data_dir)
+    stage(2, f"item tokenizer: embedding, quantizer fit on {len(pretrain_domains)} domains, IDs for {zero_shot_domains}")
     tokenizer, report = fit_item_tokenizer(
         load_corpus(corpus_dir)["items"], pretrain_domains, zero_shot_domains,
         QuantizerFitConfig(codebook_sizes=args.codebook_sizes, seed=args.seed), args.disambiguation_size,
@@ -102,9 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--validate_every", str(args.validate_every), "--early_stopping_patience", str(args.early_stopping_patience),
         *recipe_flags,
     ] + (["--max_steps", str(args.max_steps)] if args.max_steps else [])
+    stage(3, f"pretraining {args.preset} on {pretrain_domains}")
     pretrain.main(pretrain_args)
     write_json_atomically(output_dir / "item_tokenizer_report.json", report)
 
+    stage(4, f"evaluation: {args.in_domain_eval} in-domain, {zero_shot_domains} zero-shot, with the baselines")
     evaluation_options = dict(max_users=args.eval_max_users, num_beams=args.num_beams, batch_size=args.eval_batch_size,
                               max_history_items=args.max_items, cache_dir=args.cache_dir, seed=args.seed,
                               exclude_history=args.exclude_history)
