@@ -124,8 +124,8 @@ class RandomRecommender:
 
     def rank(self, data: EvaluationSet, k: int, exclude_history: bool) -> list[list[str]]:
         rng = random.Random(self.seed)
-        return [[key for key in rng.sample(data.items, k + len(history)) if not (exclude_history and key in history)][:k]
-                for history in data.histories]
+        return [[key for key in rng.sample(data.items, min(len(data.items), k + len(history)))
+                 if not (exclude_history and key in history)][:k] for history in data.histories]
 
     def score(self, data: EvaluationSet) -> list[list[float]]:
         rng = random.Random(self.seed)
