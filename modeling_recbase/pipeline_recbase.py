@@ -188,7 +188,8 @@ class NextItemGenerationPipeline(Pipeline):
     """History of items -> ranked ``{"item", "score", "text"}`` dicts (real, distinct items only).
 
     Call options: ``top_k`` (default 10), ``domain`` (rank only that domain's items; default: the history's
-    domain, or its last item's when it mixes domains, with a warning), ``exclude_history`` (default True: never recommend an item of the history), ``num_beams``
+    domain, or its last item's when it mixes domains, with a warning), ``index_new_items`` (default False: items
+    given by text or fields are indexed for the call only), ``exclude_history`` (default True: never recommend an item of the history), ``num_beams``
     (default ``max(top_k, 20)``).
     """
 
@@ -204,23 +205,26 @@ class NextItemGenerationPipeline(Pipeline):
         self.tokenizer.check_model_config(self.model.config, "pipeline")
 
     def _sanitize_parameters(self, top_k: int | None = None, domain: str | None = None,
-                             exclude_history: bool | None = None, num_beams: int | None = None):
+                             exclude_history: bool | None = None, num_beams: int | None = None,
+                             index_new_items: bool | None = None):
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
         preprocess = {"domain": domain} if domain is not None else {}
         forward = {name: value for name, value in
                    (("top_k", top_k), ("exclude_history", exclude_history), ("num_beams", num_beams)) if value is not None}
-        return preprocess, forward, {}
+        postprocess = {"index_new_items": index_new_items} if index_new_items is not None else {}
+        return preprocess, forward, postprocess
 
     @property
     def max_history_length(self) -> int:
         """Tokens a history may take so that one more item still fits in the model's context."""
         return self.model.config.max_position_embeddings - self.tokenizer.tokens_per_item
 
-    def resolve_history(self, history: Sequence[str | dict], domain: str | None = None) -> list[str]:
-        """Keys for every entry; unseen items, given as ``{"text": ...}`` or as their fields (``{"title": ...,
-        "categories": [...], "item_type": ...}``, written with the tokenizer's saved template), are indexed now, in
-        ``domain`` or else the domain of the history's last known item."""
+    def resolve_history(self, history: Sequence[str | dict], domain: str | None = None) -> tuple[list[str], list[str]]:
+        """Keys for every entry, and the keys indexed for it. Unseen items, given as ``{"text": ...}`` or as their
+        fields (``{"title": ..., "categories": [...], "item_type": ...}``, written with the tokenizer's saved
+        template), are indexed now, in ``domain`` or else the domain of the history's last known item; the
+        caller forgets them afterwards unless asked to keep them (``index_new_items``)."""
         if not isinstance(history, (list, tuple)) or len(history) == 0:
             raise ValueError('the history must be a non-empty list of item keys or {"text": ...} dicts')
         known = [entry for entry in history if isinstance(entry, str)]
@@ -241,7 +245,8 @@ class NextItemGenerationPipeline(Pipeline):
         missing = [text for text, key in new_keys.items() if key not in self.tokenizer.item_codes]
         if missing:
             self.tokenizer.add_items([new_keys[text] for text in missing], texts=missing)
-        return [new_keys[texts_of[index]] if index in texts_of else entry for index, entry in enumerate(history)]
+        keys = [new_keys[texts_of[index]] if index in texts_of else entry for index, entry in enumerate(history)]
+        return keys, [new_keys[text] for text in missing]
 
     def _truncate(self, history: list[str]) -> list[str]:
         """The most recent ``config.max_history_items`` items (what the model was trained to read), at most
@@ -265,8 +270,9 @@ class NextItemGenerationPipeline(Pipeline):
     def preprocess(self, inputs: dict, domain: str | None = None) -> dict:
         if not isinstance(inputs, dict) or "history" not in inputs:
             raise ValueError('the pipeline takes {"history": [...]} (or a list of such dicts for a batch)')
-        history = self._truncate(self.resolve_history(inputs["history"], domain))
-        return {"history": history, "domain": domain or self._infer_domain(history)}
+        history, added = self.resolve_history(inputs["history"], domain)
+        history = self._truncate(history)
+        return {"history": history, "domain": domain or self._infer_domain(history), "added": added}
 
     def _forward(self, model_inputs: dict, top_k: int = 10, exclude_history: bool = True,
                  num_beams: int | None = None) -> dict:
@@ -283,19 +289,27 @@ class NextItemGenerationPipeline(Pipeline):
                 raise ValueError(f"top_k={top_k} but {available} items of domain {domain!r} can be recommended")
             ranked.append(rank_items(self.model, self.tokenizer, [history], items, max(num_beams or 20, top_k),
                                      exclude_history=exclude_history)[0][:top_k])
-        return {"ranked": ranked if batched else ranked[0]}
+        return {"ranked": ranked if batched else ranked[0], "added": model_inputs["added"]}
 
-    def postprocess(self, model_outputs: dict) -> list[dict]:
-        return [{"item": key, "score": score, "text": self.tokenizer.item_text(key)} for key, score in model_outputs["ranked"]]
+    def postprocess(self, model_outputs: dict, index_new_items: bool = False) -> list[dict]:
+        rows = [{"item": key, "score": score, "text": self.tokenizer.item_text(key)} for key, score in model_outputs["ranked"]]
+        if not index_new_items:
+            self.tokenizer.remove_items(model_outputs["added"])
+        return rows
 
     def score_candidates(self, history: Sequence[str | dict], candidates: Sequence[str],
-                         domain: str | None = None) -> list[dict]:
+                         domain: str | None = None, index_new_items: bool = False) -> list[dict]:
         """The paper's setting: ``{"item", "score", "text"}`` for each candidate, in the order given."""
         if isinstance(candidates, str) or not candidates or not all(isinstance(key, str) for key in candidates):
             raise ValueError(f"candidates must be a non-empty list of item keys, got {candidates!r}")
-        keys = self._truncate(self.resolve_history(history, domain))
-        scores = score_candidates(self.model, self.tokenizer, [keys], [list(candidates)])[0]  # names unknown keys
-        return [{"item": key, "score": score, "text": self.tokenizer.item_text(key)} for key, score in zip(candidates, scores)]
+        keys, added = self.resolve_history(history, domain)
+        try:
+            scores = score_candidates(self.model, self.tokenizer, [self._truncate(keys)], [list(candidates)])[0]
+            return [{"item": key, "score": score, "text": self.tokenizer.item_text(key)}
+                    for key, score in zip(candidates, scores)]
+        finally:
+            if not index_new_items:
+                self.tokenizer.remove_items(added)
 
 
 PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=NextItemGenerationPipeline, pt_model=AutoModelForCausalLM)

@@ -263,3 +263,16 @@ def test_embedding_shows_one_bar_with_the_real_total(tmp_path, monkeypatch):
     texts = [f"Describe a song:\n{{\"title\": \"Song {i}\"}}" for i in range(5)]
     EmbeddingCache(cache_dir=tmp_path).embed(texts)
     assert [(bar.total, bar.count) for bar in bars] == [(5, 5)]
+
+
+def test_removed_items_free_their_ids_and_a_new_domain_its_alignment(tiny_run):
+    tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
+    before = dict(tokenizer.item_codes)
+    texts = ["Describe a book:\n{\"title\": \"Dune\"}", "Describe a book:\n{\"title\": \"Emma\"}"]
+    codes = tokenizer.add_items(["books/1", "books/2"], texts=texts)
+    assert "books" in tokenizer.domain_alignments
+    tokenizer.remove_items(["books/1", "books/2"])
+    assert dict(tokenizer.item_codes) == before and "books" not in tokenizer.domain_alignments
+    assert tokenizer.add_items(["books/1", "books/2"], texts=texts) == codes  # the same IDs were free again
+    with pytest.raises(ValueError, match="unknown item key 'books/3'"):
+        tokenizer.remove_items(["books/3"])

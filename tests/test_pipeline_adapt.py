@@ -24,7 +24,8 @@ import json
 from transformers import pipeline
 recommend = pipeline("next-item-generation", model={str(tiny_run["checkpoint"])!r}, trust_remote_code=True)
 keys = recommend({{"history": ["music/1", "music/5"]}}, top_k=5, domain="music")
-texts = recommend({{"history": [{{"text": t}} for t in {UNSEEN_TEXTS!r}]}}, top_k=4, domain="music")
+texts = recommend({{"history": [{{"text": t}} for t in {UNSEEN_TEXTS!r}]}}, top_k=4, domain="music",
+                  index_new_items=True)
 batch = recommend([{{"history": ["music/1"]}}, {{"history": ["films/2", "films/6"]}}], top_k=3)
 scored = recommend.score_candidates(["music/1"], ["music/2", "music/3", "films/4"])
 music = recommend.tokenizer.domain_items("music")
@@ -234,3 +235,15 @@ def test_items_given_by_their_fields_get_the_saved_template(tiny_run, tmp_path):
     recommend = pipeline("next-item-generation", model=str(tiny_run["checkpoint"]), trust_remote_code=True)
     ranked = recommend({"history": ["music/1", {"title": "smoky jazz club", "item_type": "music"}]}, top_k=3)
     assert len(ranked) == 3 and codes
+
+
+def test_items_given_by_text_are_indexed_for_the_call_only_unless_asked(tiny_run):
+    recommend = pipeline("next-item-generation", model=str(tiny_run["checkpoint"]), trust_remote_code=True)
+    before = dict(recommend.tokenizer.item_codes)
+    history = ["music/1", {"text": UNSEEN_TEXTS[0]}, {"title": "smoky jazz club", "item_type": "music"}]
+    ranked = recommend({"history": history}, top_k=3, exclude_history=False)
+    scored = recommend.score_candidates(history, ["music/2", "music/3"])
+    assert len(ranked) == 3 and len(scored) == 2
+    assert dict(recommend.tokenizer.item_codes) == before  # nothing new is recommendable in later calls
+    recommend({"history": history}, top_k=3, index_new_items=True)
+    assert len(recommend.tokenizer.item_codes) == len(before) + 2

@@ -470,6 +470,17 @@ class RecBaseTokenizer(PreTrainedTokenizer):
             self._key_by_codes[item_codes] = key
             self._texts[key] = texts.get(key, "")
 
+    def remove_items(self, keys: Sequence[str]) -> None:
+        """Forget indexed items (their IDs become free again); a domain left with no items forgets its alignment."""
+        for key in keys:
+            self._key_by_codes.pop(self._codes.pop(self._check_key(key)))
+            for table in (self._texts, self._counts, self._vectors):
+                table.pop(key, None)
+        for domain in {key.split("/", 1)[0] for key in keys} - self.domains:
+            self._alignments.pop(domain, None)
+        self._sorted_counts = None
+        self._domain_centres.clear()
+
     def set_item_counts(self, counts: Mapping[str, int]) -> None:
         """Catalogue counts: how many interactions each (indexed) item has in its domain's log. They feed the
         model's popularity buckets (the "zero-shot + catalogue counts" setting); items without one get none."""
