@@ -201,7 +201,7 @@ class TextEncoder:
         max_length: tokens kept per text.
     """
 
-    def __init__(self, name_or_path: str = DEFAULT_TEXT_ENCODER, max_length: int = 128, device: str = "cpu"):
+    def __init__(self, name_or_path: str = DEFAULT_TEXT_ENCODER, max_length: int = TEXT_MAX_LENGTH, device: str = "cpu"):
         path = resolve_text_encoder(name_or_path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).to(device).eval()

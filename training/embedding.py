@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tokenization_recbase import DEFAULT_TEXT_ENCODER, TextEncoder
+from tokenization_recbase.tokenization_recbase import TEXT_MAX_LENGTH
 
 SHARD_SIZE = 4096  # texts per cache shard: an interrupted run loses at most one shard of work
 DEFAULT_CACHE_DIR = Path(os.environ.get("RECBASE_CACHE", Path.home() / ".cache" / "recbase")) / "embeddings"
@@ -24,7 +25,7 @@ class EmbeddingCache:
     """
 
     def __init__(self, encoder: str = DEFAULT_TEXT_ENCODER, cache_dir: str | Path = DEFAULT_CACHE_DIR,
-                 max_length: int = 128) -> None:
+                 max_length: int = TEXT_MAX_LENGTH) -> None:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{encoder}-len{max_length}").strip("_")
         self.folder = Path(cache_dir) / slug
         self.folder.mkdir(parents=True, exist_ok=True)

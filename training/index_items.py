@@ -27,7 +27,7 @@ def index_items(checkpoint: str | Path, corpus_dir: str | Path, domains: list[st
     model and the tokenizer to ``output_dir`` (a pipeline folder). Returns ``output_dir``."""
     model, tokenizer = load_checkpoint(checkpoint)
     corpus = load_corpus(corpus_dir)
-    cache = EmbeddingCache(tokenizer.text_encoder, cache_dir)
+    cache = EmbeddingCache(tokenizer.text_encoder, cache_dir, max_length=tokenizer.text_max_length)
     for domain in domains:
         rows = corpus["items"].filter(lambda d: d == domain, input_columns="domain")
         if len(rows) == 0:
