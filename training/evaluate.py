@@ -157,24 +157,24 @@ class TextSimilarityRecommender:
     def _embeddings(self, keys: list[str]) -> torch.Tensor:
         return torch.nn.functional.normalize(self.cache.embed([self.tokenizer.item_text(k) for k in keys], progress=False), dim=-1)
 
-    def _queries(self, data: EvaluationSet) -> torch.Tensor:
+    def _queries(self, data: EvaluationSet) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+        """(users, dim) queries, (items, dim) unit item embeddings, and each item key's row."""
         index = {key: i for i, key in enumerate(data.items)}
         items = self._embeddings(data.items)
-        return torch.stack([items[[index[k] for k in history[-self.last_items:]]].mean(0) for history in data.histories]), items
+        queries = torch.stack([items[[index[k] for k in history[-self.last_items:]]].mean(0) for history in data.histories])
+        return queries, items, index
 
     def rank(self, data: EvaluationSet, k: int, exclude_history: bool) -> list[list[str]]:
-        queries, items = self._queries(data)
+        queries, items, index = self._queries(data)
         scores = queries @ items.T  # (users, items)
         if exclude_history:
-            index = {key: i for i, key in enumerate(data.items)}
             for row, history in enumerate(data.histories):
                 scores[row, [index[key] for key in set(history)]] = float("-inf")
         top = scores.topk(k, dim=-1).indices.tolist()
         return [[data.items[i] for i in row] for row in top]
 
     def score(self, data: EvaluationSet) -> list[list[float]]:
-        queries, items = self._queries(data)
-        index = {key: i for i, key in enumerate(data.items)}
+        queries, items, index = self._queries(data)
         return [(items[[index[k] for k in row]] @ query).tolist() for query, row in zip(queries, data.candidates)]
 
 
