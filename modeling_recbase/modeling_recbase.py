@@ -185,6 +185,19 @@ class RecBasePreTrainedModel(PreTrainedModel):
         config.custom_pipelines = {TASK: {"impl": f"pipeline_recbase.{NextItemGenerationPipeline.__name__}",
                                           "pt": ["AutoModelForCausalLM"]}}
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, with an error that names a weights file it cannot read."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:
+            # safetensors' own error says "incomplete metadata" and names no file (its class is matched by name:
+            # shipped files import only torch and transformers).
+            if type(error).__name__ != "SafetensorError":
+                raise
+            raise OSError(f"{pretrained_model_name_or_path}: a model.safetensors file there cannot be read ({error}); "
+                          "it is truncated or corrupt: copy or download it again") from error
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)

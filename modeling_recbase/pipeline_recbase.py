@@ -241,6 +241,11 @@ class NextItemGenerationPipeline(Pipeline):
         text_domain = domain or (known[-1].split("/", 1)[0] if known else None)
         if texts and text_domain is None:
             raise ValueError("a history of item texts alone needs domain=... to place the new items in")
+        if texts and text_domain not in self.tokenizer.domains:
+            # Only indexed items can be recommended, and a domain's frame is fitted on its whole catalogue.
+            raise ValueError(f"domain {text_domain!r} has no indexed items, so there is nothing to recommend in it: index "
+                             "its catalogue first (tokenizer.add_items(keys, texts) with all its items, or "
+                             f"python -m training.index_items); indexed domains: {sorted(self.tokenizer.domains)}")
         new_keys = {text: f"{text_domain}/text-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:16]}" for text in texts}
         missing = [text for text, key in new_keys.items() if key not in self.tokenizer.item_codes]
         if missing:
@@ -282,13 +287,17 @@ class NextItemGenerationPipeline(Pipeline):
         if not batched:
             histories, domains = [histories], [domains]
         ranked = []
-        for history, domain in zip(histories, domains):
-            items = self.tokenizer.domain_items(domain)
-            available = len(set(items) - set(history)) if exclude_history else len(items)
-            if top_k > available:
-                raise ValueError(f"top_k={top_k} but {available} items of domain {domain!r} can be recommended")
-            ranked.append(rank_items(self.model, self.tokenizer, [history], items, max(num_beams or 20, top_k),
-                                     exclude_history=exclude_history)[0][:top_k])
+        try:
+            for history, domain in zip(histories, domains):
+                items = self.tokenizer.domain_items(domain)
+                available = len(set(items) - set(history)) if exclude_history else len(items)
+                if top_k > available:
+                    raise ValueError(f"top_k={top_k} but {available} items of domain {domain!r} can be recommended")
+                ranked.append(rank_items(self.model, self.tokenizer, [history], items, max(num_beams or 20, top_k),
+                                         exclude_history=exclude_history)[0][:top_k])
+        except Exception:
+            self.tokenizer.remove_items(model_inputs["added"])  # a failed call indexes nothing for good
+            raise
         return {"ranked": ranked if batched else ranked[0], "added": model_inputs["added"]}
 
     def postprocess(self, model_outputs: dict, index_new_items: bool = False) -> list[dict]:

@@ -232,13 +232,14 @@ def test_a_downloaded_text_encoder_name_is_never_imported(tiny_run, tmp_path):
     assert "this" not in sys.modules
 
 
-def test_a_folder_without_its_item_table_is_refused(tiny_run, tmp_path):
+@pytest.mark.parametrize("missing", ["item_table.json", "tokenizer_config.json"])
+def test_a_folder_without_one_of_its_files_is_refused(tiny_run, tmp_path, missing):
     import shutil
 
-    folder = tmp_path / "no-items"
+    folder = tmp_path / "incomplete"
     shutil.copytree(tiny_run["tokenizer"], folder)
-    (folder / "item_table.json").unlink()
-    with pytest.raises(ValueError, match="item_table.json is missing"):
+    (folder / missing).unlink()
+    with pytest.raises(ValueError, match=f"incomplete: {missing} is missing"):
         RecBaseTokenizer.from_pretrained(folder)
     assert len(RecBaseTokenizer(codebook_sizes=[4, 4]).item_codes) == 0  # a new, empty tokenizer is still fine
 

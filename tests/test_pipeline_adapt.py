@@ -63,6 +63,9 @@ def test_pipeline_scores_equal_the_model_log_likelihood(tiny_run):
     ("top_k above the domain", lambda p: p({"history": ["music/1"]}, top_k=30, domain="music"),
      (ValueError, "top_k=30 but 23 items of domain 'music' can be recommended")),
     ("texts without a domain", lambda p: p({"history": [{"text": "a song"}]}), (ValueError, "needs domain=")),
+    *[(f"{n} text(s) of a new domain", lambda p, n=n: p({"history": [{"text": f"song {i}"} for i in range(n)]},
+                                                       domain="podcasts"),
+       (ValueError, "domain 'podcasts' has no indexed items, so there is nothing to recommend")) for n in (1, 2)],
     ("bare list", lambda p: p.preprocess(["music/1"]), (ValueError, '{"history": \\[...\\]}')),
     *[(f"top_k={k!r}", lambda p, k=k: p({"history": ["music/1"]}, top_k=k),
        (ValueError, re.escape(f"top_k must be a positive integer, got {k!r}"))) for k in (0, -3, 2.5, "5", True)],
@@ -247,3 +250,24 @@ def test_items_given_by_text_are_indexed_for_the_call_only_unless_asked(tiny_run
     assert dict(recommend.tokenizer.item_codes) == before  # nothing new is recommendable in later calls
     recommend({"history": history}, top_k=3, index_new_items=True)
     assert len(recommend.tokenizer.item_codes) == len(before) + 2
+
+
+def test_a_failed_call_leaves_no_item_indexed(tiny_run):
+    recommend = pipeline("next-item-generation", model=str(tiny_run["checkpoint"]), trust_remote_code=True)
+    before = dict(recommend.tokenizer.item_codes)
+    with pytest.raises(ValueError, match="top_k=30"):  # fails in ranking, after the text item was indexed
+        recommend({"history": ["music/1", {"text": UNSEEN_TEXTS[0]}]}, top_k=30, index_new_items=True)
+    assert dict(recommend.tokenizer.item_codes) == before
+
+
+def test_a_truncated_weights_file_is_named(tiny_run, tmp_path):
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "truncated"
+    shutil.copytree(tiny_run["checkpoint"], folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(OSError, match=f"{re.escape(str(folder))}: a model.safetensors file there cannot be read"):
+        AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)

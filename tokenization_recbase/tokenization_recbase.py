@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, BatchEncoding, PreTrainedTokenizer
+from transformers.tokenization_utils_base import TOKENIZER_CONFIG_FILE
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -316,8 +317,12 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         self._quantizer: ResidualQuantizer | None = None
         self._alignments: dict[str, dict[str, torch.Tensor]] = {}
         self._encoder: TextEncoder | None = None
-        if item_table_file is None and kwargs.get("name_or_path"):  # from_pretrained of a folder without its items
-            raise ValueError(f"{kwargs['name_or_path']}: {self.vocab_files_names['item_table_file']} is missing, so this "
+        folder = kwargs.get("name_or_path")
+        if folder and os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, TOKENIZER_CONFIG_FILE)):
+            raise ValueError(f"{folder}: {TOKENIZER_CONFIG_FILE} is missing, so the tokenizer's layout (codebooks, "
+                             "text encoder) is unknown; copy the whole saved folder")
+        if item_table_file is None and folder:  # from_pretrained of a folder without its items
+            raise ValueError(f"{folder}: {self.vocab_files_names['item_table_file']} is missing, so this "
                           "RecBase tokenizer would know no items; copy the whole saved folder")
         if item_table_file is not None:
             self._load_item_table(item_table_file)
@@ -655,7 +660,10 @@ class RecBaseTokenizer(PreTrainedTokenizer):
                 if len(rows) < 64:
                     logger.warning(f"aligning the new domain {domain!r} on only {len(rows)} items: index a new "
                                    "domain with all its items in one call for better IDs")
-                self._alignments[domain] = fit_domain_alignment(embeddings[rows])
+                try:
+                    self._alignments[domain] = fit_domain_alignment(embeddings[rows])
+                except ValueError as error:
+                    raise ValueError(f"new domain {domain!r}: {error}") from error
             aligned[rows] = align(embeddings[rows], self._alignments[domain])
         codes, distances = self._quantizer.encode_to_codes(aligned)
         new_codes = assign_unique_codes(codes, distances, set(self._key_by_codes), self.disambiguation_size)
