@@ -7,7 +7,7 @@ the ``next-item-generation`` pipeline task.
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .configuration_recbase import PRESETS, SPECIAL_TOKENS, RecBaseConfig
+from .configuration_recbase import PRESETS, RecBaseConfig
 from .modeling_recbase import RecBaseForCausalLM, RecBaseItemConstraint, RecBaseModel, RecBasePreTrainedModel
 from .pipeline_recbase import NextItemGenerationPipeline, rank_items, score_candidates  # registers the pipeline task
 
@@ -18,7 +18,6 @@ AutoModelForCausalLM.register(RecBaseConfig, RecBaseForCausalLM, exist_ok=True)
 __all__ = [
     "NextItemGenerationPipeline",
     "PRESETS",
-    "SPECIAL_TOKENS",
     "RecBaseConfig",
     "RecBaseForCausalLM",
     "RecBaseItemConstraint",

@@ -1,4 +1,4 @@
-"""RecBase configuration: the concept-token vocabulary layout and a Qwen2-style decoder.
+"""RecBase configuration: the size of the concept-token vocabulary and a Qwen2-style decoder.
 
 Shipped beside the weights: imports only the standard library and transformers.
 """
@@ -6,9 +6,6 @@ Shipped beside the weights: imports only the standard library and transformers.
 from __future__ import annotations
 
 from transformers import PretrainedConfig
-
-# Token ids 0..2 are reserved in every RecBase vocabulary; the item tokenizer uses the same order.
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 
 # Named sizes. "recbase-1.5b" is the paper's scale: 1.50e9 parameters with the default vocabulary
 # (Qwen2-1.5B's width and MLP, 32 layers because the item vocabulary is tiny next to a text one).
@@ -31,7 +28,7 @@ PRESETS: dict[str, dict[str, int]] = {
 class RecBaseConfig(PretrainedConfig):
     """Configuration of a RecBase decoder over hierarchical concept IDs.
 
-    Vocabulary layout (ids): ``<pad> <bos> <eos>``, then ``codebook_sizes[0]`` codes of level 1, ...,
+    Vocabulary layout (ids; the item tokenizer's, ``quantization_recbase``): ``<pad> <bos> <eos>``, then ``codebook_sizes[0]`` codes of level 1, ...,
     then ``disambiguation_size`` codes of the extra level that makes every item's ID unique (0 = no
     such level). An item is ``len(codebook_sizes) + (disambiguation_size > 0)`` tokens long.
 
@@ -125,13 +122,6 @@ class RecBaseConfig(PretrainedConfig):
                 f"codebook_sizes must be a non-empty list of positive sizes and disambiguation_size >= 0, "
                 f"got {self.codebook_sizes} and {self.disambiguation_size}"
             )
-        needed_vocab = self.vocab_size_needed
-        self.vocab_size = needed_vocab if vocab_size is None else int(vocab_size)
-        if self.vocab_size < needed_vocab:
-            raise ValueError(
-                f"vocab_size={self.vocab_size} is smaller than the {needed_vocab} tokens that "
-                f"codebook_sizes={self.codebook_sizes} and disambiguation_size={self.disambiguation_size} need"
-            )
         if hidden_size % num_attention_heads:
             raise ValueError(
                 f"hidden_size={hidden_size} is not divisible by num_attention_heads={num_attention_heads}"
@@ -182,6 +172,14 @@ class RecBaseConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
+        # After the base class has set the special token ids, which the layout starts with.
+        needed_vocab = self.vocab_size_needed
+        self.vocab_size = needed_vocab if vocab_size is None else int(vocab_size)
+        if self.vocab_size < needed_vocab:
+            raise ValueError(
+                f"vocab_size={self.vocab_size} is smaller than the {needed_vocab} tokens that "
+                f"codebook_sizes={self.codebook_sizes} and disambiguation_size={self.disambiguation_size} need"
+            )
 
     @property
     def tokens_per_item(self) -> int:
@@ -190,8 +188,10 @@ class RecBaseConfig(PretrainedConfig):
 
     @property
     def vocab_size_needed(self) -> int:
-        """Number of token ids the layout uses: special tokens, every level's codes, disambiguation codes."""
-        return len(SPECIAL_TOKENS) + sum(self.codebook_sizes) + self.disambiguation_size
+        """Number of token ids the layout uses: the special tokens (ids 0 to the largest of ``pad_token_id``,
+        ``bos_token_id`` and ``eos_token_id``; the item tokenizer's layout), every level's codes, disambiguation codes."""
+        special = max(self.pad_token_id, self.bos_token_id, self.eos_token_id) + 1
+        return special + sum(self.codebook_sizes) + self.disambiguation_size
 
     @property
     def last_level_size(self) -> int:
@@ -215,4 +215,4 @@ class RecBaseConfig(PretrainedConfig):
         return cls(**{**PRESETS[name], **overrides})
 
 
-__all__ = ["RecBaseConfig", "PRESETS", "SPECIAL_TOKENS"]
+__all__ = ["RecBaseConfig", "PRESETS"]

@@ -7,15 +7,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from modeling_recbase import SPECIAL_TOKENS as CONFIG_SPECIAL_TOKENS
-from tokenization_recbase import RecBaseTokenizer, assign_unique_codes
-from tokenization_recbase.tokenization_recbase import SPECIAL_TOKENS
+from modeling_recbase import RecBaseConfig
+from tokenization_recbase import SPECIAL_TOKENS, RecBaseTokenizer, assign_unique_codes
 from training import embedding
 from training.corpus import read_domain
 from training.embedding import EmbeddingCache
-from training.fit_item_tokenizer import fit_item_tokenizer, report_markdown
 from tokenization_recbase import unified_item_text
-from training.quantizer import QuantizerFitConfig, code_usage, collision_rate, kmeans
+from training.fit_item_tokenizer import QuantizerFitConfig, code_usage, collision_rate, fit_item_tokenizer, kmeans, report_markdown
 
 SMALL_FIT = QuantizerFitConfig(codebook_sizes=[32, 32, 32], hidden_dims=[128], latent_dim=32, epochs_per_level=3,
                                final_epochs=3, batch_size=128, kmeans_iterations=10)
@@ -41,8 +39,18 @@ def fitted(real_items):
                               disambiguation_size=8, cache_dir=cache_dir, log=lambda message: None)
 
 
-def test_special_tokens_agree_with_the_model_config():
-    assert SPECIAL_TOKENS == CONFIG_SPECIAL_TOKENS
+@pytest.mark.parametrize("codebook_sizes, disambiguation_size", [([4, 4], 0), ([8, 4, 2], 3), ([1024] * 4, 64)])
+def test_the_model_config_and_the_tokenizer_share_one_vocabulary_layout(codebook_sizes, disambiguation_size):
+    tokenizer = RecBaseTokenizer(codebook_sizes=codebook_sizes, disambiguation_size=disambiguation_size)
+    config = RecBaseConfig(codebook_sizes=codebook_sizes, disambiguation_size=disambiguation_size)
+    assert config.vocab_size_needed == len(tokenizer) == config.vocab_size
+    assert [config.pad_token_id, config.bos_token_id, config.eos_token_id] == tokenizer.convert_tokens_to_ids(
+        list(SPECIAL_TOKENS))
+    assert tokenizer.convert_ids_to_tokens(len(tokenizer) - config.last_level_size).endswith("_0>")  # last level's code 0
+    tokenizer.check_model_config(config, "test")
+    with pytest.raises(ValueError, match="special token ids"):
+        tokenizer.check_model_config(RecBaseConfig(codebook_sizes=codebook_sizes, disambiguation_size=disambiguation_size,
+                                                   bos_token_id=2, eos_token_id=1), "test")
 
 
 def test_every_real_item_gets_a_unique_id_and_no_level_collapses(fitted):

@@ -8,30 +8,30 @@ from transformers import AutoTokenizer
 
 from modeling_recbase import RecBaseConfig
 
-from .tokenization_recbase import (
-    DEFAULT_TEXT_ENCODER,
-    RecBaseTokenizer,
+from .quantization_recbase import (
+    SPECIAL_TOKENS,
     ResidualQuantizer,
-    TextEncoder,
     align,
+    align_by_domain,
     assign_unique_codes,
-    check_model_config,
     fit_domain_alignment,
     load_quantizer,
-    unified_item_text,
 )
+from .tokenization_recbase import DEFAULT_TEXT_ENCODER, RecBaseTokenizer, TextEncoder, check_model_config, unified_item_text
 
 AutoTokenizer.register(RecBaseConfig, slow_tokenizer_class=RecBaseTokenizer, exist_ok=True)
 
 __all__ = [
     "DEFAULT_TEXT_ENCODER",
+    "SPECIAL_TOKENS",
     "RecBaseTokenizer",
     "ResidualQuantizer",
     "TextEncoder",
     "align",
+    "align_by_domain",
     "assign_unique_codes",
     "check_model_config",
-    "unified_item_text",
     "fit_domain_alignment",
     "load_quantizer",
+    "unified_item_text",
 ]

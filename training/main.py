@@ -33,8 +33,7 @@ from training import pretrain
 from training.corpus import BUNDLED_DOMAINS, DEFAULT_DATA_DIR, DEFAULT_ZERO_SHOT_DOMAINS, build_corpus, load_corpus, split_domains
 from training.embedding import DEFAULT_CACHE_DIR
 from training.atomic import write_json_atomically, write_text_atomically
-from training.fit_item_tokenizer import fit_item_tokenizer, report_markdown
-from training.quantizer import QuantizerFitConfig
+from training.fit_item_tokenizer import QuantizerFitConfig, fit_item_tokenizer, report_markdown
 
 
 def stage(number: int, title: str) -> None:

@@ -29,8 +29,7 @@ from training import pretrain
 from training.atomic import write_json_atomically, write_text_atomically
 from training.corpus import BUNDLED_DOMAINS, DEFAULT_DATA_DIR, DEFAULT_ZERO_SHOT_DOMAINS, build_corpus, load_corpus
 from training.embedding import DEFAULT_CACHE_DIR
-from training.fit_item_tokenizer import fit_item_tokenizer
-from training.quantizer import QuantizerFitConfig
+from training.fit_item_tokenizer import QuantizerFitConfig, fit_item_tokenizer
 
 DEFAULT_VALIDATION_DOMAINS = ("amazon18_scientific", "xwines")
 ORIGINAL_DOMAINS = ("amazon14_beauty", "yelp_p5", "amazon18_scientific")  # the first release's pretraining set
