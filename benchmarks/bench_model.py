@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from training.atomic import write_json_atomically, write_text_atomically
+from training.checkpoint import write_json_atomically, write_text_atomically
 from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

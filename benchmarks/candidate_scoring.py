@@ -29,7 +29,7 @@ DOMAIN = "amazon14_beauty"
 def measure(checkpoint: str, size: int, code_score_weight: float | None) -> dict:
     """In this process: load, score ``size`` candidates once, report seconds and peak memory."""
     from modeling_recbase import score_candidates
-    from training.evaluate import load_checkpoint
+    from training.checkpoint import load_checkpoint
 
     model, tokenizer = load_checkpoint(checkpoint)
     if code_score_weight is not None:
@@ -67,7 +67,7 @@ def main() -> None:
     lines = ["| scoring | candidates | history items | seconds | candidates/s | peak RSS (GB) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['scoring']} | {r['candidates']} | {r['history_items']} | {r['seconds']:.2f} | "
               f"{r['candidates_per_second']:.0f} | {r['peak_rss_gb']:.2f} |" for r in rows]
-    from training.atomic import write_json_atomically, write_text_atomically
+    from training.checkpoint import write_json_atomically, write_text_atomically
 
     write_text_atomically(RESULTS.with_suffix(".md"), __doc__ + "\n" + "\n".join(lines) + "\n")
     write_json_atomically(RESULTS.with_suffix(".json"), rows)

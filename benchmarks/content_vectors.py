@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from tokenization_recbase import RecBaseTokenizer, align
-from training.atomic import write_text_atomically
+from training.checkpoint import write_text_atomically
 from training.corpus import load_corpus
 from training.embedding import DEFAULT_CACHE_DIR, EmbeddingCache
-from training.evaluate import build_evaluation_set
+from training.protocols import build_evaluation_set
 from training.metrics import auc, ndcg_at_k, recall_at_k
 
 RESULTS = Path(__file__).resolve().parent / "results" / "content_vectors.md"

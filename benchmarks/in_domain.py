@@ -20,7 +20,8 @@ import json
 import time
 from pathlib import Path
 
-from training.atomic import write_json_atomically, write_text_atomically
+from training.checkpoint import write_json_atomically, write_text_atomically
+from training.arguments import EvaluationArguments
 from training.evaluate import evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "in_domain"
@@ -53,8 +54,9 @@ def main() -> None:
     rows = []
     for label, overrides, exclude, beams, baselines, split in settings:
         started = time.perf_counter()
-        results = evaluate(args.checkpoint, corpus_dir, [DOMAIN], score_overrides=overrides, exclude_history=exclude,
-                           num_beams=beams, baselines=baselines, split=split, max_users=args.users)
+        results = evaluate(EvaluationArguments(
+            checkpoint=args.checkpoint, corpus_dir=corpus_dir, domains=[DOMAIN], exclude_history=exclude, num_beams=beams,
+            baselines=baselines, split=split, max_users=args.users), score_overrides=overrides)
         rows += rows_of(results, label, time.perf_counter() - started)
     run_lines, run_results = [], []
     if args.runs:
@@ -65,7 +67,8 @@ def main() -> None:
                      "|---|---|---|---|---|---|"]
     for run in args.runs:
         label, folder = run.split("=", 1)
-        results = evaluate(folder, corpus_dir, [DOMAIN], baselines=False, split="validation", max_users=args.users)
+        results = evaluate(EvaluationArguments(checkpoint=folder, corpus_dir=corpus_dir, domains=[DOMAIN], baselines=False,
+                                               split="validation", max_users=args.users))
         metrics = next(iter(results["domains"][DOMAIN]["models"].values()))
         best = json.loads((Path(folder) / "validation.json").read_text())["best"]
         run_lines.append(f"| {label} | {best['step']} | {best[best['metric']]:.4f} | " +

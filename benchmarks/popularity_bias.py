@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training.atomic import write_text_atomically
+from training.checkpoint import write_text_atomically
+from training.arguments import EvaluationArguments
 from training.evaluate import evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "popularity_bias.md"
@@ -27,8 +28,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     args = parser.parse_args()
     corpus_dir = args.corpus_dir or f"{args.checkpoint}-work/corpus"
-    runs = {label: evaluate(args.checkpoint, corpus_dir, DOMAINS, split="validation", max_users=args.users,
-                            baselines=False, score_overrides=overrides)
+    settings = EvaluationArguments(checkpoint=args.checkpoint, corpus_dir=corpus_dir, domains=DOMAINS, split="validation",
+                                   max_users=args.users, baselines=False)
+    runs = {label: evaluate(settings, score_overrides=overrides)
             for label, overrides in (("with the bias", {}), ("without", {"popularity_buckets": 0}))}
     lines = ["| domain | Recall@10 with / without | NDCG@10 with / without | AUC with / without |", "|---|---|---|---|"]
     for domain in DOMAINS:

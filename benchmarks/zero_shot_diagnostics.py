@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from modeling_recbase import score_candidates
-from training.atomic import write_json_atomically, write_text_atomically
+from training.checkpoint import write_json_atomically, write_text_atomically
 from training.corpus import leave_one_out, load_corpus, to_sequences
-from training.evaluate import build_evaluation_set, load_checkpoint
+from training.checkpoint import load_checkpoint
+from training.protocols import build_evaluation_set
 from training.metrics import auc
-from training.pretrain import LengthGroupedSampler, training_windows
+from training.pretraining_data import LengthGroupedSampler, training_windows
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

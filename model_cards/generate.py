@@ -21,11 +21,10 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
 from tokenization_recbase import RecBaseTokenizer
-from training.atomic import write_text_atomically
-from training.evaluate import all_results_markdown
+from training.checkpoint import write_text_atomically
+from training.protocols import RECBASE, TEXT_SIMILARITY, all_results_markdown
 
 TEMPLATE = Path(__file__).with_name("recbase_card.md.j2")
-TEXT_BASELINE = "text similarity (zero-shot)"
 # The card's metadata carries the model's own numbers of both protocols.
 CARD_METRICS = {"recall@10": "Recall@10 (full ranking)", "ndcg@10": "NDCG@10 (full ranking)",
                 "auc": "AUC (1 positive + negatives)", "gauc": "GAUC (1 positive + negatives)"}
@@ -89,7 +88,7 @@ def summary_lines(eval_results: dict) -> list[str]:
     """One plain sentence per evaluated domain: RecBase against the text-similarity baseline, both protocols."""
     lines = []
     for domain, entry in eval_results["domains"].items():
-        ours, text = entry["models"]["RecBase"], entry["models"].get(TEXT_BASELINE)
+        ours, text = entry["models"][RECBASE], entry["models"].get(TEXT_SIMILARITY)
         line = (f"{domain} ({entry['role']}, {entry['users']} test users): NDCG@10 {ours['ndcg@10']:.4f}, "
                 f"Recall@10 {ours['recall@10']:.4f}, AUC {ours['auc']:.3f}")
         if text:
@@ -123,7 +122,7 @@ def card_eval_results(eval_results: dict) -> list[EvalResult]:
     return [
         EvalResult(task_type="next-item-recommendation", task_name="Next-item recommendation", dataset_type=domain,
                    dataset_name=f"{domain} ({entry['role']})", dataset_split="test (leave-one-out)",
-                   metric_type=metric, metric_name=label, metric_value=round(entry["models"]["RecBase"][metric], 5))
+                   metric_type=metric, metric_name=label, metric_value=round(entry["models"][RECBASE][metric], 5))
         for domain, entry in eval_results["domains"].items() for metric, label in CARD_METRICS.items()
     ]
 

@@ -68,7 +68,7 @@ def tiny_run(tmp_path_factory):
     from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
     from tokenization_recbase import RecBaseTokenizer, ResidualQuantizer, fit_domain_alignment
     from training.corpus import INTERACTION_FEATURES, ITEM_FEATURES
-    from training.pretrain import save_hub_folder
+    from training.checkpoint import write_hub_folder
 
     root = tmp_path_factory.mktemp("run")
     rng = torch.Generator().manual_seed(0)
@@ -101,5 +101,5 @@ def tiny_run(tmp_path_factory):
     config = RecBaseConfig.from_preset("recbase-tiny", hidden_size=32, num_hidden_layers=2, intermediate_size=64,
                                        codebook_sizes=[4, 4, 4], disambiguation_size=2)
     checkpoint.mkdir()
-    save_hub_folder(RecBaseForCausalLM(config), tokenizer, checkpoint)
+    write_hub_folder(RecBaseForCausalLM(config), tokenizer, checkpoint)
     return {"root": root, "corpus": corpus_dir, "tokenizer": tokenizer_dir, "checkpoint": checkpoint}

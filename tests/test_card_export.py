@@ -11,7 +11,7 @@ from huggingface_hub import ModelCard
 from model_cards.generate import write_model_card
 from tokenization_recbase import RecBaseTokenizer
 from training import export, pretrain
-from training.atomic import write_json_atomically
+from training.checkpoint import write_json_atomically
 from training.evaluate import evaluate, results_markdown
 from training.fit_item_tokenizer import quality_report
 

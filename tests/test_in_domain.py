@@ -12,8 +12,9 @@ from modeling_recbase.pipeline_recbase import rank_items
 from tokenization_recbase import RecBaseTokenizer
 from training import pretrain
 from training.embedding import EmbeddingCache
-from training.evaluate import (PopularityRecommender, RandomRecommender, RecBaseRecommender, TextSimilarityRecommender,
-                               build_evaluation_set, evaluate_recommender)
+from training.baselines import PopularityRecommender, RandomRecommender, TextSimilarityRecommender
+from training.evaluate import RecBaseRecommender
+from training.protocols import build_evaluation_set, evaluate_recommender
 from training.corpus import load_corpus
 
 DROPOUT_FIELDS = ["embedding_dropout", "residual_dropout", "attention_dropout"]
@@ -58,7 +59,7 @@ def rigged_run(tiny_run, tmp_path, monkeypatch, curve: list[float], patience: in
                    "--output_dir", str(output_dir), "--domains", "music", "--per_device_batch_size", "4",
                    "--max_steps", str(len(curve) - 1), "--validation_domains", "music", "--validate_every", "1",
                    "--validation_users", "5", "--validation_negatives", "5", "--early_stopping_patience", str(patience),
-                   "--learning_rate", "1e-2", "--checkpointing_steps", "100", "--max_items", "6"])
+                   "--learning_rate", "1e-2", "--checkpointing_steps", "100", "--max_history_items", "6"])
     log = json.loads((output_dir / "validation.json").read_text())
     return log, states, load_file(output_dir / "model.safetensors")
 

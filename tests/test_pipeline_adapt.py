@@ -12,7 +12,7 @@ from transformers import pipeline
 from modeling_recbase import RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer
 from training import adapt, pretrain
-from training.evaluate import load_checkpoint
+from training.checkpoint import load_checkpoint
 
 UNSEEN_TEXTS = ['Describe a music:\n{"title": "late night jazz piano trio"}',
                 'Describe a music:\n{"title": "smoky jazz club saxophone"}']

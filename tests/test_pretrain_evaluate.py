@@ -16,17 +16,13 @@ from safetensors.torch import load_file
 from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer
 from training.corpus import load_corpus
-from training.evaluate import (
-    PopularityRecommender,
-    RandomRecommender,
-    RecBaseRecommender,
-    TextSimilarityRecommender,
-    build_evaluation_set,
-    evaluate_recommender,
-    load_checkpoint,
-)
+from training.baselines import PopularityRecommender, RandomRecommender, TextSimilarityRecommender
+from training.checkpoint import load_checkpoint
+from training.evaluate import RecBaseRecommender
+from training.protocols import build_evaluation_set, evaluate_recommender
 from training.embedding import EmbeddingCache
-from training.pretrain import LengthGroupedSampler, init_concept_embeddings_from_codebooks, training_windows
+from training.pretrain import init_concept_embeddings_from_codebooks
+from training.pretraining_data import LengthGroupedSampler, training_windows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +41,7 @@ def run_to_end(command: list[str]) -> None:
 def test_training_windows_cut_long_histories_from_the_end(tiny_run):
     tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
     history = [f"music/{i}" for i in range(7)]
-    windows = training_windows(tokenizer, [history, history[:1]], max_items=3)["input_ids"]
+    windows = training_windows(tokenizer, [history, history[:1]], 3)["input_ids"]
     # 7 items in windows of 3 from the end: [4,5,6], [1,2,3], then [0] alone teaches nothing and is dropped.
     assert [tokenizer.decode_items(w) for w in windows] == [history[4:], history[1:4]]
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from modeling_recbase import RecBaseConfig, RecBaseForCausalLM, score_candidates
 from modeling_recbase.pipeline_recbase import empty_history_log_likelihood, rank_items
 from tokenization_recbase import RecBaseTokenizer
-from training.pretrain import PretrainingCollator, relabel_codes, training_windows
+from training.pretraining_data import PretrainingCollator, relabel_codes, training_windows
 
 
 def recipe_model(tokenizer: RecBaseTokenizer, **fields) -> RecBaseForCausalLM:
@@ -183,7 +183,7 @@ def test_the_selection_command_runs_end_to_end(tiny_run, tmp_path):
         "films", "--test_domains", "--validation_domains", "films", "--in_domain", "music",
         "--recipes", "code head, all domains", "dense head + content inputs",
         "--codebook_sizes", "4", "4", "4", "--disambiguation_size", "4", "--max_steps", "4", "--validate_every", "2",
-        "--per_device_batch_size", "4", "--eval_users", "10", "--negatives", "5"])
+        "--eval_users", "10", "--negatives", "5"])
     rows = results["rows"]
     assert {"code head, all domains", "dense head + content inputs", "random"} <= set(rows)
     assert all(0 <= rows[name]["domains"]["films"]["auc"] <= 1 for name in rows)

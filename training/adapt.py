@@ -7,7 +7,7 @@ For each domain (its items already indexed in the base checkpoint's tokenizer, e
 
 1. zero-shot: the base model as it is, with the baselines (text similarity, popularity, random);
 2. LoRA: a PEFT adapter (``--lora_rank``, ``--lora_target_modules``) trained on the domain's training
-   sequences, saved next to the tokenizer in ``<output_dir>/<domain>/lora`` (``--merge_lora`` saves the merged
+   sequences, saved next to the tokenizer in ``<output_dir>/<domain>/lora`` (``--merge_lora True`` saves the merged
    model instead); it loads with ``AutoPeftModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``;
 3. full fine-tuning: every weight trained on the same sequences with the same schedule.
 
@@ -17,15 +17,48 @@ give each adapter's file size and trainable-parameter share.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from peft import AutoPeftModelForCausalLM
 
-from training import evaluate as evaluation
 from training import pretrain
-from training.atomic import write_json_atomically, write_text_atomically
+from training.arguments import (
+    LORA_TARGET_MODULES,
+    DataArguments,
+    EvaluationArguments,
+    ModelArguments,
+    PretrainingArguments,
+    parse_arguments,
+)
+from training.checkpoint import write_json_atomically, write_text_atomically
 from training.embedding import DEFAULT_CACHE_DIR
+from training.evaluate import evaluate
+from training.protocols import RECBASE, results_markdown
+
+RECBASE_ZERO_SHOT, RECBASE_LORA, RECBASE_FULL = f"{RECBASE} zero-shot", f"{RECBASE} + LoRA", f"{RECBASE} full fine-tune"
+
+
+@dataclass
+class AdaptArguments:
+    base: str = field(metadata={"help": "the pretrained checkpoint (its tokenizer indexes the domains)"})
+    corpus_dir: str
+    domains: list[str]
+    output_dir: str = "outputs/adapt"
+    lora_rank: int = 8
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGET_MODULES))
+    merge_lora: bool = False
+    num_epochs: float = 3.0
+    lora_learning_rate: float = 2e-3
+    full_learning_rate: float = 5e-4
+    per_device_batch_size: int = 64
+    warmup_steps: int = 20
+    eval_max_users: int = 2000
+    negatives: int = field(default=20, metadata={"help": "sampled negatives per user for candidate scoring"})
+    eval_batch_size: int = 16
+    cache_dir: str = str(DEFAULT_CACHE_DIR)
+    seed: int = 0
 
 
 def trainable_share(adapter_dir: Path) -> dict:
@@ -38,50 +71,33 @@ def trainable_share(adapter_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", required=True, help="the pretrained checkpoint (its tokenizer indexes the domains)")
-    parser.add_argument("--corpus_dir", required=True)
-    parser.add_argument("--domains", nargs="+", required=True)
-    parser.add_argument("--output_dir", default="outputs/adapt")
-    parser.add_argument("--lora_rank", type=int, default=8)
-    parser.add_argument("--lora_target_modules", nargs="+", default=list(pretrain.LORA_TARGET_MODULES))
-    parser.add_argument("--merge_lora", action="store_true")
-    parser.add_argument("--num_epochs", type=float, default=3.0)
-    parser.add_argument("--lora_learning_rate", type=float, default=2e-3)
-    parser.add_argument("--full_learning_rate", type=float, default=5e-4)
-    parser.add_argument("--per_device_batch_size", type=int, default=64)
-    parser.add_argument("--eval_max_users", type=int, default=2000)
-    parser.add_argument("--negatives", type=int, default=20, help="sampled negatives per user for candidate scoring")
-    parser.add_argument("--eval_batch_size", type=int, default=16)
-    parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR))
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
+    args = parse_arguments((AdaptArguments,), argv, __doc__)
     output_dir = Path(args.output_dir)
-    common_eval = dict(zero_shot_domains=args.domains, max_users=args.eval_max_users, negatives=args.negatives,
-                       batch_size=args.eval_batch_size, cache_dir=args.cache_dir, seed=args.seed)
     results = {"base": str(args.base), "domains": {}, "adapters": {}, "run": vars(args)}
     for domain in args.domains:
-        zero_shot = evaluation.evaluate(args.base, args.corpus_dir, [domain], model_name="RecBase zero-shot", **common_eval)
-        entry = {**zero_shot["domains"][domain], "role": "new domain"}
-        common_train = ["--init_from", str(args.base), "--corpus_dir", str(args.corpus_dir), "--domains", domain,
-                        "--num_epochs", str(args.num_epochs), "--per_device_batch_size", str(args.per_device_batch_size),
-                        "--seed", str(args.seed), "--warmup_steps", "20"]
+        evaluation = EvaluationArguments(
+            checkpoint=args.base, corpus_dir=args.corpus_dir, domains=[domain], zero_shot=args.domains,
+            max_users=args.eval_max_users, negatives=args.negatives, batch_size=args.eval_batch_size,
+            cache_dir=args.cache_dir, seed=args.seed, model_name=RECBASE_ZERO_SHOT)
+        entry = {**evaluate(evaluation)["domains"][domain], "role": "new domain"}
+        data = DataArguments(corpus_dir=args.corpus_dir, domains=[domain])
         runs = {
-            "RecBase + LoRA": (output_dir / domain / "lora", ["--lora_rank", str(args.lora_rank), "--lora_target_modules",
-                               *args.lora_target_modules, "--learning_rate", str(args.lora_learning_rate)]
-                               + (["--merge_lora"] if args.merge_lora else [])),
-            "RecBase full fine-tune": (output_dir / domain / "full", ["--learning_rate", str(args.full_learning_rate)]),
+            RECBASE_LORA: (output_dir / domain / "lora", ModelArguments(
+                init_from=args.base, lora_rank=args.lora_rank, lora_target_modules=args.lora_target_modules,
+                merge_lora=args.merge_lora), args.lora_learning_rate),
+            RECBASE_FULL: (output_dir / domain / "full", ModelArguments(init_from=args.base), args.full_learning_rate),
         }
-        for name, (run_dir, extra) in runs.items():
-            pretrain.main(common_train + ["--output_dir", str(run_dir)] + extra)
-            adapted = evaluation.evaluate(run_dir, args.corpus_dir, [domain], model_name=name, baselines=False, **common_eval)
+        for name, (run_dir, model_args, learning_rate) in runs.items():
+            pretrain.train(data, model_args, PretrainingArguments(
+                output_dir=str(run_dir), num_epochs=args.num_epochs, per_device_batch_size=args.per_device_batch_size,
+                learning_rate=learning_rate, warmup_steps=args.warmup_steps, seed=args.seed))
+            adapted = evaluate(dataclasses.replace(evaluation, checkpoint=str(run_dir), model_name=name, baselines=False))
             entry["models"][name] = adapted["domains"][domain]["models"][name]
         if not args.merge_lora:
-            results["adapters"][domain] = trainable_share(runs["RecBase + LoRA"][0])
+            results["adapters"][domain] = trainable_share(runs[RECBASE_LORA][0])
         results["domains"][domain] = entry
     write_json_atomically(output_dir / "adapt_results.json", results)
-    markdown = evaluation.results_markdown(results) + "\n\n| domain | LoRA parameters | share of base | adapter file |\n|---|---|---|---|\n"
+    markdown = results_markdown(results) + "\n\n| domain | LoRA parameters | share of base | adapter file |\n|---|---|---|---|\n"
     markdown += "".join(f"| {domain} | {a['adapter_parameters']:,} | {a['trainable_share']:.2%} | {a['adapter_bytes'] / 1024:.0f} KiB |\n"
                         for domain, a in results["adapters"].items())
     write_text_atomically(output_dir / "adapt_results.md", markdown)

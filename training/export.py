@@ -14,41 +14,25 @@ written to a staging folder and renamed into place, so a failed export leaves no
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 from pathlib import Path
 
 from huggingface_hub import HfApi
 
 from model_cards.generate import write_model_card
-from modeling_recbase import NextItemGenerationPipeline
-from training.evaluate import load_checkpoint
-
-RUN_FILES = ("eval_results.json", "eval_results.md", "item_tokenizer_report.json", "logs/train_log.jsonl")
+from training.checkpoint import HUB_RUN_FILES, OPTIONAL_RUN_FILES, load_checkpoint, write_hub_folder
 
 
 def export_folder(checkpoint: str | Path, output_dir: str | Path, model_id: str | None = None) -> Path:
-    """Write the Hub-ready folder for ``checkpoint`` at ``output_dir`` (replacing it); returns ``output_dir``."""
-    checkpoint, output_dir = Path(checkpoint), Path(output_dir)
-    missing = [name for name in RUN_FILES if not (checkpoint / name).is_file()]
+    """Write the Hub-ready folder for ``checkpoint`` at ``output_dir`` (replacing it as a whole); returns it."""
+    checkpoint = Path(checkpoint)
+    missing = [name for name in HUB_RUN_FILES if name not in OPTIONAL_RUN_FILES and not (checkpoint / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{checkpoint}: {', '.join(missing)} missing; export a folder written by "
                                 "python -m training.main")
     model, tokenizer = load_checkpoint(checkpoint)
-    staging = output_dir.with_name(f".{output_dir.name}.staging")
-    if staging.exists():
-        shutil.rmtree(staging)
-    # Saving through the pipeline writes the model, the tokenizer, all shipped code and custom_pipelines.
-    NextItemGenerationPipeline(model=model, tokenizer=tokenizer).save_pretrained(staging)
-    for name in RUN_FILES:
-        (staging / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(checkpoint / name, staging / name)
-    write_model_card(staging, model_id)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(staging, output_dir)
-    return output_dir
+    return write_hub_folder(model, tokenizer, output_dir, run_dir=checkpoint,
+                            finish=lambda staging: write_model_card(staging, model_id))
 
 
 def push_folder(folder: Path, repo_id: str, token: str | None = None, private: bool = False) -> str:

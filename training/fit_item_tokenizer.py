@@ -18,7 +18,6 @@ module itself, alignment and unique IDs are the shipped ``tokenization_recbase.q
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -37,16 +36,17 @@ from tokenization_recbase import (
     assign_unique_codes,
     unified_item_text,
 )
-from training.atomic import write_json_atomically
+from training.arguments import ItemTokenizerArguments, parse_arguments
+from training.checkpoint import write_json_atomically
 from training.corpus import BUNDLED_DOMAINS, DEFAULT_DATA_DIR, DEFAULT_ZERO_SHOT_DOMAINS, build_corpus, load_corpus, split_domains
 from training.embedding import DEFAULT_CACHE_DIR, EmbeddingCache
 
 
 @dataclass
 class QuantizerFitConfig:
-    """How the CL-VAE is shaped and trained; the defaults are the paper's 4 levels x 1024 codes."""
+    """How the CL-VAE is shaped and trained."""
 
-    codebook_sizes: list[int] = field(default_factory=lambda: [1024, 1024, 1024, 1024])
+    codebook_sizes: list[int]  # the vocabulary's: training.arguments.ItemTokenizerArguments has the default
     hidden_dims: list[int] = field(default_factory=lambda: [512, 256])
     latent_dim: int = 64
     epochs_per_level: int = 8  # curriculum: a new level is switched on every this many epochs
@@ -313,29 +313,27 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="outputs/item-tokenizer")
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR))
-    parser.add_argument("--domains", nargs="+", default=list(BUNDLED_DOMAINS))
-    parser.add_argument("--zero_shot", nargs="*", default=list(DEFAULT_ZERO_SHOT_DOMAINS),
-                        help="domains that get IDs through add_items only (never fitted on)")
-    parser.add_argument("--codebook_sizes", nargs="+", type=int, default=QuantizerFitConfig().codebook_sizes)
-    parser.add_argument("--disambiguation_size", type=int, default=64)
-    parser.add_argument("--text_encoder", default=DEFAULT_TEXT_ENCODER)
-    parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR))
-    parser.add_argument("--epochs_per_level", type=int, default=QuantizerFitConfig.epochs_per_level)
-    parser.add_argument("--final_epochs", type=int, default=QuantizerFitConfig.final_epochs)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+@dataclass
+class FitArguments:
+    """Where the corpus comes from and where the tokenizer goes."""
 
+    output_dir: str = "outputs/item-tokenizer"
+    data_dir: str = str(DEFAULT_DATA_DIR)
+    domains: list[str] = field(default_factory=lambda: list(BUNDLED_DOMAINS))
+    zero_shot: list[str] = field(default_factory=lambda: list(DEFAULT_ZERO_SHOT_DOMAINS), metadata={
+        "help": "domains that get IDs through add_items only (never fitted on)"})
+    cache_dir: str = str(DEFAULT_CACHE_DIR)
+    seed: int = 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, vocabulary = parse_arguments((FitArguments, ItemTokenizerArguments), argv, __doc__)
     pretrain_domains, zero_shot_domains = split_domains(args.domains, args.zero_shot)
     output_dir = Path(args.output_dir)
     corpus = load_corpus(build_corpus(args.domains, output_dir / "corpus", data_dir=args.data_dir))
-    fit_config = QuantizerFitConfig(codebook_sizes=args.codebook_sizes, epochs_per_level=args.epochs_per_level,
-                                    final_epochs=args.final_epochs, seed=args.seed)
+    fit_config = QuantizerFitConfig(codebook_sizes=vocabulary.codebook_sizes, seed=args.seed)
     tokenizer, report = fit_item_tokenizer(corpus["items"], pretrain_domains, zero_shot_domains, fit_config,
-                                           args.disambiguation_size, args.text_encoder, args.cache_dir)
+                                           vocabulary.disambiguation_size, vocabulary.text_encoder, args.cache_dir)
     tokenizer.save_pretrained(output_dir)
     write_json_atomically(output_dir / "item_tokenizer_report.json", report)
     print(report_markdown(report))

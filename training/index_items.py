@@ -6,19 +6,20 @@
 Each item's fields become its unified text with the template saved in the tokenizer, are embedded (cached)
 and get concept IDs from the frozen quantizer (``add_items``; a new domain is aligned on all its items at
 once). The new folder is what the pipeline, ``training.evaluate`` (zero-shot) and ``training.adapt`` (LoRA)
-take. ``--catalogue_counts`` also gives each item its number of interactions in the corpus's training part
+take. ``--catalogue_counts True`` also gives each item its number of interactions in the corpus's training part
 (the separate "catalogue counts" setting).
 """
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
+from training.arguments import parse_arguments
 from training.corpus import leave_one_out, load_corpus, to_sequences
 from training.embedding import DEFAULT_CACHE_DIR, EmbeddingCache
-from training.evaluate import load_checkpoint
+from training.checkpoint import load_checkpoint, write_hub_folder
 
 
 def index_items(checkpoint: str | Path, corpus_dir: str | Path, domains: list[str], output_dir: str | Path,
@@ -41,20 +42,21 @@ def index_items(checkpoint: str | Path, corpus_dir: str | Path, domains: list[st
             counts = [seen[row["key"]] for row in rows]
         print(f"indexing {len(rows)} items of {domain}")
         tokenizer.add_items([row["key"] for row in rows], texts=texts, embeddings=cache.embed(texts), counts=counts)
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    return Path(output_dir)
+    return write_hub_folder(model, tokenizer, output_dir)
+
+
+@dataclass
+class IndexArguments:
+    checkpoint: str
+    corpus_dir: str
+    domains: list[str]
+    output_dir: str
+    catalogue_counts: bool = False
+    cache_dir: str = str(DEFAULT_CACHE_DIR)
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--corpus_dir", required=True)
-    parser.add_argument("--domains", nargs="+", required=True)
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--catalogue_counts", action="store_true")
-    parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR))
-    args = parser.parse_args(argv)
+    args = parse_arguments((IndexArguments,), argv, __doc__)
     return index_items(args.checkpoint, args.corpus_dir, args.domains, args.output_dir, args.catalogue_counts,
                        args.cache_dir)
 

@@ -7,8 +7,8 @@
 1. Build the corpus of all domains (Parquet) from ``data/``.
 2. Fit the item tokenizer on the pretraining domains (every bundled domain but the zero-shot ones) and give
    the zero-shot domains (Office, ML-100k) IDs with ``add_items`` alone.
-3. Pretrain on the pretraining domains' training sequences (``training.pretrain``, with its default recipe;
-   any other ``training.pretrain`` flag given here is passed on).
+3. Pretrain on the pretraining domains' training sequences (``training.pretrain.train``, with its default
+   recipe; every ``training.pretrain`` model and training setting is a flag here too).
 4. Evaluate in-domain on Beauty and zero-shot on Office and ML-100k, with both protocols and the baselines;
    when the model has popularity buckets, also "zero-shot + catalogue counts", reported apart.
 
@@ -19,21 +19,51 @@ code, pipeline), with ``eval_results.json``/``.md``, ``item_tokenizer_report.jso
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig
 
 from model_cards.generate import write_model_card
-from training import evaluate as evaluation
 from training import pretrain
+from training.arguments import (
+    MAX_HISTORY_ITEMS,
+    DataArguments,
+    EvaluationArguments,
+    ItemTokenizerArguments,
+    ModelArguments,
+    PretrainingArguments,
+    parse_arguments,
+)
+from training.checkpoint import write_json_atomically, write_text_atomically
 from training.corpus import BUNDLED_DOMAINS, DEFAULT_DATA_DIR, DEFAULT_ZERO_SHOT_DOMAINS, build_corpus, load_corpus, split_domains
 from training.embedding import DEFAULT_CACHE_DIR
-from training.atomic import write_json_atomically, write_text_atomically
+from training.evaluate import evaluate
 from training.fit_item_tokenizer import QuantizerFitConfig, fit_item_tokenizer, report_markdown
+from training.protocols import RECBASE_WITH_COUNTS, all_results_markdown
+
+DEFAULT_OUTPUT_DIR = "outputs/recbase-tiny"
+
+
+@dataclass
+class MainJobArguments:
+    """The job's data and evaluation; the tokenizer, model and training settings are the stages' own."""
+
+    data_dir: str = str(DEFAULT_DATA_DIR)
+    work_dir: str | None = field(default=None, metadata={"help": "corpus and tokenizer staging (default: <output_dir>-work)"})
+    cache_dir: str = str(DEFAULT_CACHE_DIR)
+    domains: list[str] = field(default_factory=lambda: list(BUNDLED_DOMAINS))
+    zero_shot: list[str] = field(default_factory=lambda: list(DEFAULT_ZERO_SHOT_DOMAINS))
+    in_domain_eval: list[str] = field(default_factory=lambda: ["amazon14_beauty"])
+    max_history_items: int = MAX_HISTORY_ITEMS
+    eval_max_users: int = field(default=2000, metadata={"help": "users sampled per domain (0: all)"})
+    eval_batch_size: int = field(default=16, metadata={"help": "users per beam-search batch"})
+    num_beams: int = 20
+    exclude_history: bool = field(default=True, metadata={
+        "help": "full rankings leave out the user's history items (as the pipeline does)"})
 
 
 def stage(number: int, title: str) -> None:
@@ -48,88 +78,54 @@ def hardware_description() -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="outputs/recbase-tiny")
-    parser.add_argument("--work_dir", default=None, help="corpus and tokenizer staging (default: <output_dir>-work)")
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR))
-    parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR))
-    parser.add_argument("--domains", nargs="+", default=list(BUNDLED_DOMAINS))
-    parser.add_argument("--zero_shot", nargs="*", default=list(DEFAULT_ZERO_SHOT_DOMAINS))
-    parser.add_argument("--in_domain_eval", nargs="*", default=["amazon14_beauty"])
-    parser.add_argument("--preset", default="recbase-tiny")
-    # TIGER's shape by default on CPU: 3 x 256 codes + disambiguation (the paper's 4 x 1024 is a flag away).
-    parser.add_argument("--codebook_sizes", nargs="+", type=int, default=[256, 256, 256])
-    parser.add_argument("--disambiguation_size", type=int, default=32)
-    # An upper bound: in-domain validation (below) was still rising at 1.8 epochs; early stopping may end sooner.
-    parser.add_argument("--num_epochs", type=float, default=1.5)
-    parser.add_argument("--max_steps", type=int, default=None)
-    parser.add_argument("--per_device_batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--max_items", type=int, default=20)
-    # Checkpoint selection on the pretraining domains' own validation users (their validation split is never
-    # trained on): every --validate_every steps, NDCG@10 of the full ranking as in evaluation; the best step
-    # is saved, and --early_stopping_patience validations without a new best end the run.
-    parser.add_argument("--validation_users", type=int, default=500, help="validation users per pretraining domain")
-    parser.add_argument("--validate_every", type=int, default=500)
-    parser.add_argument("--early_stopping_patience", type=int, default=3)
-    parser.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
-    parser.add_argument("--eval_batch_size", type=int, default=16, help="users per beam-search batch")
-    parser.add_argument("--eval_max_users", type=int, default=2000, help="users sampled per domain (0: all)")
-    parser.add_argument("--num_beams", type=int, default=20)
-    parser.add_argument("--exclude_history", action=argparse.BooleanOptionalAction, default=True,
-                        help="full rankings leave out the user's history items (as the pipeline does)")
-    parser.add_argument("--seed", type=int, default=0)
-    # Any other flag is a training.pretrain flag (the recipe: --dense_head, --residual_dropout, ...), passed on.
-    args, recipe_flags = parser.parse_known_args(argv)
-
+    job, vocabulary, model_args, train_args = parse_arguments(
+        (MainJobArguments, ItemTokenizerArguments, ModelArguments, PretrainingArguments), argv, __doc__,
+        defaults={"output_dir": DEFAULT_OUTPUT_DIR})
     started = time.perf_counter()
-    output_dir = Path(args.output_dir)
-    work_dir = Path(args.work_dir or f"{output_dir}-work")
-    pretrain_domains, zero_shot_domains = split_domains(args.domains, args.zero_shot)
+    output_dir = Path(train_args.output_dir)
+    work_dir = Path(job.work_dir or f"{output_dir}-work")
+    pretrain_domains, zero_shot_domains = split_domains(job.domains, job.zero_shot)
 
-    stage(1, f"corpus of {len(args.domains)} domains from {args.data_dir}")
-    corpus_dir = build_corpus(args.domains, work_dir / "corpus", data_dir=args.data_dir)
+    stage(1, f"corpus of {len(job.domains)} domains from {job.data_dir}")
+    corpus_dir = build_corpus(job.domains, work_dir / "corpus", data_dir=job.data_dir)
     stage(2, f"item tokenizer: embedding, quantizer fit on {len(pretrain_domains)} domains, IDs for {zero_shot_domains}")
     tokenizer, report = fit_item_tokenizer(
         load_corpus(corpus_dir)["items"], pretrain_domains, zero_shot_domains,
-        QuantizerFitConfig(codebook_sizes=args.codebook_sizes, seed=args.seed), args.disambiguation_size,
-        cache_dir=args.cache_dir,
+        QuantizerFitConfig(codebook_sizes=vocabulary.codebook_sizes, seed=train_args.seed),
+        vocabulary.disambiguation_size, vocabulary.text_encoder, cache_dir=job.cache_dir,
     )
     tokenizer_dir = work_dir / "item-tokenizer"
     tokenizer.save_pretrained(tokenizer_dir)
     print(report_markdown(report))
 
-    pretrain_args = [
-        "--corpus_dir", str(corpus_dir), "--tokenizer_dir", str(tokenizer_dir), "--output_dir", str(output_dir),
-        "--domains", *pretrain_domains, "--preset", args.preset, "--num_epochs", str(args.num_epochs),
-        "--per_device_batch_size", str(args.per_device_batch_size), "--learning_rate", str(args.learning_rate),
-        "--max_items", str(args.max_items), "--seed", str(args.seed), "--mixed_precision", args.mixed_precision,
-        "--validation_domains", *pretrain_domains, "--validation_users", str(args.validation_users),
-        "--validate_every", str(args.validate_every), "--early_stopping_patience", str(args.early_stopping_patience),
-        *recipe_flags,
-    ] + (["--max_steps", str(args.max_steps)] if args.max_steps else [])
-    stage(3, f"pretraining {args.preset} on {pretrain_domains}")
-    pretrain.main(pretrain_args)
+    stage(3, f"pretraining {model_args.preset} on {pretrain_domains}")
+    # Checkpoint selection on the pretraining domains' own validation users (their validation split is never
+    # trained on), unless the command line names other validation domains.
+    train_args.validation_domains = train_args.validation_domains or pretrain_domains
+    data = DataArguments(corpus_dir=str(corpus_dir), domains=pretrain_domains, tokenizer_dir=str(tokenizer_dir),
+                         max_history_items=job.max_history_items)
+    pretrain.train(data, model_args, train_args)
     write_json_atomically(output_dir / "item_tokenizer_report.json", report)
 
-    stage(4, f"evaluation: {args.in_domain_eval} in-domain, {zero_shot_domains} zero-shot, with the baselines")
-    evaluation_options = dict(max_users=args.eval_max_users, num_beams=args.num_beams, batch_size=args.eval_batch_size,
-                              max_history_items=args.max_items, cache_dir=args.cache_dir, seed=args.seed,
-                              exclude_history=args.exclude_history)
-    results = evaluation.evaluate(output_dir, corpus_dir, args.in_domain_eval + zero_shot_domains, zero_shot_domains,
-                                  **evaluation_options)
-    if zero_shot_domains and AutoConfig.from_pretrained(output_dir, trust_remote_code=True).popularity_buckets:
+    stage(4, f"evaluation: {job.in_domain_eval} in-domain, {zero_shot_domains} zero-shot, with the baselines")
+    evaluation = EvaluationArguments(
+        checkpoint=str(output_dir), corpus_dir=str(corpus_dir), domains=job.in_domain_eval + zero_shot_domains,
+        zero_shot=zero_shot_domains, max_users=job.eval_max_users, num_beams=job.num_beams,
+        batch_size=job.eval_batch_size, max_history_items=job.max_history_items, cache_dir=job.cache_dir,
+        seed=train_args.seed, exclude_history=job.exclude_history)
+    results = evaluate(evaluation)
+    if zero_shot_domains and model_args.popularity_buckets and model_args.dense_head:
         # A separate setting, never mixed into the pure zero-shot rows: the model is given each zero-shot
         # domain's item counts (from that domain's training part, as popularity is), with no training.
-        results["with_catalogue_counts"] = evaluation.evaluate(
-            output_dir, corpus_dir, zero_shot_domains, zero_shot_domains, model_name="RecBase + catalogue counts",
-            catalogue_counts=True, **evaluation_options)
-    results["run"] = {**vars(args), "recipe_flags": recipe_flags, "pretrain_domains": pretrain_domains, "hardware": hardware_description(),
+        results["with_catalogue_counts"] = evaluate(dataclasses.replace(
+            evaluation, domains=zero_shot_domains, model_name=RECBASE_WITH_COUNTS, catalogue_counts=True))
+    results["run"] = {**vars(job), **vars(vocabulary), **vars(model_args), **vars(train_args),
+                      "pretrain_domains": pretrain_domains, "hardware": hardware_description(),
                       "seconds": time.perf_counter() - started}
     write_json_atomically(output_dir / "eval_results.json", results)
-    write_text_atomically(output_dir / "eval_results.md", evaluation.all_results_markdown(results) + "\n")
+    write_text_atomically(output_dir / "eval_results.md", all_results_markdown(results) + "\n")
     write_model_card(output_dir)
-    print(evaluation.all_results_markdown(results))
+    print(all_results_markdown(results))
     print(f"\nfinished in {results['run']['seconds'] / 60:.1f} min; Hub-ready folder: {output_dir}")
     return results
 

@@ -11,54 +11,90 @@
    (in-domain), next to text similarity, popularity and random on the same users, and write one table
    (``selection.md`` and ``selection.json``).
 
-A recipe is a list of ``training.pretrain`` flags, plus options of the evaluation (model fields that change only
+A recipe is a set of ``training.arguments`` model and training settings, plus options of the evaluation (model fields that change only
 how items are scored, or catalogue counts), so that recipes differing only there share one trained model. A
 second run in the same ``--output_dir`` keeps the rows already there and the fitted item tokenizer.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from training import evaluate as evaluation
 from training import pretrain
-from training.atomic import write_json_atomically, write_text_atomically
+from training.arguments import (
+    DataArguments,
+    EvaluationArguments,
+    ItemTokenizerArguments,
+    ModelArguments,
+    PretrainingArguments,
+    parse_arguments,
+)
+from training.checkpoint import write_json_atomically, write_text_atomically
 from training.corpus import BUNDLED_DOMAINS, DEFAULT_DATA_DIR, DEFAULT_ZERO_SHOT_DOMAINS, build_corpus, load_corpus
 from training.embedding import DEFAULT_CACHE_DIR
+from training.evaluate import evaluate
 from training.fit_item_tokenizer import QuantizerFitConfig, fit_item_tokenizer
 
 DEFAULT_VALIDATION_DOMAINS = ("amazon18_scientific", "xwines")
 ORIGINAL_DOMAINS = ("amazon14_beauty", "yelp_p5", "amazon18_scientific")  # the first release's pretraining set
-# Rows spell out every flag that differs from training.pretrain's defaults (the recipe chosen here: dense head,
+# Rows spell out every setting that differs from training.arguments' defaults (the recipe chosen here: dense head,
 # content inputs, dense head learning rate 2e-4, popularity buckets). The screened dense models are scored by
 # the dense head alone, Beauty included (code_score_weight 0), and have no popularity buckets unless a row
 # says so; on a held-out domain the code head never counts (``code_score_domains``).
-CODE_HEAD = ["--no-dense_head", "--no-content_inputs"]
-RECIPE = ["--code_score_weight", "0", "--popularity_buckets", "0"]
-# name -> (pretraining domains: "original" or "all", pretrain flags, keyword arguments of training.evaluate.evaluate)
-RECIPES: dict[str, tuple[str, list[str], dict]] = {
+CODE_HEAD = {"dense_head": False, "content_inputs": False}
+POPULARITY_BUCKETS = {"code_score_weight": 0.0}  # the default buckets
+RECIPE = {**POPULARITY_BUCKETS, "popularity_buckets": 0}
+# name -> (pretraining domains: "original" or "all", ModelArguments / PretrainingArguments fields,
+# keyword arguments of training.evaluate.evaluate: EvaluationArguments fields and score_overrides)
+RECIPES: dict[str, tuple[str, dict, dict]] = {
     "code head, original domains": ("original", CODE_HEAD, {}),
     "code head, all domains": ("all", CODE_HEAD, {}),
     "code head, PMI scoring": ("all", CODE_HEAD, {"score_overrides": {"calibrated_code_score": True}}),
-    "code head, relabelled windows 50%": ("all", CODE_HEAD + ["--relabel_share", "0.5"], {}),
-    "dense head + content inputs": ("all", RECIPE + ["--dense_head_learning_rate", "0"], {}),
-    "dense head + content inputs, dense head learning rate 2e-5": (
-        "all", RECIPE + ["--dense_head_learning_rate", "2e-5"], {}),
+    "code head, relabelled windows 50%": ("all", {**CODE_HEAD, "relabel_share": 0.5}, {}),
+    "dense head + content inputs": ("all", {**RECIPE, "dense_head_learning_rate": 0.0}, {}),
+    "dense head + content inputs, dense head learning rate 2e-5": ("all", {**RECIPE, "dense_head_learning_rate": 2e-5}, {}),
     "dense head + content inputs, dense head learning rate 2e-4": ("all", RECIPE, {}),
     "recipe, original domains": ("original", RECIPE, {}),
-    "recipe without content inputs": ("all", RECIPE + ["--no-content_inputs"], {}),
-    "recipe + relabelled windows 50%": ("all", RECIPE + ["--relabel_share", "0.5"], {}),
-    "recipe + dropout 0.1": ("all", RECIPE + ["--embedding_dropout", "0.1", "--residual_dropout", "0.1"], {}),
-    "recipe, history decay 0.3": ("all", RECIPE + ["--dense_history_decay", "0.3"], {}),
-    "recipe, temperature 0.05": ("all", RECIPE + ["--dense_temperature", "0.05"], {}),
-    "recipe, 4x steps": ("all", RECIPE + ["--max_steps", "2400"], {}),
-    "recipe + popularity buckets, no counts given": ("all", RECIPE[:2], {}),  # the default buckets
-    "recipe + popularity buckets, + catalogue counts": ("all", RECIPE[:2], {"catalogue_counts": True}),
+    "recipe without content inputs": ("all", {**RECIPE, "content_inputs": False}, {}),
+    "recipe + relabelled windows 50%": ("all", {**RECIPE, "relabel_share": 0.5}, {}),
+    "recipe + dropout 0.1": ("all", {**RECIPE, "embedding_dropout": 0.1, "residual_dropout": 0.1}, {}),
+    "recipe, history decay 0.3": ("all", {**RECIPE, "dense_history_decay": 0.3}, {}),
+    "recipe, temperature 0.05": ("all", {**RECIPE, "dense_temperature": 0.05}, {}),
+    "recipe, 4x steps": ("all", {**RECIPE, "max_steps": 2400}, {}),
+    "recipe + popularity buckets, no counts given": ("all", POPULARITY_BUCKETS, {}),
+    "recipe + popularity buckets, + catalogue counts": ("all", POPULARITY_BUCKETS, {"catalogue_counts": True}),
 }
+
+
+@dataclass
+class SelectionArguments:
+    output_dir: str = "outputs/selection"
+    data_dir: str = str(DEFAULT_DATA_DIR)
+    corpus_dir: str | None = field(default=None, metadata={"help": "a corpus already built (default: build one)"})
+    cache_dir: str = str(DEFAULT_CACHE_DIR)
+    domains: list[str] = field(default_factory=lambda: list(BUNDLED_DOMAINS))
+    test_domains: list[str] = field(default_factory=lambda: list(DEFAULT_ZERO_SHOT_DOMAINS), metadata={
+        "help": "never trained on, never evaluated here"})
+    validation_domains: list[str] = field(default_factory=lambda: list(DEFAULT_VALIDATION_DOMAINS))
+    in_domain: str = "amazon14_beauty"
+    recipes: list[str] = field(default_factory=lambda: list(RECIPES), metadata={"choices": list(RECIPES)})
+    max_steps: int = 600
+    validate_every: int = 150
+    eval_users: int = field(default=500, metadata={"help": "validation users sampled per domain"})
+    negatives: int = field(default=20, metadata={"help": "sampled negatives per user (candidate scoring)"})
+    seed: int = 0
+
+
+def recipe_arguments(settings: dict) -> tuple[ModelArguments, dict]:
+    """A recipe's settings split into the model's (as ``ModelArguments``) and the training's (field -> value)."""
+    model_fields = {f.name for f in dataclasses.fields(ModelArguments)}
+    return (ModelArguments(**{k: v for k, v in settings.items() if k in model_fields}),
+            {k: v for k, v in settings.items() if k not in model_fields})
 
 
 def slug(name: str) -> str:
@@ -85,30 +121,7 @@ def selection_markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="outputs/selection")
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR))
-    parser.add_argument("--corpus_dir", default=None, help="a corpus already built (default: build one from --data_dir)")
-    parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR))
-    parser.add_argument("--domains", nargs="+", default=list(BUNDLED_DOMAINS))
-    parser.add_argument("--test_domains", nargs="*", default=list(DEFAULT_ZERO_SHOT_DOMAINS),
-                        help="never trained on, never evaluated here")
-    parser.add_argument("--validation_domains", nargs="+", default=list(DEFAULT_VALIDATION_DOMAINS))
-    parser.add_argument("--in_domain", default="amazon14_beauty")
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--preset", default="recbase-tiny")
-    parser.add_argument("--codebook_sizes", nargs="+", type=int, default=[256, 256, 256])
-    parser.add_argument("--disambiguation_size", type=int, default=32)
-    parser.add_argument("--max_steps", type=int, default=600)
-    parser.add_argument("--validate_every", type=int, default=150)
-    parser.add_argument("--per_device_batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--max_items", type=int, default=20)
-    parser.add_argument("--eval_users", type=int, default=500, help="validation users sampled per domain")
-    parser.add_argument("--negatives", type=int, default=20, help="sampled negatives per user (candidate scoring)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
+    args, vocabulary = parse_arguments((SelectionArguments, ItemTokenizerArguments), argv, __doc__)
     output_dir = Path(args.output_dir)
     held_out = set(args.test_domains) | set(args.validation_domains)
     train_domains = [d for d in args.domains if d not in held_out]
@@ -119,8 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not (tokenizer_dir / "tokenizer_config.json").is_file():
         tokenizer, _ = fit_item_tokenizer(
             load_corpus(corpus_dir)["items"], train_domains, [d for d in args.domains if d in held_out],
-            QuantizerFitConfig(codebook_sizes=args.codebook_sizes, seed=args.seed), args.disambiguation_size,
-            cache_dir=args.cache_dir)
+            QuantizerFitConfig(codebook_sizes=vocabulary.codebook_sizes, seed=args.seed), vocabulary.disambiguation_size,
+            vocabulary.text_encoder, cache_dir=args.cache_dir)
         tokenizer.save_pretrained(tokenizer_dir)
 
     results_path = output_dir / "selection.json"
@@ -131,25 +144,27 @@ def main(argv: list[str] | None = None) -> dict:
         results["rows"] = json.loads(results_path.read_text())["rows"]
     eval_domains = args.validation_domains + [args.in_domain]
     for name in [name for name in args.recipes if name not in results["rows"]]:
-        domain_choice, flags, evaluation_options = RECIPES[name]
+        domain_choice, settings, evaluation_options = RECIPES[name]
         domains = [d for d in (ORIGINAL_DOMAINS if domain_choice == "original" else train_domains) if d in train_domains]
         started = time.process_time()
         # Named by what is trained, so recipes that differ only in evaluation share one model.
-        run_dir = output_dir / "runs" / slug(" ".join([domain_choice, *flags]))
+        run_dir = output_dir / "runs" / slug(" ".join([domain_choice, *(f"{k} {v}" for k, v in sorted(settings.items()))]))
         if not (run_dir / "config.json").is_file():
-            pretrain.main([
-                "--corpus_dir", str(corpus_dir), "--tokenizer_dir", str(tokenizer_dir), "--output_dir", str(run_dir),
-                "--domains", *domains, "--preset", args.preset, "--max_steps", str(args.max_steps),
-                "--per_device_batch_size", str(args.per_device_batch_size), "--learning_rate", str(args.learning_rate),
-                "--max_items", str(args.max_items), "--seed", str(args.seed), "--checkpointing_steps", str(10**9),
-                "--validation_domains", *args.validation_domains, "--validation_users", str(args.eval_users),
-                "--validation_negatives", str(args.negatives), "--validation_metric", "auc",
-                "--early_stopping_patience", "0", "--validate_every", str(args.validate_every), *flags])
-        evaluated = evaluation.evaluate(
-            run_dir, corpus_dir, eval_domains, args.validation_domains, split="validation", max_users=args.eval_users,
-            negatives=args.negatives,
-            max_history_items=args.max_items, cache_dir=args.cache_dir, seed=args.seed, model_name=name,
-            baselines=not results["rows"], **evaluation_options)
+            model_args, training_settings = recipe_arguments(settings)
+            pretrain.train(
+                DataArguments(corpus_dir=str(corpus_dir), domains=domains, tokenizer_dir=str(tokenizer_dir)), model_args,
+                PretrainingArguments(**{
+                    "output_dir": str(run_dir), "max_steps": args.max_steps, "seed": args.seed,
+                    "checkpointing_steps": 10**9, "validation_domains": args.validation_domains,
+                    "validation_users": args.eval_users, "validation_negatives": args.negatives,
+                    "validation_metric": "auc", "early_stopping_patience": 0, "validate_every": args.validate_every,
+                    **training_settings}))
+        overrides = {key: value for key, value in evaluation_options.items() if key != "score_overrides"}
+        evaluated = evaluate(EvaluationArguments(
+            checkpoint=str(run_dir), corpus_dir=str(corpus_dir), domains=eval_domains, zero_shot=args.validation_domains,
+            split="validation", max_users=args.eval_users, negatives=args.negatives, cache_dir=args.cache_dir,
+            seed=args.seed, model_name=name, baselines=not results["rows"], **overrides),
+            evaluation_options.get("score_overrides"))
         validation = (run_dir / "validation.json")
         best_step = json.loads(validation.read_text())["best"]["step"] if validation.is_file() else None
         for model_name in evaluated["domains"][args.in_domain]["models"]:
@@ -157,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
             for domain in eval_domains:
                 row["domains"][domain] = evaluated["domains"][domain]["models"][model_name]
         results["rows"][name].update(best_step=best_step, minutes=(time.process_time() - started) / 60,
-                                     flags=flags, evaluation=evaluation_options, pretraining_domains=domains)
+                                     settings=settings, evaluation=evaluation_options, pretraining_domains=domains)
         write_json_atomically(results_path, results)
         write_text_atomically(output_dir / "selection.md", selection_markdown(results) + "\n")
         print(selection_markdown(results), flush=True)
