@@ -2,39 +2,56 @@
 
 import json
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ElementTree
+from pathlib import Path
 
 import pytest
-import torch
 from huggingface_hub import ModelCard
 
 from model_cards.generate import write_model_card
-from tokenization_recbase import RecBaseTokenizer
-from training import export, pretrain
-from training.checkpoint import write_json_atomically
-from training.evaluate import evaluate, results_markdown
-from training.fit_item_tokenizer import quality_report
+from training import export
+from tests.conftest import REPO_ROOT
+from training.protocols import POPULARITY, RANDOM, RECBASE, RECBASE_WITH_COUNTS, TEXT_SIMILARITY
+
+
+# The main job, shrunk: two small real domains (X-Wines trained on, Foursquare NYC zero-shot), a small vocabulary
+# and a few steps; everything else is the job's own code path and defaults.
+MAIN_JOB = ["--domains", "xwines", "foursquare_nyc", "--zero_shot", "foursquare_nyc", "--in_domain_eval", "xwines",
+            "--codebook_sizes", "32", "32", "32", "--disambiguation_size", "32", "--max_steps", "6",
+            "--validate_every", "3", "--validation_users", "10", "--eval_max_users", "10", "--log_every", "2",
+            "--warmup_steps", "1", "--per_device_batch_size", "16"]
 
 
 @pytest.fixture(scope="module")
-def finished_run(tiny_run, tmp_path_factory):
-    """What ``training.main`` leaves: a pretrained folder with its evaluation, tokenizer report and train log."""
-    folder = tmp_path_factory.mktemp("finished") / "recbase-test"
-    pretrain.main(["--corpus_dir", str(tiny_run["corpus"]), "--tokenizer_dir", str(tiny_run["tokenizer"]),
-                   "--output_dir", str(folder), "--domains", "music", "--preset", "recbase-tiny", "--max_steps", "6",
-                   "--per_device_batch_size", "8", "--log_every", "2", "--warmup_steps", "1"])
-    results = evaluate(folder, tiny_run["corpus"], ["music", "films"], ["films"], negatives=5,
-                       cache_dir=tmp_path_factory.mktemp("embeddings"))
-    results["run"] = {"preset": "recbase-tiny", "pretrain_domains": ["music"], "zero_shot": ["films"], "num_epochs": 1.0,
-                      "per_device_batch_size": 8, "learning_rate": 2e-3, "seconds": 12.0, "hardware": "CPU (2 cores)"}
-    write_json_atomically(folder / "eval_results.json", results)
-    (folder / "eval_results.md").write_text(results_markdown(results))
-    tokenizer = RecBaseTokenizer.from_pretrained(folder)
-    keys = list(tokenizer.item_codes)
-    raw_codes = torch.tensor([tokenizer.item_codes[key][:3] for key in keys])
-    report = quality_report(tokenizer, keys, [key.split("/")[0] for key in keys], raw_codes, ["music"])
-    write_json_atomically(folder / "item_tokenizer_report.json", report)
-    return folder
+def main_job(tmp_path_factory) -> tuple[Path, str]:
+    """What ``python -m training.main`` writes, and what it prints."""
+    root = tmp_path_factory.mktemp("main")
+    folder = root / "recbase-test"
+    job = subprocess.run([sys.executable, "-m", "training.main", "--output_dir", str(folder),
+                          "--cache_dir", str(root / "embeddings"), *MAIN_JOB],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert job.returncode == 0, job.stderr[-3000:]
+    return folder, job.stdout
+
+
+@pytest.fixture(scope="module")
+def finished_run(main_job) -> Path:
+    return main_job[0]
+
+
+def test_the_main_job_announces_each_stage_and_writes_the_hub_folder(main_job):
+    folder, log = main_job
+    assert re.findall(r"=== \[(\d)/4\]", log) == ["1", "2", "3", "4"]
+    assert {"model.safetensors", "eval_results.json", "eval_results.md", "item_tokenizer_report.json", "validation.json",
+            "README.md"} <= {path.name for path in folder.iterdir()}
+    assert (folder / "logs" / "train_log.jsonl").is_file()
+    assert not (folder.parent / f".{folder.name}.staging").exists()  # the final save left nothing half-done
+    results = json.loads((folder / "eval_results.json").read_text())
+    assert results["run"]["pretrain_domains"] == ["xwines"] and results["domains"]["foursquare_nyc"]["role"] == "zero-shot"
+    assert set(results["domains"]["xwines"]["models"]) == {RECBASE, TEXT_SIMILARITY, POPULARITY, RANDOM}
+    assert RECBASE_WITH_COUNTS in results["with_catalogue_counts"]["domains"]["foursquare_nyc"]["models"]
 
 
 def test_card_renders_and_its_metadata_parses_back(finished_run):
@@ -43,10 +60,11 @@ def test_card_renders_and_its_metadata_parses_back(finished_run):
     assert "custom_code" in card.data.tags and card.data.library_name == "transformers"
     results = json.loads((finished_run / "eval_results.json").read_text())
     parsed = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
-    for domain in ("music", "films"):
+    for domain in ("xwines", "foursquare_nyc"):
         for metric in ("recall@10", "ndcg@10", "auc", "gauc"):
-            assert parsed[(domain, metric)] == pytest.approx(results["domains"][domain]["models"]["RecBase"][metric], abs=1e-5)
-    assert "films (zero-shot" in card.text and "| films (zero-shot) | " in card.text
+            assert parsed[(domain, metric)] == pytest.approx(results["domains"][domain]["models"][RECBASE][metric], abs=1e-5)
+    assert "| foursquare_nyc (zero-shot) | " in card.text
+    assert "6 optimizer steps" in card.text  # what the train log shows
     for plot in ("training_loss.svg", "code_usage.svg"):
         assert ElementTree.parse(finished_run / plot).getroot().tag.endswith("svg")
         assert f"]({plot})" in card.text
@@ -56,7 +74,7 @@ def test_the_usage_snippet_runs_as_written(finished_run, run_outside_repo):
     write_model_card(finished_run)
     snippet = re.search(r"```python\n(.*?)```", (finished_run / "README.md").read_text(), re.S).group(1)
     lines = run_outside_repo(snippet).strip().splitlines()
-    assert len(lines) == 5 and all("music/" in line for line in lines)
+    assert len(lines) == 5 and len(set(lines)) == 5 and all("/" in line for line in lines)
 
 
 def test_export_folder_loads_with_the_auto_classes_and_the_pipeline(finished_run, tmp_path, run_outside_repo):
@@ -75,7 +93,8 @@ folder = {str(folder)!r}
 model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
 tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
 recommend = pipeline("next-item-generation", model=folder, trust_remote_code=True)
-print(type(model).__name__, type(tokenizer).__name__, len(recommend({{"history": ["films/1"]}}, top_k=4, domain="films")))
+history = tokenizer.domain_items("foursquare_nyc")[:2]
+print(type(model).__name__, type(tokenizer).__name__, len(recommend({{"history": history}}, top_k=4)))
 """)
     assert output.strip().splitlines()[-1] == "RecBaseForCausalLM RecBaseTokenizer 4"
 

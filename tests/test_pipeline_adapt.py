@@ -12,6 +12,7 @@ from transformers import pipeline
 from modeling_recbase import RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer
 from training import adapt, pretrain
+from training.arguments import LORA_TARGET_MODULES
 from training.checkpoint import load_checkpoint
 
 UNSEEN_TEXTS = ['Describe a music:\n{"title": "late night jazz piano trio"}',
@@ -105,7 +106,7 @@ def test_the_pipeline_reads_as_many_items_as_training_did(tiny_run, caplog):
 # ----- LoRA: PEFT-style invariants -----
 
 def lora(model: RecBaseForCausalLM) -> PeftModel:
-    config = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=list(pretrain.LORA_TARGET_MODULES))
+    config = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=list(LORA_TARGET_MODULES))
     return get_peft_model(model, config)
 
 
