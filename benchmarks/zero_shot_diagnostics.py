@@ -76,7 +76,7 @@ def main() -> None:
         model_scores = []
         for start in range(0, len(data.histories), 32):
             model_scores += score_candidates(model, tokenizer, data.histories[start : start + 32],
-                                             data.candidates[start : start + 32], 1 + 20 * tokenizer.tokens_per_item)
+                                             data.candidates[start : start + 32], 20)
         prior = prior_log_likelihood(model, tokenizer, data.items).tolist()
         calibrated = [[s - prior[index[c]] for s, c in zip(scores, row)] for scores, row in zip(model_scores, data.candidates)]
         results["auc"][domain] = {"code geometry": pooled_auc(geometry), "RecBase": pooled_auc(model_scores),

@@ -39,7 +39,7 @@ SCORING_ROWS = 1024  # (user, candidate) rows scored at once by the code head: b
 
 @torch.no_grad()
 def rank_items(model, tokenizer, histories: Sequence[Sequence[str]], item_keys: Sequence[str], num_beams: int,
-               max_length: int | None = None, exclude_history: bool = False) -> list[list[tuple[str, float]]]:
+               max_history_items: int | None = None, exclude_history: bool = False) -> list[list[tuple[str, float]]]:
     """For each history, up to ``num_beams`` distinct items of ``item_keys``, best first, with their scores;
     with ``exclude_history``, never an item of that history.
 
@@ -49,8 +49,8 @@ def rank_items(model, tokenizer, histories: Sequence[Sequence[str]], item_keys: 
     head's best ``rerank_candidates`` are re-scored by ``score_candidates``."""
     config = model.config
     if not config.dense_head:
-        return _beam_search(model, tokenizer, histories, item_keys, num_beams, max_length, exclude_history)
-    encoded = tokenizer.encode_history(list(histories), max_length=max_length, return_tensors="pt",
+        return _beam_search(model, tokenizer, histories, item_keys, num_beams, max_history_items, exclude_history)
+    encoded = tokenizer.encode_history(list(histories), max_history_items=max_history_items, return_tensors="pt",
                                        return_item_vectors=True).to(model.device)
     queries = model(**encoded, use_cache=False, logits_to_keep=1, return_dense_queries=True).dense_queries[:, -1]
     buckets = (tokenizer.popularity_buckets(item_keys, config.popularity_buckets).to(model.device)
@@ -68,7 +68,7 @@ def rank_items(model, tokenizer, histories: Sequence[Sequence[str]], item_keys: 
     # Excluded items are -inf in ``dense`` (so last in its order); every shortlist has the same length, as
     # score_candidates needs.
     shortlist_size = min(config.rerank_candidates + num_beams, int((dense > float("-inf")).sum(-1).min()))
-    beams = _beam_search(model, tokenizer, histories, item_keys, num_beams, max_length)
+    beams = _beam_search(model, tokenizer, histories, item_keys, num_beams, max_history_items)
     shortlists = []
     for row, (beam, order) in enumerate(zip(beams, dense.argsort(dim=-1, descending=True)[:, :shortlist_size].tolist())):
         chosen = dict.fromkeys(key for key, _ in beam if dense[row, positions[key]] > float("-inf"))
@@ -77,12 +77,12 @@ def rank_items(model, tokenizer, histories: Sequence[Sequence[str]], item_keys: 
                 break
             chosen.setdefault(item_keys[position])
         shortlists.append(list(chosen)[:shortlist_size])
-    scores = score_candidates(model, tokenizer, histories, shortlists, max_length)
+    scores = score_candidates(model, tokenizer, histories, shortlists, max_history_items)
     return [sorted(zip(keys, row), key=lambda pair: -pair[1])[:num_beams] for keys, row in zip(shortlists, scores)]
 
 
 def _beam_search(model, tokenizer, histories: Sequence[Sequence[str]], item_keys: Sequence[str], num_beams: int,
-                 max_length: int | None = None, exclude_history: bool = False) -> list[list[tuple[str, float]]]:
+                 max_history_items: int | None = None, exclude_history: bool = False) -> list[list[tuple[str, float]]]:
     """Constrained beam search: up to ``num_beams`` distinct items of ``item_keys`` per history, best first,
     each with the log-probability of its code tokens. Histories are item keys, left-padded together. With
     ``exclude_history``, the search keeps as many more beams as the longest history has items to drop."""
@@ -90,7 +90,7 @@ def _beam_search(model, tokenizer, histories: Sequence[Sequence[str]], item_keys
     allowed = set(item_keys)
     excluded = [set(history) & allowed if exclude_history else set() for history in histories]
     beams = min(num_beams + max(map(len, excluded)), len(item_keys))
-    encoded = tokenizer.encode_history(list(histories), max_length=max_length, return_tensors="pt").to(model.device)
+    encoded = tokenizer.encode_history(list(histories), max_history_items=max_history_items, return_tensors="pt").to(model.device)
     prompt_length = encoded["input_ids"].shape[1]
     output = model.generate(
         **encoded, max_new_tokens=tokenizer.tokens_per_item, num_beams=beams, num_return_sequences=beams,
@@ -134,7 +134,7 @@ def empty_history_log_likelihood(model, candidate_ids: torch.LongTensor, bos_tok
 
 @torch.no_grad()
 def score_candidates(model, tokenizer, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]],
-                     max_length: int | None = None) -> list[list[float]]:
+                     max_history_items: int | None = None) -> list[list[float]]:
     """The score of each candidate after its history: (users, candidates per user).
 
     ``code_score_weight`` (for a domain of ``code_score_domains``) x the log-probability of the candidate's
@@ -148,7 +148,7 @@ def score_candidates(model, tokenizer, histories: Sequence[Sequence[str]], candi
     if any(len(row) != per_user for row in candidates):
         raise ValueError("every history needs the same number of candidates")
     flat = [key for row in candidates for key in row]
-    encoded = tokenizer.encode_history(list(histories), max_length=max_length, return_tensors="pt",
+    encoded = tokenizer.encode_history(list(histories), max_history_items=max_history_items, return_tensors="pt",
                                        return_item_vectors=config.dense_head).to(model.device)
     candidate_ids = tokenizer.item_token_ids(flat).to(model.device)  # (users * per_user, T)
     weights = torch.tensor(config.code_score_weights(flat), device=model.device)  # (users * per_user,)
@@ -216,9 +216,11 @@ class NextItemGenerationPipeline(Pipeline):
         return preprocess, forward, postprocess
 
     @property
-    def max_history_length(self) -> int:
-        """Tokens a history may take so that one more item still fits in the model's context."""
-        return self.model.config.max_position_embeddings - self.tokenizer.tokens_per_item
+    def max_history_items(self) -> int:
+        """Items of a history the model reads: what it was trained to read (``config.max_history_items``), at most
+        what its context holds with room for one more item."""
+        per_item = self.tokenizer.tokens_per_item
+        return min(self.model.config.max_history_items, (self.model.config.max_position_embeddings - 1) // per_item - 1)
 
     def resolve_history(self, history: Sequence[str | dict], domain: str | None = None) -> tuple[list[str], list[str]]:
         """Keys for every entry, and the keys indexed for it. Unseen items, given as ``{"text": ...}`` or as their
@@ -254,14 +256,11 @@ class NextItemGenerationPipeline(Pipeline):
         return keys, [new_keys[text] for text in missing]
 
     def _truncate(self, history: list[str]) -> list[str]:
-        """The most recent ``config.max_history_items`` items (what the model was trained to read), at most
-        what the context holds."""
-        max_items = min(self.model.config.max_history_items,
-                        (self.max_history_length - 1) // self.tokenizer.tokens_per_item)
-        if len(history) > max_items:
+        """The most recent ``max_history_items`` items, with a warning when that drops some."""
+        if len(history) > self.max_history_items:
             logger.warning(f"history of {len(history)} items is longer than the model reads "
-                           f"({max_items} items): keeping the most recent {max_items}")
-            return history[-max_items:]
+                           f"({self.max_history_items} items): keeping the most recent {self.max_history_items}")
+            return history[-self.max_history_items:]
         return history
 
     def _infer_domain(self, history: list[str]) -> str:

@@ -109,11 +109,11 @@ def test_history_encoding_and_decoding(fitted):
     assert encoded["input_ids"][0] == tokenizer.bos_token_id
     assert len(encoded["input_ids"]) == 1 + 3 * tokenizer.tokens_per_item
     assert tokenizer.decode_items(encoded["input_ids"]) == keys
-    # A batch is left-padded; max_length drops the oldest whole items.
+    # A batch is left-padded; max_history_items keeps the most recent items.
     batch = tokenizer.encode_history([keys, keys[:1]], return_tensors="pt")
     assert batch["input_ids"].shape == (2, 1 + 3 * tokenizer.tokens_per_item)
     assert batch["attention_mask"][1].tolist() == [0] * (2 * tokenizer.tokens_per_item) + [1] * (1 + tokenizer.tokens_per_item)
-    truncated = tokenizer.encode_history(keys, max_length=1 + 2 * tokenizer.tokens_per_item)
+    truncated = tokenizer.encode_history(keys, max_history_items=2)
     assert tokenizer.decode_items(truncated["input_ids"]) == keys[1:]
     # The concept tokens are also plain text for the usual tokenizer API.
     text = tokenizer.decode(encoded["input_ids"], skip_special_tokens=True)

@@ -46,7 +46,7 @@ def test_own_files_to_zero_shot_evaluation_and_a_lora(tiny_run, base_folder, tmp
     adapted = adapt.main(["--base", str(folder), "--corpus_dir", str(corpus_dir), "--domains", "my_movies",
                           "--num_epochs", "0.2", "--eval_max_users", "10", "--output_dir", str(tmp_path / "adapt"),
                           "--cache_dir", str(tiny_run["root"] / "embeddings")])
-    assert "RecBase + LoRA" in adapted["domains"]["my_movies"]["models"]
+    assert adapt.RECBASE_LORA in adapted["domains"]["my_movies"]["models"]
 
 
 @pytest.mark.parametrize("row, message", [

@@ -13,6 +13,7 @@ from modeling_recbase import RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer
 from training import adapt, pretrain
 from training.arguments import LORA_TARGET_MODULES
+from training.protocols import TEXT_SIMILARITY
 from training.checkpoint import load_checkpoint
 
 UNSEEN_TEXTS = ['Describe a music:\n{"title": "late night jazz piano trio"}',
@@ -164,7 +165,7 @@ def test_adapt_reports_zero_shot_lora_and_full_fine_tuning_in_one_table(tiny_run
                           "--domains", "films", "--output_dir", str(tmp_path), "--lora_rank", "2", "--num_epochs", "1",
                           "--per_device_batch_size", "8", "--negatives", "5", "--cache_dir", str(tmp_path / "embeddings")])
     models = results["domains"]["films"]["models"]
-    assert {"RecBase zero-shot", "RecBase + LoRA", "RecBase full fine-tune", "text similarity (zero-shot)"} <= set(models)
+    assert {adapt.RECBASE_ZERO_SHOT, adapt.RECBASE_LORA, adapt.RECBASE_FULL, TEXT_SIMILARITY} <= set(models)
     for metrics in models.values():
         assert {"recall@10", "ndcg@10", "auc", "gauc"} <= set(metrics)
     adapter = results["adapters"]["films"]

@@ -19,7 +19,7 @@ from training.corpus import load_corpus
 from training.baselines import PopularityRecommender, RandomRecommender, TextSimilarityRecommender
 from training.checkpoint import load_checkpoint
 from training.evaluate import RecBaseRecommender
-from training.protocols import build_evaluation_set, evaluate_recommender
+from training.protocols import EvaluationSet, build_evaluation_set, evaluate_recommender
 from training.embedding import EmbeddingCache
 from training.pretrain import init_concept_embeddings_from_codebooks
 from training.pretraining_data import LengthGroupedSampler, training_windows
@@ -168,6 +168,17 @@ def test_popularity_counts_only_the_training_part(tiny_run):
     tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
     data = build_evaluation_set(interactions, "music", tokenizer.domain_items("music"), negatives=5)
     assert sum(len(h) for h in data.train_histories) == 30 * 6  # 8 items per user, last two held out
+
+
+@pytest.mark.parametrize("exclude_history, ranking", [(False, ["d/a", "d/c", "d/e"]), (True, ["d/a", "d/e", "d/b"])])
+def test_popularity_ranks_by_the_training_part_counts_alone(exclude_history, ranking):
+    # "d/b" is the most frequent item of the domain, but only as held-out targets, which popularity must not see.
+    data = EvaluationSet(domain="d", items=["d/a", "d/b", "d/c", "d/e"], histories=[["d/c"]] * 3, targets=["d/b"] * 3,
+                         candidates=[["d/b", "d/a", "d/c"]] * 3,
+                         train_histories=[["d/a", "d/a", "d/c"], ["d/a", "d/e"], ["d/c"]])
+    recommender = PopularityRecommender()
+    assert recommender.rank(data, 3, exclude_history) == [ranking] * 3  # ties keep the catalogue's order
+    assert recommender.score(data) == [[0.0, 3.0, 2.0]] * 3
 
 
 @pytest.mark.parametrize("problem", ["vocabulary", "empty domain", "missing file", "too few negatives"])

@@ -12,6 +12,7 @@ from modeling_recbase import RecBaseConfig, RecBaseForCausalLM, score_candidates
 from modeling_recbase.pipeline_recbase import empty_history_log_likelihood, rank_items
 from tokenization_recbase import RecBaseTokenizer
 from training.pretraining_data import PretrainingCollator, relabel_codes, training_windows
+from training.protocols import RANDOM
 
 
 def recipe_model(tokenizer: RecBaseTokenizer, **fields) -> RecBaseForCausalLM:
@@ -137,7 +138,7 @@ def test_catalogue_counts_change_nothing_when_absent_and_bias_when_given(tokeniz
 
 
 def test_dense_training_draws_negatives_from_the_window_domain(tokenizer):
-    windows = training_windows(tokenizer, [["films/1", "films/2", "films/3"], ["music/4", "music/5"]], max_items=20)
+    windows = training_windows(tokenizer, [["films/1", "films/2", "films/3"], ["music/4", "music/5"]], max_history_items=20)
     collator = PretrainingCollator(tokenizer, num_negatives=16)
     batch = collator([windows[0], windows[1]])
     films = {tuple(row) for row in tokenizer.item_token_ids(tokenizer.domain_items("films")).tolist()}
@@ -185,6 +186,6 @@ def test_the_selection_command_runs_end_to_end(tiny_run, tmp_path):
         "--codebook_sizes", "4", "4", "4", "--disambiguation_size", "4", "--max_steps", "4", "--validate_every", "2",
         "--eval_users", "10", "--negatives", "5"])
     rows = results["rows"]
-    assert {"code head, all domains", "dense head + content inputs", "random"} <= set(rows)
+    assert {"code head, all domains", "dense head + content inputs", RANDOM} <= set(rows)
     assert all(0 <= rows[name]["domains"]["films"]["auc"] <= 1 for name in rows)
     assert (tmp_path / "selection" / "selection.md").read_text().count("\n") == len(rows) + 2

@@ -292,23 +292,22 @@ class RecBaseTokenizer(PreTrainedTokenizer):
                             dtype=torch.long).reshape(len(keys), self.tokens_per_item)
 
     def encode_history(
-        self, histories: Sequence[str] | Sequence[Sequence[str]], max_length: int | None = None,
+        self, histories: Sequence[str] | Sequence[Sequence[str]], max_history_items: int | None = None,
         return_tensors: str | None = None, return_item_vectors: bool = False,
     ) -> BatchEncoding:
         """Item keys -> ``<bos>`` + each item's tokens. One history (a list of keys) or a batch (list of lists,
-        left-padded). ``max_length`` (tokens) drops the oldest whole items first. ``return_item_vectors`` (with
+        left-padded). ``max_history_items`` keeps each history's most recent items. ``return_item_vectors`` (with
         ``return_tensors="pt"``) adds ``item_vectors`` (batch, seq, item_vector_size): each item's content vector at
         the position of its last token, zeros elsewhere (the model's dense head reads them)."""
         batch = [histories] if histories and isinstance(histories[0], str) else histories
         if not batch or any(len(history) == 0 for history in batch):
             raise ValueError("a history must contain at least one item key")
-        max_items = None if max_length is None else max(0, (max_length - 1) // self.tokens_per_item)
-        if max_items == 0:
-            raise ValueError(f"max_length={max_length} leaves no room for an item of {self.tokens_per_item} tokens")
+        if max_history_items is not None and max_history_items < 1:
+            raise ValueError(f"max_history_items must be at least 1, got {max_history_items}")
         sequences = []
         for history in batch:
-            if max_items is not None and len(history) > max_items:
-                history = history[-max_items:]
+            if max_history_items is not None and len(history) > max_history_items:
+                history = history[-max_history_items:]
             ids = [token for key in history for token in self.codes_to_token_ids(self._codes[self._check_key(key)])]
             sequences.append(self.build_inputs_with_special_tokens(ids))
         width = max(map(len, sequences))

@@ -18,6 +18,7 @@ from transformers import HfArgumentParser
 
 from tokenization_recbase import DEFAULT_TEXT_ENCODER
 from training.embedding import DEFAULT_CACHE_DIR
+from training.protocols import RECBASE
 
 # Every linear layer of the decoder (Qwen2's names); the embeddings and head stay frozen.
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -151,7 +152,7 @@ class EvaluationArguments:
     exclude_history: bool = field(default=True, metadata={
         "help": "full rankings leave out the items of the user's history (as the pipeline does)"})
     baselines: bool = field(default=True, metadata={"help": "also evaluate text similarity, popularity and random"})
-    model_name: str = "RecBase"
+    model_name: str = RECBASE
     cache_dir: str = str(DEFAULT_CACHE_DIR)
     output: str | None = field(default=None, metadata={"help": "results JSON (default: <checkpoint>/eval_results.json)"})
     seed: int = 0

@@ -40,14 +40,14 @@ class RecBaseRecommender:
     def __init__(self, model: RecBaseForCausalLM, tokenizer: RecBaseTokenizer, max_history_items: int | None = None,
                  num_beams: int = 20, batch_size: int = 16, name: str = RECBASE) -> None:
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
-        self.max_length = 1 + (max_history_items or model.config.max_history_items) * tokenizer.tokens_per_item
+        self.max_history_items = max_history_items or model.config.max_history_items
         self.num_beams, self.batch_size = num_beams, batch_size
 
     def rank(self, data: EvaluationSet, k: int, exclude_history: bool) -> list[list[str]]:
         ranked = []
         for start in tqdm(range(0, len(data.histories), self.batch_size), desc=f"{data.domain} beam search", leave=False):
             batch = data.histories[start : start + self.batch_size]
-            rows = rank_items(self.model, self.tokenizer, batch, data.items, max(self.num_beams, k), self.max_length,
+            rows = rank_items(self.model, self.tokenizer, batch, data.items, max(self.num_beams, k), self.max_history_items,
                               exclude_history)
             ranked += [[key for key, _ in row[:k]] for row in rows]
         return ranked
@@ -57,7 +57,7 @@ class RecBaseRecommender:
         scores = []
         for start in tqdm(range(0, len(data.histories), self.batch_size), desc=f"{data.domain} scoring", leave=False):
             scores += score_candidates(self.model, self.tokenizer, data.histories[start : start + self.batch_size],
-                                       data.candidates[start : start + self.batch_size], self.max_length)
+                                       data.candidates[start : start + self.batch_size], self.max_history_items)
         return scores
 
 

@@ -183,7 +183,7 @@ def train(data: DataArguments, model_args: ModelArguments, args: PretrainingArgu
         if popularity_buckets:  # the pretraining domains' own catalogue counts, from their training part
             tokenizer.set_item_counts(Counter(key for history in histories for key in history))
         train_dataset = training_windows(tokenizer, histories, data.max_history_items, popularity_buckets)
-    # Windows range from 2 items to --max_items: batches of similar lengths waste little on padding
+    # Windows range from 2 items to --max_history_items: batches of similar lengths waste little on padding
     # (on the bundled corpus, shuffled batches of 64 were 65% padding).
     sampler = LengthGroupedSampler([len(ids) for ids in train_dataset["input_ids"]], args.per_device_batch_size, args.seed)
     dense = model.config.dense_head

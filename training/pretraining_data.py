@@ -17,9 +17,9 @@ from torch.utils.data import Sampler
 from tokenization_recbase import RecBaseTokenizer
 
 
-def training_windows(tokenizer: RecBaseTokenizer, histories: list[list[str]], max_items: int,
+def training_windows(tokenizer: RecBaseTokenizer, histories: list[list[str]], max_history_items: int,
                      popularity_buckets: int = 0) -> Dataset:
-    """Histories of item keys -> token windows ``<bos> item ... item`` of at most ``max_items`` items.
+    """Histories of item keys -> token windows ``<bos> item ... item`` of at most ``max_history_items`` items.
 
     A long history is cut from its end backwards, so the most recent items are always in one window and
     every item is trained on once. Histories of one item teach nothing (no next item) and are skipped.
@@ -28,8 +28,8 @@ def training_windows(tokenizer: RecBaseTokenizer, histories: list[list[str]], ma
     """
     rows: dict[str, list] = {"input_ids": [], "domain": [], "bucket_ids": []}
     for history in histories:
-        for end in range(len(history), 1, -max_items):
-            window = history[max(0, end - max_items) : end]
+        for end in range(len(history), 1, -max_history_items):
+            window = history[max(0, end - max_history_items) : end]
             if len(window) > 1:
                 rows["input_ids"].append(tokenizer.encode_history(window)["input_ids"])
                 rows["domain"].append(window[0].split("/", 1)[0])

@@ -12,11 +12,11 @@ from training.protocols import EvaluationSet, evaluate_recommender
 
 @torch.no_grad()
 def validation_metrics(model: torch.nn.Module, tokenizer: RecBaseTokenizer, validation_sets: list[EvaluationSet],
-                       max_items: int, full_ranking: bool = True) -> dict[str, float]:
+                       max_history_items: int, full_ranking: bool = True) -> dict[str, float]:
     """Each of ``VALIDATION_METRICS`` averaged over the validation sets, and each domain's metrics. The full
     ranking (Recall@10 / NDCG@10, history excluded, as in evaluation) runs when ``full_ranking`` or when it is
     cheap (the dense head alone ranks, no beam search)."""
-    recommender = RecBaseRecommender(model.eval(), tokenizer, max_items, batch_size=32)
+    recommender = RecBaseRecommender(model.eval(), tokenizer, max_history_items, batch_size=32)
     cheap_ranking = model.config.dense_head and not any(model.config.code_score_weights([d.items[0] for d in validation_sets]))
     protocols = ("candidate_scoring", "full_ranking") if full_ranking or cheap_ranking else ("candidate_scoring",)
     per_domain = {data.domain: evaluate_recommender(recommender, data, ks=(10,), protocols=protocols)
