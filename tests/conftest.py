@@ -23,6 +23,7 @@ SHIPPED_FILES = [
     REPO_ROOT / "modeling_recbase" / "pipeline_recbase.py",
     REPO_ROOT / "tokenization_recbase" / "tokenization_recbase.py",
     REPO_ROOT / "tokenization_recbase" / "quantization_recbase.py",
+    REPO_ROOT / "tokenization_recbase" / "item_text_recbase.py",
 ]
 
 

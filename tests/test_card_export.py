@@ -81,7 +81,8 @@ def test_export_folder_loads_with_the_auto_classes_and_the_pipeline(finished_run
     folder = export.export_folder(finished_run, tmp_path / "hub" / "recbase-test", model_id="someone/recbase-test")
     names = {path.name for path in folder.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer_config.json", "item_table.json", "quantizer.pt",
-            "modeling_recbase.py", "configuration_recbase.py", "tokenization_recbase.py", "quantization_recbase.py", "pipeline_recbase.py",
+            "modeling_recbase.py", "configuration_recbase.py", "tokenization_recbase.py", "quantization_recbase.py", "item_text_recbase.py",
+            "pipeline_recbase.py",
             "README.md", "training_loss.svg", "eval_results.json"} <= names
     assert "checkpoints" not in names  # no optimizer state on the Hub
     config = json.loads((folder / "config.json").read_text())

@@ -17,7 +17,8 @@ from .quantization_recbase import (
     fit_domain_alignment,
     load_quantizer,
 )
-from .tokenization_recbase import DEFAULT_TEXT_ENCODER, RecBaseTokenizer, TextEncoder, check_model_config, unified_item_text
+from .item_text_recbase import DEFAULT_TEXT_ENCODER, TextEncoder, unified_item_text
+from .tokenization_recbase import RecBaseTokenizer, check_model_config
 
 AutoTokenizer.register(RecBaseConfig, slow_tokenizer_class=RecBaseTokenizer, exist_ok=True)
 

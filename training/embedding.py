@@ -12,7 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from tokenization_recbase import DEFAULT_TEXT_ENCODER, TextEncoder
-from tokenization_recbase.tokenization_recbase import TEXT_MAX_LENGTH
+from tokenization_recbase.item_text_recbase import TEXT_MAX_LENGTH
+from training.checkpoint import write_atomically
 
 SHARD_SIZE = 4096  # texts per cache shard: an interrupted run loses at most one shard of work
 DEFAULT_CACHE_DIR = Path(os.environ.get("RECBASE_CACHE", Path.home() / ".cache" / "recbase")) / "embeddings"
@@ -52,9 +53,8 @@ class EmbeddingCache:
                 chunk = items[start : start + SHARD_SIZE]
                 vectors = encoder.encode([t for _, t in chunk], batch_size=batch_size, bar=bar)
                 shard = self.folder / f"shard-{len(list(self.folder.glob('shard-*.pt'))):05d}.pt"
-                temporary = shard.with_suffix(f".tmp-{os.getpid()}")
-                torch.save({"keys": [k for k, _ in chunk], "vectors": vectors}, temporary)
-                os.replace(temporary, shard)
+                state = {"keys": [k for k, _ in chunk], "vectors": vectors}
+                write_atomically(shard, lambda temporary: torch.save(state, temporary))
                 self._vectors.update(zip((k for k, _ in chunk), vectors))
             bar.close()
         if not keys:
