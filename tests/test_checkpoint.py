@@ -1,0 +1,95 @@
+"""The checkpoint module: a folder is replaced as a whole, even when the process is killed while saving it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from training import checkpoint
+from training.checkpoint import replace_folder, write_json_atomically
+
+SAVE_FOREVER = """
+import sys
+from training.checkpoint import load_checkpoint, write_hub_folder
+model, tokenizer = load_checkpoint(sys.argv[1])
+generation = 0
+while True:
+    generation += 1
+    model.config.save_generation = generation  # in config.json; the marker file below must agree with it
+    write_hub_folder(model, tokenizer, sys.argv[2],
+                     finish=lambda staging: (staging / "generation.txt").write_text(str(generation)))
+    print(generation, flush=True)
+"""
+
+
+def folder_generation(folder) -> int:
+    """The generation a saved folder holds, checked to be one whole save."""
+    names = {path.name for path in folder.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer_config.json", "item_table.json", "generation.txt"} <= names
+    marker = int((folder / "generation.txt").read_text())
+    assert json.loads((folder / "config.json").read_text())["save_generation"] == marker, "files of two saves"
+    return marker
+
+
+def test_a_kill_during_the_final_save_leaves_the_old_folder_or_the_new_one(tiny_run, tmp_path):
+    target = tmp_path / "hub"
+    process = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(tiny_run["checkpoint"]), str(target)],
+                               cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "1"  # one whole save exists before the kills start
+    seen = []
+    for delay in (0.05, 0.13, 0.21, 0.34, 0.55):  # kills land at different points of a save
+        time.sleep(delay)
+        process.send_signal(signal.SIGSTOP)  # freeze it mid-save, wherever it is, and look
+        seen.append(folder_generation(target))
+        process.send_signal(signal.SIGCONT)
+    process.kill()
+    process.wait()
+    final = folder_generation(target)
+    assert seen == sorted(seen) and final >= seen[-1] > 1  # saves went on, and each look found one whole save
+    assert not any(path.name.startswith(".hub.") and path.name != ".hub.staging" for path in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["atomic swap", "two renames"])
+def test_replacing_a_folder_keeps_nothing_of_the_old_one(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(checkpoint, "_exchange", lambda first, second: False)
+    target, staging = tmp_path / "out", tmp_path / ".out.staging"
+    for generation, names in enumerate((["a", "b"], ["b", "c"])):
+        staging.mkdir()
+        for name in names:
+            write_json_atomically(staging / name, generation)
+        replace_folder(staging, target)
+        assert sorted(path.name for path in target.iterdir()) == names and not staging.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_replacement_cut_between_its_two_renames_is_repaired_by_the_next(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "_exchange", lambda first, second: False)
+    target, staging = tmp_path / "out", tmp_path / ".out.staging"
+    for folder, name in ((target, "old"), (staging, "new")):
+        folder.mkdir()
+        (folder / name).write_text(name)
+    renames = []
+
+    def cut_after_first(source, destination):
+        if renames:
+            raise KeyboardInterrupt  # the process dies between the two renames
+        renames.append(source)
+        os.rename(source, destination)
+
+    monkeypatch.setattr(checkpoint.os, "replace", cut_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        replace_folder(staging, target)
+    monkeypatch.undo()
+    assert not target.exists() and (tmp_path / ".out.old" / "old").is_file()  # both complete folders are kept
+    retry = tmp_path / ".out.retry"
+    retry.mkdir()
+    (retry / "newer").write_text("newer")
+    replace_folder(retry, target)  # puts the old folder back first, then replaces it
+    assert sorted(path.name for path in tmp_path.iterdir() if not path.name.startswith(".out.staging")) == ["out"]
+    assert [path.name for path in target.iterdir()] == ["newer"]
