@@ -308,7 +308,7 @@ class NextItemGenerationPipeline(Pipeline):
     def score_candidates(self, history: Sequence[str | dict], candidates: Sequence[str],
                          domain: str | None = None, index_new_items: bool = False) -> list[dict]:
         """The paper's setting: ``{"item", "score", "text"}`` for each candidate, in the order given."""
-        if isinstance(candidates, str) or not candidates or not all(isinstance(key, str) for key in candidates):
+        if not isinstance(candidates, (list, tuple)) or not candidates or not all(isinstance(key, str) for key in candidates):
             raise ValueError(f"candidates must be a non-empty list of item keys, got {candidates!r}")
         keys, added = self.resolve_history(history, domain)
         try:

@@ -156,8 +156,8 @@ def test_cold_start_from_text_and_from_embeddings(fitted, tmp_path):
     "call, message",
     [
         (lambda t: t.encode_history(["amazon18_office/does-not-exist"]), "unknown item key 'amazon18_office/does-not-exist'"),
-        (lambda t: t.encode_history([]), "at least one item key"),
-        (lambda t: t.encode_history([["amazon18_office/0"], []]), "at least one item key"),
+        (lambda t: t.encode_history([]), "a history is a non-empty list of item keys"),
+        (lambda t: t.encode_history([["amazon18_office/0"], []]), "a history is a non-empty list of item keys"),
         (lambda t: t.domain_items("books"), "no items of domain 'books'"),
         (lambda t: t.decode_items([3, 3, 3]), "do not split into items"),
         (lambda t: t("<a_1> hello"), "is not a sequence of concept tokens"),

@@ -212,9 +212,11 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         left-padded). ``max_history_items`` keeps each history's most recent items. ``return_item_vectors`` (with
         ``return_tensors="pt"``) adds ``item_vectors`` (batch, seq, item_vector_size): each item's content vector at
         the position of its last token, zeros elsewhere (the model's dense head reads them)."""
-        batch = [histories] if histories and isinstance(histories[0], str) else histories
-        if not batch or any(len(history) == 0 for history in batch):
-            raise ValueError("a history must contain at least one item key")
+        single = isinstance(histories, (list, tuple)) and bool(histories) and isinstance(histories[0], str)
+        batch = [histories] if single else histories
+        if (not isinstance(batch, (list, tuple)) or not batch
+                or not all(isinstance(history, (list, tuple)) and history for history in batch)):
+            raise ValueError("a history is a non-empty list of item keys, and a batch a non-empty list of histories")
         if max_history_items is not None and max_history_items < 1:
             raise ValueError(f"max_history_items must be at least 1, got {max_history_items}")
         sequences = []
@@ -228,7 +230,7 @@ class RecBaseTokenizer(PreTrainedTokenizer):
             "input_ids": [[self.pad_token_id] * (width - len(s)) + s for s in sequences],
             "attention_mask": [[0] * (width - len(s)) + [1] * len(s) for s in sequences],
         }
-        if len(batch) == 1 and isinstance(histories[0], str) and return_tensors is None:
+        if single and return_tensors is None:
             encoded = {name: rows[0] for name, rows in encoded.items()}
         encoding = BatchEncoding(encoded, tensor_type=return_tensors)
         if return_item_vectors:
@@ -245,7 +247,11 @@ class RecBaseTokenizer(PreTrainedTokenizer):
 
     def decode_items(self, token_ids: Sequence[int] | torch.Tensor) -> list[str]:
         """Token ids (special tokens are skipped; a 2-D batch is read row by row) -> the item keys they spell."""
-        ids = [i for i in torch.as_tensor(token_ids).reshape(-1).tolist() if i >= len(SPECIAL_TOKENS)]
+        ids = torch.as_tensor(token_ids).reshape(-1).tolist()
+        outside = [i for i in ids if not 0 <= i < len(self._id_to_token)]
+        if outside:
+            raise ValueError(f"token ids {outside[:5]} are outside this tokenizer's vocabulary [0, {len(self._id_to_token)})")
+        ids = [i for i in ids if i >= len(SPECIAL_TOKENS)]
         if len(ids) % self.tokens_per_item:
             raise ValueError(f"{len(ids)} concept tokens do not split into items of {self.tokens_per_item} tokens")
         keys = []
@@ -258,7 +264,7 @@ class RecBaseTokenizer(PreTrainedTokenizer):
         return keys
 
     def _check_key(self, key: str) -> str:
-        if key not in self._codes:
+        if not isinstance(key, str) or key not in self._codes:
             raise ValueError(f"unknown item key {key!r} (keys look like '<domain>/<item_id>'; "
                              f"{len(self._codes)} items of {sorted(self.domains)} are indexed)")
         return key
