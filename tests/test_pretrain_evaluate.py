@@ -106,19 +106,6 @@ def test_pretraining_killed_mid_run_resumes_to_the_same_end(tiny_run, tmp_path):
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-4, atol=1e-5)
 
 
-def test_two_cpu_processes_under_torchrun(tiny_run, tmp_path):
-    output_dir = tmp_path / "ddp"
-    command = pretrain_command(tiny_run, output_dir, "--max_steps", "4", "--checkpointing_steps", "4")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", "-m",
-                "training.pretrain"] + command[3:]
-    result = subprocess.run(torchrun, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = tmp_path / "ddp-checkpoints" / "step_4"
-    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}
-    assert (output_dir / "model.safetensors").exists()
-
-
 def test_constrained_ranking_returns_only_real_distinct_items_of_the_domain(tiny_run):
     model, tokenizer = load_checkpoint(tiny_run["checkpoint"])
     interactions = load_corpus(tiny_run["corpus"])["interactions"]

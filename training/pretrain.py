@@ -213,7 +213,9 @@ def train(data: DataArguments, model_args: ModelArguments, args: PretrainingArgu
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
     # Trackers such as TensorBoard take scalars only: lists (domains, LoRA modules) are logged as text.
-    settings = {**vars(data), **vars(model_args), **vars(args)}
+    # How the run was distributed goes into the train log with the settings (a multi-process test reads it).
+    settings = {**vars(data), **vars(model_args), **vars(args), "distributed_type": accelerator.distributed_type.value,
+                "num_processes": accelerator.num_processes, "backend": accelerator.state.backend or "none"}
     accelerator.init_trackers("recbase_pretrain", config={
         k: v if isinstance(v, (int, float, str, bool)) else " ".join(map(str, v)) for k, v in settings.items() if v is not None})
 
