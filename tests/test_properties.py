@@ -122,3 +122,51 @@ def test_candidate_scoring_inputs_give_one_score_per_candidate_or_a_value_error(
         return
     assert [row["item"] for row in rows] == list(candidates)
     assert all(isinstance(row["score"], float) for row in rows)
+
+
+# Rows as users' own files hold them: fields missing, empty, of the wrong type, any Unicode, odd timestamps.
+cells = st.one_of(st.none(), st.text(max_size=12), st.integers(-5, 10**12), st.floats(allow_nan=True),
+                  st.lists(st.text(max_size=5), max_size=3), st.booleans())
+item_rows = st.lists(st.dictionaries(st.sampled_from(["item_id", "title", "categories", "brand", "year", "junk"]),
+                                     cells, max_size=5), max_size=6)
+interaction_rows = st.lists(st.dictionaries(st.sampled_from(["user_id", "item_id", "timestamp", "junk"]), cells,
+                                            max_size=4), max_size=10)
+
+
+def write_rows(path, rows: list[dict]) -> None:
+    """JSON lines, or CSV with every column any row has (a CSV cell is text: lists and numbers become text)."""
+    import csv
+    import json
+
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8", errors="surrogatepass")
+        return
+    columns = sorted({column for row in rows for column in row}) or ["item_id"]
+    with path.open("w", newline="", encoding="utf-8", errors="surrogatepass") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows({column: "" if row.get(column) is None else row[column] for column in columns} for row in rows)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(item_rows, interaction_rows, st.sampled_from([".csv", ".jsonl"]))
+@example([{"item_id": 1, "title": "Alien", "categories": ["sf"]}, {"item_id": 2}],
+         [{"user_id": "u", "item_id": 1, "timestamp": 5}, {"user_id": "u", "item_id": 2, "timestamp": 3}], ".csv")
+def test_own_files_are_read_or_refused_with_the_file_and_line_named(tmp_path_factory, items, interactions, suffix):
+    from training.corpus import CorpusError, read_generic
+
+    folder = tmp_path_factory.mktemp("own")
+    items_path, interactions_path = folder / f"items{suffix}", folder / f"interactions{suffix}"
+    write_rows(items_path, items)
+    write_rows(interactions_path, interactions)
+    try:
+        item_table, interaction_table = read_generic(interactions_path, items_path, "mine")
+    except CorpusError as error:
+        assert str(items_path) in str(error) or str(interactions_path) in str(error), error
+        return
+    item_ids = set(item_table["item_id"])
+    assert len(item_ids) == len(item_table) and set(interaction_table["item_id"]) <= item_ids
+    by_user: dict[str, list[int]] = {}
+    for user, timestamp in zip(interaction_table["user_id"], interaction_table["timestamp"]):
+        by_user.setdefault(user, []).append(timestamp)
+    assert all(times == sorted(times) for times in by_user.values())
