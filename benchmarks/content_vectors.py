@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR))
     args = parser.parse_args()
     tokenizer = RecBaseTokenizer.from_pretrained(Path(args.selection_dir) / "item-tokenizer")
-    interactions = load_corpus(Path(args.selection_dir) / "corpus")["interactions"]
+    corpus = load_corpus(Path(args.selection_dir) / "corpus")
     cache = EmbeddingCache(tokenizer.text_encoder, args.cache_dir)
     lines = ["| domain | item representation | last item: R@10 / NDCG@10 / AUC | prior of 10 items: R@10 / NDCG@10 / AUC |",
              "|---|---|---|---|"]
@@ -55,7 +55,7 @@ def main() -> None:
                 "quantized latent (sum of code vectors)":
                     tokenizer.code_latent_table(len(tokenizer))[tokenizer.item_token_ids(items)].sum(-2),
             }
-        data = build_evaluation_set(interactions, domain, items, "validation", args.users, seed=0)
+        data = build_evaluation_set(corpus, domain, items, "validation", args.users, seed=0)
         for name, vectors in representations.items():
             unit = F.normalize(vectors.float(), dim=-1)
             cells = []

@@ -21,7 +21,7 @@ import torch
 
 from modeling_recbase import score_candidates
 from training.checkpoint import write_json_atomically, write_text_atomically
-from training.corpus import leave_one_out, load_corpus, to_sequences
+from training.corpus import load_corpus
 from training.checkpoint import load_checkpoint
 from training.protocols import build_evaluation_set
 from training.metrics import auc
@@ -64,10 +64,10 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=64, help="training batch size, for the padding figure")
     args = parser.parse_args()
     model, tokenizer = load_checkpoint(args.run)
-    interactions = load_corpus(args.corpus_dir or f"{args.run}-work/corpus")["interactions"]
+    corpus = load_corpus(args.corpus_dir or f"{args.run}-work/corpus")
     results: dict = {"run": args.run, "max_users": args.max_users, "auc": {}}
     for domain in args.domains:
-        data = build_evaluation_set(interactions, domain, tokenizer.domain_items(domain), max_users=args.max_users)
+        data = build_evaluation_set(corpus, domain, tokenizer.domain_items(domain), max_users=args.max_users)
         latents = torch.nn.functional.normalize(quantized_latents(tokenizer, data.items), dim=-1)
         index = {key: row for row, key in enumerate(data.items)}
         geometry = [(latents[[index[c] for c in row]] @ torch.nn.functional.normalize(
@@ -82,8 +82,8 @@ def main() -> None:
         results["auc"][domain] = {"code geometry": pooled_auc(geometry), "RecBase": pooled_auc(model_scores),
                                   "RecBase calibrated": pooled_auc(calibrated)}
 
-    pretraining = interactions.filter(lambda d: d in set(args.pretrain_domains), input_columns="domain")
-    windows = training_windows(tokenizer, leave_one_out(to_sequences(pretraining))["train"]["items"], 20)
+    pretraining = corpus["train"].filter(lambda d: d in set(args.pretrain_domains), input_columns="domain")
+    windows = training_windows(tokenizer, pretraining["items"], 20)
     lengths = [len(ids) for ids in windows["input_ids"]]
     shuffled = list(range(len(lengths)))
     random.Random(0).shuffle(shuffled)

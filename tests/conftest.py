@@ -68,7 +68,8 @@ def tiny_run(tmp_path_factory):
 
     from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
     from tokenization_recbase import RecBaseTokenizer, ResidualQuantizer, fit_domain_alignment
-    from training.corpus import INTERACTION_FEATURES, ITEM_FEATURES
+    from training.corpus import write_corpus
+    from training.corpus_schema import INTERACTION_FEATURES, ITEM_FEATURES
     from training.checkpoint import write_hub_folder
 
     root = tmp_path_factory.mktemp("run")
@@ -84,10 +85,8 @@ def tiny_run(tmp_path_factory):
             picks = torch.randint(0, 6, (8,), generator=rng) * 4 + genre
             interactions += [{"domain": domain, "user_id": f"u{user}", "item_id": str(int(i)), "timestamp": t}
                              for t, i in enumerate(picks)]
-    corpus_dir = root / "corpus"
-    corpus_dir.mkdir()
-    Dataset.from_list(items, features=ITEM_FEATURES).to_parquet(corpus_dir / "items.parquet")
-    Dataset.from_list(interactions, features=INTERACTION_FEATURES).to_parquet(corpus_dir / "interactions.parquet")
+    corpus_dir = write_corpus(Dataset.from_list(items, features=ITEM_FEATURES),
+                              Dataset.from_list(interactions, features=INTERACTION_FEATURES), root / "corpus")
 
     tokenizer = RecBaseTokenizer(codebook_sizes=[4, 4, 4], disambiguation_size=2)
     codes = {row["key"]: (index % 4, (index // 4) % 4, (index // 16) % 4, 0) for index, row in enumerate(items)}

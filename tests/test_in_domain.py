@@ -83,8 +83,8 @@ def test_early_stopping_stops_at_its_patience(tiny_run, tmp_path, monkeypatch):
 @pytest.fixture
 def music_set(tiny_run):
     tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
-    interactions = load_corpus(tiny_run["corpus"])["interactions"]
-    return tokenizer, build_evaluation_set(interactions, "music", tokenizer.domain_items("music"), "test", 0, 5)
+    corpus = load_corpus(tiny_run["corpus"])
+    return tokenizer, build_evaluation_set(corpus, "music", tokenizer.domain_items("music"), "test", 0, 5)
 
 
 def test_every_recommender_leaves_out_the_history_when_asked(tiny_run, music_set):

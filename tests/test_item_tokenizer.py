@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 from modeling_recbase import RecBaseConfig
 from tokenization_recbase import SPECIAL_TOKENS, RecBaseTokenizer, assign_unique_codes
 from training import embedding
-from training.corpus import read_domain
+from training.bundled_domains import read_domain
 from training.embedding import EmbeddingCache
 from tokenization_recbase import unified_item_text
 from training.fit_item_tokenizer import QuantizerFitConfig, code_usage, collision_rate, fit_item_tokenizer, kmeans, report_markdown

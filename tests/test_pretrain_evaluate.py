@@ -108,8 +108,8 @@ def test_pretraining_killed_mid_run_resumes_to_the_same_end(tiny_run, tmp_path):
 
 def test_constrained_ranking_returns_only_real_distinct_items_of_the_domain(tiny_run):
     model, tokenizer = load_checkpoint(tiny_run["checkpoint"])
-    interactions = load_corpus(tiny_run["corpus"])["interactions"]
-    data = build_evaluation_set(interactions, "films", tokenizer.domain_items("films"), negatives=5)
+    corpus = load_corpus(tiny_run["corpus"])
+    data = build_evaluation_set(corpus, "films", tokenizer.domain_items("films"), negatives=5)
     ranked = RecBaseRecommender(model, tokenizer, num_beams=12).rank(data, k=10, exclude_history=False)
     films = set(tokenizer.domain_items("films"))
     assert len(ranked) == 30
@@ -119,8 +119,8 @@ def test_constrained_ranking_returns_only_real_distinct_items_of_the_domain(tiny
 
 def test_every_recommender_gives_both_protocols(tiny_run):
     model, tokenizer = load_checkpoint(tiny_run["checkpoint"])
-    interactions = load_corpus(tiny_run["corpus"])["interactions"]
-    data = build_evaluation_set(interactions, "music", tokenizer.domain_items("music"), negatives=5)
+    corpus = load_corpus(tiny_run["corpus"])
+    data = build_evaluation_set(corpus, "music", tokenizer.domain_items("music"), negatives=5)
     assert all(row[0] == target and len(set(row)) == 6 for row, target in zip(data.candidates, data.targets))
     cache = EmbeddingCache(cache_dir=tiny_run["root"] / "embeddings")
     for recommender in (RecBaseRecommender(model, tokenizer), TextSimilarityRecommender(tokenizer, cache),
@@ -132,8 +132,8 @@ def test_every_recommender_gives_both_protocols(tiny_run):
 
 def test_recbase_scores_equal_a_full_forward_pass(tiny_run):
     model, tokenizer = load_checkpoint(tiny_run["checkpoint"])
-    interactions = load_corpus(tiny_run["corpus"])["interactions"]
-    data = build_evaluation_set(interactions, "music", tokenizer.domain_items("music"), max_users=3, negatives=2)
+    corpus = load_corpus(tiny_run["corpus"])
+    data = build_evaluation_set(corpus, "music", tokenizer.domain_items("music"), max_users=3, negatives=2)
     scores = RecBaseRecommender(model, tokenizer).score(data)
     history, candidate = data.histories[0], data.candidates[0][1]
     ids = torch.tensor([tokenizer.encode_history(history + [candidate])["input_ids"]])
@@ -144,16 +144,16 @@ def test_recbase_scores_equal_a_full_forward_pass(tiny_run):
 
 def test_text_similarity_ranks_the_same_text_first(tiny_run, tmp_path):
     tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
-    interactions = load_corpus(tiny_run["corpus"])["interactions"]
-    data = build_evaluation_set(interactions, "music", tokenizer.domain_items("music"), negatives=5)
+    corpus = load_corpus(tiny_run["corpus"])
+    data = build_evaluation_set(corpus, "music", tokenizer.domain_items("music"), negatives=5)
     ranked = TextSimilarityRecommender(tokenizer, EmbeddingCache(cache_dir=tiny_run["root"] / "embeddings")).rank(data, 3, exclude_history=False)
     assert all(row[0] == history[-1] for row, history in zip(ranked, data.histories))
 
 
 def test_popularity_counts_only_the_training_part(tiny_run):
-    interactions = load_corpus(tiny_run["corpus"])["interactions"]
+    corpus = load_corpus(tiny_run["corpus"])
     tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
-    data = build_evaluation_set(interactions, "music", tokenizer.domain_items("music"), negatives=5)
+    data = build_evaluation_set(corpus, "music", tokenizer.domain_items("music"), negatives=5)
     assert sum(len(h) for h in data.train_histories) == 30 * 6  # 8 items per user, last two held out
 
 
@@ -179,14 +179,14 @@ def test_bad_input_is_reported_clearly(tiny_run, tmp_path, problem):
         with pytest.raises(ValueError, match=r"pipeline: the tokenizer \(codebooks \[4, 4, 4\].*does not match"):
             pipeline("next-item-generation", model=str(tmp_path), trust_remote_code=True)
     elif problem == "too few negatives":
-        interactions = load_corpus(tiny_run["corpus"])["interactions"]
+        corpus = load_corpus(tiny_run["corpus"])
         tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
         with pytest.raises(ValueError, match=r"domain 'music': evaluation user #\d+ has seen all but \d+ items, too few for 20"):
-            build_evaluation_set(interactions, "music", tokenizer.domain_items("music"), negatives=20)
+            build_evaluation_set(corpus, "music", tokenizer.domain_items("music"), negatives=20)
     elif problem == "empty domain":
-        interactions = load_corpus(tiny_run["corpus"])["interactions"]
+        corpus = load_corpus(tiny_run["corpus"])
         with pytest.raises(ValueError, match="domain 'books' has no interactions"):
-            build_evaluation_set(interactions, "books", ["books/1"])
+            build_evaluation_set(corpus, "books", ["books/1"])
     else:
         with pytest.raises(FileNotFoundError, match="tokenizer_config.json is missing"):
             RecBaseForCausalLM(RecBaseConfig.from_preset("recbase-tiny", hidden_size=32)).save_pretrained(tmp_path)

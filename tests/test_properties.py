@@ -153,7 +153,8 @@ def write_rows(path, rows: list[dict]) -> None:
 @example([{"item_id": 1, "title": "Alien", "categories": ["sf"]}, {"item_id": 2}],
          [{"user_id": "u", "item_id": 1, "timestamp": 5}, {"user_id": "u", "item_id": 2, "timestamp": 3}], ".csv")
 def test_own_files_are_read_or_refused_with_the_file_and_line_named(tmp_path_factory, items, interactions, suffix):
-    from training.corpus import CorpusError, read_generic
+    from training.corpus_schema import CorpusError
+    from training.readers import read_generic
 
     folder = tmp_path_factory.mktemp("own")
     items_path, interactions_path = folder / f"items{suffix}", folder / f"interactions{suffix}"

@@ -75,7 +75,7 @@ def evaluate(args: EvaluationArguments, score_overrides: dict | None = None) -> 
                  **(score_overrides or {})}
     model.config.update(overrides)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    interactions = load_corpus(args.corpus_dir)["interactions"]
+    corpus = load_corpus(args.corpus_dir)
     recommenders = [RecBaseRecommender(model, tokenizer, args.max_history_items, args.num_beams, args.batch_size,
                                        args.model_name)]
     if args.baselines:
@@ -87,7 +87,7 @@ def evaluate(args: EvaluationArguments, score_overrides: dict | None = None) -> 
     results = {"protocols": PROTOCOLS, "split": args.split, "negatives": args.negatives, "num_beams": args.num_beams,
                "seed": args.seed, "exclude_history": args.exclude_history, "domains": {}}
     for domain in args.domains:
-        data = build_evaluation_set(interactions, domain, tokenizer.domain_items(domain), args.split, args.max_users,
+        data = build_evaluation_set(corpus, domain, tokenizer.domain_items(domain), args.split, args.max_users,
                                     args.negatives, args.seed)
         if args.catalogue_counts:
             counts = data.training_counts()

@@ -38,7 +38,9 @@ from tokenization_recbase import (
 )
 from training.arguments import ItemTokenizerArguments, parse_arguments
 from training.checkpoint import write_json_atomically
-from training.corpus import BUNDLED_DOMAINS, DEFAULT_DATA_DIR, DEFAULT_ZERO_SHOT_DOMAINS, build_corpus, load_corpus, split_domains
+from training.bundled_domains import BUNDLED_DOMAINS, DEFAULT_DATA_DIR, DEFAULT_ZERO_SHOT_DOMAINS
+from training.corpus import build_corpus, load_corpus
+from training.splits import split_domains
 from training.embedding import DEFAULT_CACHE_DIR, EmbeddingCache
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.arguments import parse_arguments
-from training.corpus import leave_one_out, load_corpus, to_sequences
+from training.corpus import load_corpus
 from training.embedding import DEFAULT_CACHE_DIR, EmbeddingCache
 from training.checkpoint import load_checkpoint, write_hub_folder
 
@@ -37,8 +37,8 @@ def index_items(checkpoint: str | Path, corpus_dir: str | Path, domains: list[st
         texts = [tokenizer.item_text_from_fields(row) for row in rows]
         counts = None
         if catalogue_counts:
-            interactions = corpus["interactions"].filter(lambda d: d == domain, input_columns="domain")
-            seen = Counter(key for items in leave_one_out(to_sequences(interactions))["train"]["items"] for key in items)
+            train = corpus["train"].filter(lambda d: d == domain, input_columns="domain")
+            seen = Counter(key for items in train["items"] for key in items)
             counts = [seen[row["key"]] for row in rows]
         print(f"indexing {len(rows)} items of {domain}")
         tokenizer.add_items([row["key"] for row in rows], texts=texts, embeddings=cache.embed(texts), counts=counts)

@@ -39,7 +39,7 @@ from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer, check_model_config
 from training.arguments import DataArguments, ModelArguments, PretrainingArguments, parse_arguments
 from training.checkpoint import latest_training_state, save_training_state, write_hub_folder, write_json_atomically
-from training.corpus import leave_one_out, load_corpus, to_sequences
+from training.corpus import load_corpus
 from training.protocols import build_evaluation_set
 from training.pretraining_data import LengthGroupedSampler, PretrainingCollator, training_windows
 from training.validation import CheckpointSelector, validation_metrics
@@ -173,12 +173,11 @@ def train(data: DataArguments, model_args: ModelArguments, args: PretrainingArgu
     tokenizer = RecBaseTokenizer.from_pretrained(data.tokenizer_dir)
     model = build_model(data, model_args, tokenizer, args.seed)
     with accelerator.main_process_first():
-        interactions_all = load_corpus(data.corpus_dir)["interactions"]
-        missing = sorted(set(data.domains + args.validation_domains) - set(interactions_all.unique("domain")))
+        corpus = load_corpus(data.corpus_dir)
+        missing = sorted(set(data.domains + args.validation_domains) - set(corpus["train"].unique("domain")))
         if missing:
             raise ValueError(f"{data.corpus_dir}: no interactions for domains {missing}")
-        interactions = interactions_all.filter(lambda d: d in set(data.domains), input_columns="domain")
-        histories = leave_one_out(to_sequences(interactions))["train"]["items"]
+        histories = corpus["train"].filter(lambda d: d in set(data.domains), input_columns="domain")["items"]
         popularity_buckets = model.config.popularity_buckets
         if popularity_buckets:  # the pretraining domains' own catalogue counts, from their training part
             tokenizer.set_item_counts(Counter(key for history in histories for key in history))
@@ -224,7 +223,7 @@ def train(data: DataArguments, model_args: ModelArguments, args: PretrainingArgu
         accelerator.load_state(str(resume_path))
         accelerator.print(f"resumed from {resume_path} at step {progress.completed_steps}")
 
-    validation_sets = [build_evaluation_set(interactions_all, domain, tokenizer.domain_items(domain), "validation",
+    validation_sets = [build_evaluation_set(corpus, domain, tokenizer.domain_items(domain), "validation",
                                             args.validation_users, args.validation_negatives, args.seed) for domain in args.validation_domains]
     selector = CheckpointSelector(args.validation_metric, args.early_stopping_patience)
 

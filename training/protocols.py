@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from training.corpus import leave_one_out, to_sequences
+from datasets import Dataset
+
 from training.metrics import auc, gauc, ndcg_at_k, recall_at_k
 
 # Model names in results (and so in tables, the model card and plots).
@@ -49,14 +51,14 @@ class EvaluationSet:
 
 
 def build_evaluation_set(
-    interactions, domain: str, domain_items: list[str], split: str = "test", max_users: int = 0,
+    corpus: Mapping[str, Dataset], domain: str, domain_items: list[str], split: str = "test", max_users: int = 0,
     negatives: int = 20, seed: int = 0,
 ) -> EvaluationSet:
-    """Leave-one-out rows of ``domain`` (all users, or ``max_users`` sampled with ``seed``) with candidates."""
-    rows = interactions.filter(lambda d: d == domain, input_columns="domain")
-    if len(rows) == 0:
+    """The ``split`` users of ``domain`` in a loaded corpus (all, or ``max_users`` sampled with ``seed``), each with
+    the held-out target and sampled candidates."""
+    splits = {name: corpus[name].filter(lambda d: d == domain, input_columns="domain") for name in ("train", split)}
+    if len(splits["train"]) == 0:
         raise ValueError(f"domain {domain!r} has no interactions to evaluate")
-    splits = leave_one_out(to_sequences(rows))
     evaluation = splits[split]
     rng = random.Random(seed)
     chosen = sorted(rng.sample(range(len(evaluation)), max_users)) if 0 < max_users < len(evaluation) else range(len(evaluation))
