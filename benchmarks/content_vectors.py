@@ -25,7 +25,7 @@ from training.checkpoint import write_text_atomically
 from training.corpus import load_corpus
 from training.embedding import DEFAULT_CACHE_DIR, EmbeddingCache
 from training.protocols import build_evaluation_set
-from training.metrics import auc, ndcg_at_k, recall_at_k
+from training.ranking_metrics.ranking_metrics import auc, ndcg_at_k, recall_at_k
 
 RESULTS = Path(__file__).resolve().parent / "results" / "content_vectors.md"
 

@@ -24,7 +24,7 @@ from training.checkpoint import write_json_atomically, write_text_atomically
 from training.corpus import load_corpus
 from training.checkpoint import load_checkpoint
 from training.protocols import build_evaluation_set
-from training.metrics import auc
+from training.ranking_metrics.ranking_metrics import auc
 from training.pretraining_data import LengthGroupedSampler, training_windows
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

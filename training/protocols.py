@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
-from training.metrics import auc, gauc, ndcg_at_k, recall_at_k
+from training.ranking_metrics.ranking_metrics import candidate_metrics, ranking_means
 
 # Model names in results (and so in tables, the model card and plots).
 RECBASE = "RecBase"
@@ -92,14 +92,10 @@ def evaluate_recommender(recommender, data: EvaluationSet, ks: tuple[int, ...] =
             raise AssertionError(f"{recommender.name} returned duplicate items or items outside {data.domain}")
         if exclude_history and any(set(row) & set(history) for row, history in zip(ranked, data.histories)):
             raise AssertionError(f"{recommender.name} recommended an item of the history with exclude_history")
-        for k in ks:
-            metrics[f"recall@{k}"] = sum(recall_at_k(r, t, k) for r, t in zip(ranked, data.targets)) / len(ranked)
-            metrics[f"ndcg@{k}"] = sum(ndcg_at_k(r, t, k) for r, t in zip(ranked, data.targets)) / len(ranked)
+        metrics.update(ranking_means(ranked, data.targets, ks))
     if "candidate_scoring" in protocols:
-        scores = recommender.score(data)
         labels = [[1] + [0] * (len(row) - 1) for row in data.candidates]
-        metrics["auc"] = auc([s for row in scores for s in row], [y for row in labels for y in row])
-        metrics["gauc"] = gauc(list(zip(scores, labels)))
+        metrics.update(candidate_metrics(recommender.score(data), labels))
     return metrics
 
 
