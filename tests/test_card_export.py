@@ -65,9 +65,14 @@ def test_card_renders_and_its_metadata_parses_back(finished_run):
             assert parsed[(domain, metric)] == pytest.approx(results["domains"][domain]["models"][RECBASE][metric], abs=1e-5)
     assert "| foursquare_nyc (zero-shot) | " in card.text
     assert "6 optimizer steps" in card.text  # what the train log shows
-    for plot in ("training_loss.svg", "code_usage.svg"):
-        assert ElementTree.parse(finished_run / plot).getroot().tag.endswith("svg")
+    for plot in ("training_loss.svg", "zero_shot.svg"):
+        root = ElementTree.parse(finished_run / plot).getroot()
+        assert root.tag.endswith("svg") and len(root.findall(".//{http://www.w3.org/2000/svg}path")) > 10
         assert f"]({plot})" in card.text
+    first = {plot: (finished_run / plot).read_bytes() for plot in ("training_loss.svg", "zero_shot.svg")}
+    write_model_card(finished_run)
+    assert first == {plot: (finished_run / plot).read_bytes() for plot in first}  # deterministic files
+    assert "foursquare_nyc" in (finished_run / "zero_shot.svg").read_text()  # the zero-shot domain is labelled
 
 
 def test_the_usage_snippet_runs_as_written(finished_run, run_outside_repo):
@@ -83,7 +88,7 @@ def test_export_folder_loads_with_the_auto_classes_and_the_pipeline(finished_run
     assert {"model.safetensors", "config.json", "tokenizer_config.json", "item_table.json", "quantizer.pt",
             "modeling_recbase.py", "configuration_recbase.py", "tokenization_recbase.py", "quantization_recbase.py", "item_text_recbase.py",
             "pipeline_recbase.py",
-            "README.md", "training_loss.svg", "eval_results.json"} <= names
+            "README.md", "training_loss.svg", "zero_shot.svg", "eval_results.json", "validation.json"} <= names
     assert "checkpoints" not in names  # no optimizer state on the Hub
     config = json.loads((folder / "config.json").read_text())
     assert config["custom_pipelines"]["next-item-generation"]["impl"] == "pipeline_recbase.NextItemGenerationPipeline"
