@@ -1,0 +1,206 @@
+"""The sections of ``python -m benchmarks.run``, each run alone in a process: ``python -m benchmarks.sections NAME``
+prints the section's results, with its peak resident memory, as one JSON line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from modeling_recbase import NextItemGenerationPipeline, RecBaseConfig, RecBaseForCausalLM
+from modeling_recbase.pipeline_recbase import _beam_search, rank_items, score_candidates
+from tokenization_recbase import RecBaseTokenizer, ResidualQuantizer, TextEncoder, assign_unique_codes
+
+CODEBOOKS, DISAMBIGUATION = [256, 256, 256], 32  # the main job's vocabulary
+VECTOR_SIZE = 384  # the text encoder's: the dense head's item vectors
+
+
+def median_seconds(run: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved(first: Callable[[], object], second: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median seconds of two calls timed alternately, so machine noise falls on both alike."""
+    first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for run, bucket in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            run()
+            bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def matmul_gflops(m: int, k: int, n: int, repeats: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
+    a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    seconds = median_seconds(lambda: (a @ b, sync()), repeats)
+    return 2 * m * k * n / seconds / 1e9
+
+
+def training(quick: bool) -> dict:
+    """MFU of a full training step (forward, backward, AdamW) of recbase-small against the fp32 matmul peak."""
+    size = 1024 if quick else 2048
+    peak = matmul_gflops(size, size, size, 3 if quick else 7)
+    config = RecBaseConfig.from_preset("recbase-small", codebook_sizes=CODEBOOKS, disambiguation_size=DISAMBIGUATION)
+    model = RecBaseForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    parameters = sum(p.numel() for p in model.parameters())  # the tied head counts once: it is a matmul too
+    rows = []
+    for batch, seq in ((64, 29), (16, 256)) if not quick else ((8, 29),):
+        ids = torch.randint(3, config.vocab_size, (batch, seq))
+
+        def step() -> None:
+            model(input_ids=ids, labels=ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        seconds = median_seconds(step, 2 if quick else 5)
+        flops_per_token = 6 * parameters + 12 * config.num_hidden_layers * config.hidden_size * seq
+        gflops = flops_per_token * batch * seq / seconds / 1e9
+        rows.append({"shape": f"recbase-small, {batch} x {seq} tokens", "tokens_per_second": batch * seq / seconds,
+                     "gflops": gflops, "mfu": gflops / peak})
+    tokens = 64 * 29
+    shapes = [(tokens, config.hidden_size, config.intermediate_size), (tokens, config.hidden_size, config.vocab_size),
+              (tokens, config.hidden_size, config.hidden_size)]
+    matmuls = [{"shape": f"{m} x {k} x {n}", "gflops": (rate := matmul_gflops(m, k, n, 3 if quick else 7)),
+                "share": rate / peak} for m, k, n in shapes]
+    result = {"peak": {"size": size, "gflops": peak}, "steps": rows, "matmul_shapes": matmuls,
+              "flops_formula": "6 x parameters (tied head included) + 12 x layers x hidden x sequence (attention), "
+                               "PaLM's count; AdamW's own work is not counted"}
+    if torch.cuda.is_available():
+        result["peak_bf16_gpu_gflops"] = matmul_gflops(8192, 8192, 8192, 5, torch.bfloat16, "cuda")
+    best = max(row["mfu"] for row in rows)
+    result["reading"] = (
+        f"Best MFU {best:.0%} of the measured peak. recbase-small's matmuls are narrow (hidden {config.hidden_size}, "
+        f"MLP {config.intermediate_size}); the table above shows the BLAS itself below peak at those shapes, and the "
+        "rest of a step (attention softmax, norms, the optimizer, autograd bookkeeping) does no matmul work."
+        if best < 0.3 else f"Best MFU {best:.0%} of the measured peak: the 30% target is met.")
+    return result
+
+
+def synthetic_catalogue(items: int, seed: int = 0) -> RecBaseTokenizer:
+    """A tokenizer holding ``items`` items of one domain with distinct random IDs and random content vectors."""
+    generator = torch.Generator().manual_seed(seed)
+    tokenizer = RecBaseTokenizer(codebook_sizes=CODEBOOKS, disambiguation_size=DISAMBIGUATION)
+    flat = torch.randperm(CODEBOOKS[0] * CODEBOOKS[1] * CODEBOOKS[2], generator=generator)[:items].tolist()
+    keys = [f"shop/{index}" for index in range(items)]
+    codes = {key: (code // 65536, code // 256 % 256, code % 256, 0) for key, code in zip(keys, flat)}
+    tokenizer.set_items(codes, {key: key for key in keys})
+    tokenizer.set_item_vectors(dict(zip(keys, torch.randn(items, VECTOR_SIZE, generator=generator))))
+    return tokenizer
+
+
+def tiny_model(dense_head: bool) -> RecBaseForCausalLM:
+    """A randomly initialised recbase-tiny: speed does not depend on what the weights learnt."""
+    torch.manual_seed(0)
+    config = RecBaseConfig.from_preset("recbase-tiny", codebook_sizes=CODEBOOKS, disambiguation_size=DISAMBIGUATION,
+                                       dense_head=dense_head, content_inputs=False, latent_dim=64 if dense_head else 0,
+                                       item_vector_size=VECTOR_SIZE if dense_head else 0,
+                                       code_score_weight=0.0 if dense_head else 1.0, popularity_buckets=0)
+    return RecBaseForCausalLM(config).eval()
+
+
+@torch.no_grad()
+def unconstrained(model: RecBaseForCausalLM, tokenizer: RecBaseTokenizer, histories: list[list[str]], beams: int) -> None:
+    """The same beam search as ``_beam_search`` (length, beams, scores) without the item constraint."""
+    encoded = tokenizer.encode_history(histories, return_tensors="pt")
+    model.generate(**encoded, max_new_tokens=tokenizer.tokens_per_item, num_beams=beams, num_return_sequences=beams,
+                   do_sample=False, length_penalty=0.0, output_scores=True, return_dict_in_generate=True)
+
+
+def recommendation(quick: bool) -> dict:
+    items = 2000 if quick else 10000
+    repeats = 3 if quick else 9
+    tokenizer, code_model = synthetic_catalogue(items), tiny_model(dense_head=False)
+    keys = tokenizer.domain_items("shop")
+    rows = []
+    for batch in (1, 16):
+        histories = [keys[user * 20:(user + 1) * 20] for user in range(batch)]
+        constrained_s, free_s = interleaved(lambda: _beam_search(code_model, tokenizer, histories, keys, 10),
+                                            lambda: unconstrained(code_model, tokenizer, histories, 10), repeats)
+        rows.append({"items": items, "batch": batch, "constrained": constrained_s, "unconstrained": free_s,
+                     "ratio": constrained_s / free_s})
+    dense_model = tiny_model(dense_head=True)
+    dense_model.config.code_score_weight = 1.0  # score both heads: the costlier, complete scoring
+    candidates = keys[:1000]
+    scoring = median_seconds(lambda: score_candidates(dense_model, tokenizer, [keys[-20:]], [candidates]), repeats)
+    dense_model.config.code_score_weight = 0.0  # the recipe's default: the dense head ranks
+    recommend = NextItemGenerationPipeline(model=dense_model, tokenizer=tokenizer)
+    latencies = []
+    for call in range(20 if quick else 50):
+        start = time.perf_counter()
+        recommend({"history": keys[call : call + 20]}, top_k=10)
+        latencies.append(time.perf_counter() - start)
+    latencies.sort()
+    return {"beam_search": rows, "scoring": {"candidates": len(candidates), "candidates_per_second": len(candidates) / scoring},
+            "pipeline": {"items": items, "calls": len(latencies), "p50": statistics.median(latencies),
+                         "p95": latencies[int(0.95 * (len(latencies) - 1))]}}
+
+
+def indexing(quick: bool) -> dict:
+    texts = [f'Describe a product:\n{{"title": "product number {index}", "categories": ["group {index % 37}"]}}'
+             for index in range(128 if quick else 1024)]
+    encoder = TextEncoder()
+    embed = median_seconds(lambda: encoder.encode(texts), 1 if quick else 2)
+    quantizer = ResidualQuantizer(input_dim=VECTOR_SIZE, hidden_dims=[512, 256], latent_dim=64, codebook_sizes=CODEBOOKS).eval()
+    sizes = []
+    for items in (1000, 10000) if quick else (1000, 10000, 40000):
+        embeddings = torch.randn(items, VECTOR_SIZE, generator=torch.Generator().manual_seed(items))
+        quantize = median_seconds(lambda: quantizer.encode_to_codes(embeddings), 1 if quick else 3)
+        codes, distances = quantizer.encode_to_codes(embeddings)
+        assign = median_seconds(lambda: assign_unique_codes(codes, distances, set(), DISAMBIGUATION), 1 if quick else 3)
+        sizes.append({"items": items, "quantize": items / quantize, "assign": items / assign})
+    return {"embed": {"texts": len(texts), "texts_per_second": len(texts) / embed}, "sizes": sizes}
+
+
+def scaling(quick: bool) -> dict:
+    """Seconds per single-user request as the history and the catalogue grow."""
+    repeats = 2 if quick else 5
+    code_model, dense_model = tiny_model(dense_head=False), tiny_model(dense_head=True)
+    tokenizer = synthetic_catalogue(10000 if quick else 40000)
+    keys = tokenizer.domain_items("shop")
+    history = {"beam search top-10 (code head)": [], "dense head ranking": []}
+    for length in (5, 20, 80) if quick else (5, 20, 80, 250):
+        user = [keys[-length:]]
+        history["beam search top-10 (code head)"].append(
+            (length, median_seconds(lambda: _beam_search(code_model, tokenizer, user, keys[:2000], 10), repeats)))
+        history["dense head ranking"].append(
+            (length, median_seconds(lambda: rank_items(dense_model, tokenizer, user, keys[:2000], 10, length), repeats)))
+    catalogue = {"beam search top-10 (code head)": [], "dense head ranking": []}
+    for size in (1000, 10000) if quick else (1000, 10000, 40000):
+        user = [keys[-20:]]
+        catalogue["beam search top-10 (code head)"].append(
+            (size, median_seconds(lambda: _beam_search(code_model, tokenizer, user, keys[:size], 10), repeats)))
+        catalogue["dense head ranking"].append(
+            (size, median_seconds(lambda: rank_items(dense_model, tokenizer, user, keys[:size], 10), repeats)))
+    return {"history": history, "catalogue": catalogue}
+
+
+SECTIONS = {"training": training, "recommendation": recommendation, "indexing": indexing, "scaling": scaling}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("section", choices=list(SECTIONS))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    result = SECTIONS[args.section](args.quick)
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
