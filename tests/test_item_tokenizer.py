@@ -73,6 +73,21 @@ def test_same_seed_gives_same_ids(real_items, fitted):
     assert dict(again.item_codes) == dict(fitted[0].item_codes)
 
 
+FIT_IN_A_PROCESS = """
+import hashlib, torch
+from training.fit_item_tokenizer import QuantizerFitConfig, fit_quantizer
+points = torch.randn(3000, 384, generator=torch.Generator().manual_seed(0))
+quantizer, _ = fit_quantizer(points, QuantizerFitConfig(codebook_sizes=[32, 32, 32], hidden_dims=[128], latent_dim=32,
+                                                        epochs_per_level=2, final_epochs=2), log=lambda message: None)
+print(hashlib.sha1(quantizer.encode_to_codes(points)[0].numpy().tobytes()).hexdigest())
+"""
+
+
+def test_separate_processes_fit_the_same_codes(run_outside_repo):
+    """Item IDs depend on the data and the seed alone, not on how a process's threads summed floats."""
+    assert run_outside_repo(FIT_IN_A_PROCESS).split()[-1] == run_outside_repo(FIT_IN_A_PROCESS).split()[-1]
+
+
 def test_round_trip_through_auto_tokenizer_outside_repo(fitted, tmp_path, run_outside_repo):
     tokenizer, _ = fitted
     tokenizer.save_pretrained(tmp_path / "tok")

@@ -108,7 +108,21 @@ def _residuals_at(quantizer: ResidualQuantizer, embeddings: torch.Tensor, level:
 def fit_quantizer(
     embeddings: torch.Tensor, config: QuantizerFitConfig, log=print
 ) -> tuple[ResidualQuantizer, list[dict]]:
-    """Train the CL-VAE on (N, input_dim) embeddings; returns it (eval mode) and a per-epoch history."""
+    """Train the CL-VAE on (N, input_dim) embeddings; returns it (eval mode) and a per-epoch history.
+
+    It runs on one CPU thread: with several, float sums come out in a different order from run to run, one item's
+    nearest code flips, and the change cascades through k-means and training until no item keeps its ID (measured:
+    two 2-thread fits of the same 7,771 items shared no ID). One thread makes the IDs a function of the data and
+    the seed, and was not slower on this 2-core machine (28.6 s against 63.7 s on the same fit, machine busy)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit_quantizer(embeddings, config, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_quantizer(embeddings: torch.Tensor, config: QuantizerFitConfig, log) -> tuple[ResidualQuantizer, list[dict]]:
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     embeddings = embeddings.float()
