@@ -24,16 +24,19 @@ MAIN_JOB = ["--domains", "xwines", "foursquare_nyc", "--zero_shot", "foursquare_
             "--warmup_steps", "1", "--per_device_batch_size", "16"]
 
 
-@pytest.fixture(scope="module")
-def main_job(tmp_path_factory) -> tuple[Path, str]:
-    """What ``python -m training.main`` writes, and what it prints."""
-    root = tmp_path_factory.mktemp("main")
+def run_main_job(root: Path) -> tuple[Path, str]:
     folder = root / "recbase-test"
     job = subprocess.run([sys.executable, "-m", "training.main", "--output_dir", str(folder),
                           "--cache_dir", str(root / "embeddings"), *MAIN_JOB],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert job.returncode == 0, job.stderr[-3000:]
     return folder, job.stdout
+
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory) -> tuple[Path, str]:
+    """What ``python -m training.main`` writes, and what it prints."""
+    return run_main_job(tmp_path_factory.mktemp("main"))
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +55,16 @@ def test_the_main_job_announces_each_stage_and_writes_the_hub_folder(main_job):
     assert results["run"]["pretrain_domains"] == ["xwines"] and results["domains"]["foursquare_nyc"]["role"] == "zero-shot"
     assert set(results["domains"]["xwines"]["models"]) == {RECBASE, TEXT_SIMILARITY, POPULARITY, RANDOM}
     assert RECBASE_WITH_COUNTS in results["with_catalogue_counts"]["domains"]["foursquare_nyc"]["models"]
+
+
+def test_the_main_job_gives_the_same_numbers_for_the_same_seed(main_job, tmp_path):
+    """Item IDs, the kept step and every figure of every model: another process, the same results."""
+    again, _ = run_main_job(tmp_path)
+    first, second = (json.loads((folder / "eval_results.json").read_text()) for folder in (main_job[0], again))
+    first.pop("run"), second.pop("run")  # holds the output folder and the run's duration
+    assert first == second
+    for name in ("item_table.json", "validation.json"):
+        assert (main_job[0] / name).read_text() == (again / name).read_text()
 
 
 def test_card_renders_and_its_metadata_parses_back(finished_run):
