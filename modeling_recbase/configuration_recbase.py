@@ -28,9 +28,10 @@ PRESETS: dict[str, dict[str, int]] = {
 class RecBaseConfig(PretrainedConfig):
     """Configuration of a RecBase decoder over hierarchical concept IDs.
 
-    Vocabulary layout (ids; the item tokenizer's, ``quantization_recbase``): ``<pad> <bos> <eos>``, then ``codebook_sizes[0]`` codes of level 1, ...,
-    then ``disambiguation_size`` codes of the extra level that makes every item's ID unique (0 = no
-    such level). An item is ``len(codebook_sizes) + (disambiguation_size > 0)`` tokens long.
+    Vocabulary layout (ids; the item tokenizer's, ``quantization_recbase``): ``<pad> <bos> <eos>``, then
+    ``codebook_sizes[0]`` codes of level 1, ..., then ``disambiguation_size`` codes of the extra level that
+    makes every item's ID unique (0 = no such level). An item is ``len(codebook_sizes) + (disambiguation_size > 0)``
+    tokens long.
 
     Args:
         codebook_sizes: codes per hierarchical level, coarse to fine (the paper: 4 x 1024).

@@ -1,7 +1,6 @@
 """Pretraining (kill and resume, two processes) and evaluation (constrained ranking, baselines, bad input)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
