@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 from transformers import BatchEncoding, PreTrainedTokenizer
 from transformers.tokenization_utils_base import TOKENIZER_CONFIG_FILE
-from transformers.utils import logging
 
 from .item_text_recbase import (
     DEFAULT_TEXT_ENCODER,
@@ -46,8 +45,6 @@ from .quantization_recbase import (
     quantizer_state,
     vocabulary_tokens,
 )
-
-logger = logging.get_logger(__name__)
 
 TOKEN_PATTERN = re.compile("|".join([r"<[a-z]_\d+>", *map(re.escape, SPECIAL_TOKENS)]))
 def check_model_config(tokenizer, config, where: str) -> None:
