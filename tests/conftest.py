@@ -24,6 +24,7 @@ SHIPPED_FILES = [
     REPO_ROOT / "tokenization_recbase" / "tokenization_recbase.py",
     REPO_ROOT / "tokenization_recbase" / "quantization_recbase.py",
     REPO_ROOT / "tokenization_recbase" / "item_text_recbase.py",
+    REPO_ROOT / "tokenization_recbase" / "item_signals_recbase.py",
 ]
 
 

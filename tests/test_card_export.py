@@ -100,6 +100,7 @@ def test_export_folder_loads_with_the_auto_classes_and_the_pipeline(finished_run
     names = {path.name for path in folder.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer_config.json", "item_table.json", "quantizer.pt",
             "modeling_recbase.py", "configuration_recbase.py", "tokenization_recbase.py", "quantization_recbase.py", "item_text_recbase.py",
+            "item_signals_recbase.py",
             "pipeline_recbase.py",
             "README.md", "training_loss.svg", "zero_shot.svg", "eval_results.json", "validation.json"} <= names
     assert "checkpoints" not in names  # no optimizer state on the Hub
