@@ -78,12 +78,13 @@ def markdown(results: dict, command: str, plot_name: str) -> str:
              f"Machine: {machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch threads), "
              f"GPU: {machine['gpu'] or 'none'}; Python {machine['python']}, torch {machine['torch']}, "
              f"transformers {machine['transformers']}.\n", "## Pretraining against the machine's peak\n",
-             f"Peak: fp32 matmul {training['peak']['size']}^2, {training['peak']['gflops']:.1f} GFLOP/s. Model FLOPs per "
+             f"Peak: the fastest fp32 matmul measured in this run (a {training['peak']['size']}^2 square one and the model's "
+             f"own shapes, below), {training['peak']['gflops']:.1f} GFLOP/s. Model FLOPs per "
              f"token: {training['flops_formula']}.\n", "| shape | tokens/s | achieved GFLOP/s | MFU | target 30% |",
              "|---|---|---|---|---|"]
     lines += [f"| {row['shape']} | {row['tokens_per_second']:.0f} | {row['gflops']:.1f} | {row['mfu']:.1%} | "
               f"{'met' if row['mfu'] >= 0.3 else 'missed'} |" for row in training["steps"]]
-    lines += ["", "The model's own matmuls at the main job's shape run below the large-matmul peak:", "",
+    lines += ["", "Every fp32 matmul timed (the model's at the main job's batches of 64 x 29 tokens):", "",
               "| matmul (M x K x N) | GFLOP/s | share of peak |", "|---|---|---|"]
     lines += [f"| {row['shape']} | {row['gflops']:.1f} | {row['share']:.0%} |" for row in training["matmul_shapes"]]
     lines += ["", training["reading"], "", "## Recommendation per request\n",

@@ -53,8 +53,13 @@ def matmul_gflops(m: int, k: int, n: int, repeats: int, dtype: torch.dtype = tor
 def training(quick: bool) -> dict:
     """MFU of a full training step (forward, backward, AdamW) of recbase-small against the fp32 matmul peak."""
     size = 1024 if quick else 2048
-    peak = matmul_gflops(size, size, size, 3 if quick else 7)
     config = RecBaseConfig.from_preset("recbase-small", codebook_sizes=CODEBOOKS, disambiguation_size=DISAMBIGUATION)
+    tokens = 64 * 29  # the main job's batches
+    shapes = [(size, size, size), (tokens, config.hidden_size, config.intermediate_size),
+              (tokens, config.hidden_size, config.vocab_size), (tokens, config.hidden_size, config.hidden_size)]
+    rates = {shape: matmul_gflops(*shape, 3 if quick else 7) for shape in shapes}
+    # The peak is the fastest fp32 matmul measured here: a large square one, or the model's own shapes when faster.
+    peak = max(rates.values())
     model = RecBaseForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     parameters = sum(p.numel() for p in model.parameters())  # the tied head counts once: it is a matmul too
@@ -72,11 +77,7 @@ def training(quick: bool) -> dict:
         gflops = flops_per_token * batch * seq / seconds / 1e9
         rows.append({"shape": f"recbase-small, {batch} x {seq} tokens", "tokens_per_second": batch * seq / seconds,
                      "gflops": gflops, "mfu": gflops / peak})
-    tokens = 64 * 29
-    shapes = [(tokens, config.hidden_size, config.intermediate_size), (tokens, config.hidden_size, config.vocab_size),
-              (tokens, config.hidden_size, config.hidden_size)]
-    matmuls = [{"shape": f"{m} x {k} x {n}", "gflops": (rate := matmul_gflops(m, k, n, 3 if quick else 7)),
-                "share": rate / peak} for m, k, n in shapes]
+    matmuls = [{"shape": f"{m} x {k} x {n}", "gflops": rate, "share": rate / peak} for (m, k, n), rate in rates.items()]
     result = {"peak": {"size": size, "gflops": peak}, "steps": rows, "matmul_shapes": matmuls,
               "flops_formula": "6 x parameters (tied head included) + 12 x layers x hidden x sequence (attention), "
                                "PaLM's count; AdamW's own work is not counted"}
@@ -84,10 +85,11 @@ def training(quick: bool) -> dict:
         result["peak_bf16_gpu_gflops"] = matmul_gflops(8192, 8192, 8192, 5, torch.bfloat16, "cuda")
     best = max(row["mfu"] for row in rows)
     result["reading"] = (
-        f"Best MFU {best:.0%} of the measured peak. recbase-small's matmuls are narrow (hidden {config.hidden_size}, "
-        f"MLP {config.intermediate_size}); the table above shows the BLAS itself below peak at those shapes, and the "
-        "rest of a step (attention softmax, norms, the optimizer, autograd bookkeeping) does no matmul work."
-        if best < 0.3 else f"Best MFU {best:.0%} of the measured peak: the 30% target is met.")
+        f"Best MFU {best:.0%} of the measured peak: missed. The rest of a step (attention softmax, norms, the "
+        "optimizer, autograd bookkeeping) does no matmul work; the table above gives the matmul rate at the model's "
+        "own shapes." if best < 0.3 else
+        f"Best MFU {best:.0%} of the measured peak: the 30% target is met. The rest is the part of a step that does "
+        "no matmul work (attention softmax, norms, AdamW, autograd bookkeeping).")
     return result
 
 

@@ -110,6 +110,7 @@ class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
         self._codes: dict[str, tuple[int, ...]] = {}
         self._texts: dict[str, str] = {}
         self._key_by_codes: dict[tuple[int, ...], str] = {}
+        self._token_table: tuple[dict[str, int], torch.Tensor] | None = None  # every item's token ids, built on use
         self._counts: dict[str, int] = {}  # catalogue counts (interactions per item), where the user gave them
         self._sorted_counts: dict[str, list[int]] | None = None  # per domain, built on first use
         self._vectors: dict[str, torch.Tensor] = {}  # content vectors, see item_vectors
@@ -198,8 +199,20 @@ class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
 
     def item_token_ids(self, keys: Sequence[str]) -> torch.LongTensor:
         """(len(keys), tokens_per_item) token ids, e.g. the allowed items for constrained decoding."""
-        return torch.tensor([self.codes_to_token_ids(self._codes[self._check_key(key)]) for key in keys],
-                            dtype=torch.long).reshape(len(keys), self.tokens_per_item)
+        # Built once for all items and indexed per call: per key in Python, this was most of a ranking request's
+        # time (27 ms for 10,000 items).
+        if self._token_table is None:
+            codes = torch.tensor(list(self._codes.values()), dtype=torch.long).reshape(-1, self.tokens_per_item)
+            self._token_table = ({key: row for row, key in enumerate(self._codes)},
+                                 codes + torch.tensor(self._level_offsets, dtype=torch.long))
+        row_of, table = self._token_table
+        try:
+            rows = [row_of[key] for key in keys]
+        except (KeyError, TypeError):  # name the first key at fault
+            for key in keys:
+                self._check_key(key)
+            raise
+        return table[torch.tensor(rows, dtype=torch.long)]
 
     def encode_history(
         self, histories: Sequence[str] | Sequence[Sequence[str]], max_history_items: int | None = None,
@@ -279,6 +292,7 @@ class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
             self._codes[key] = item_codes
             self._key_by_codes[item_codes] = key
             self._texts[key] = texts.get(key, "")
+        self._token_table = None
 
     def remove_items(self, keys: Sequence[str]) -> None:
         """Forget indexed items (their IDs become free again); a domain left with no items forgets its alignment."""
@@ -290,6 +304,7 @@ class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
             self._alignments.pop(domain, None)
         self._sorted_counts = None
         self._domain_centres.clear()
+        self._token_table = None
 
     def code_latent_table(self, vocab_size: int) -> torch.Tensor:
         """(vocab_size, latent_dim): the row of the token of code k of level l is the quantizer's
