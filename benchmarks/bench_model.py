@@ -21,21 +21,29 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from training.checkpoint import write_json_atomically, write_text_atomically
 from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
+from training.checkpoint import write_json_atomically, write_text_atomically
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def qwen2_twin(config: RecBaseConfig) -> Qwen2ForCausalLM:
     """A stock Qwen2 with RecBase's dimensions; RecBase's state dict loads into it unchanged."""
-    return Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads, rope_theta=config.rope_theta,
-        rms_norm_eps=config.rms_norm_eps, max_position_embeddings=config.max_position_embeddings,
-        tie_word_embeddings=config.tie_word_embeddings, attn_implementation="sdpa",
-    ))
+    return Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=config.num_attention_heads,
+            num_key_value_heads=config.num_key_value_heads,
+            rope_theta=config.rope_theta,
+            rms_norm_eps=config.rms_norm_eps,
+            max_position_embeddings=config.max_position_embeddings,
+            tie_word_embeddings=config.tie_word_embeddings,
+            attn_implementation="sdpa",
+        )
+    )
 
 
 def time_training_step(model: torch.nn.Module, input_ids: torch.Tensor) -> float:
@@ -51,8 +59,15 @@ def time_training_step(model: torch.nn.Module, input_ids: torch.Tensor) -> float
 def time_generation(model: torch.nn.Module, input_ids: torch.Tensor, new_tokens: int) -> float:
     """Seconds to greedily generate new_tokens for each row of (batch, seq) with the KV cache."""
     start = time.perf_counter()
-    model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
-                   min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, use_cache=True)
+    model.generate(
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+        use_cache=True,
+    )
     return time.perf_counter() - start
 
 
@@ -66,15 +81,24 @@ def benchmark_preset(preset: str, batch: int, seq: int, gen_batch: int, repeats:
     new_tokens = config.tokens_per_item
     train_times = {name: [] for name in models}
     gen_times = {name: [] for name in models}
-    for name, model in models.items():  # warm-up
-        model.train(); time_training_step(model, train_ids)
-        model.eval(); time_generation(model, gen_ids, new_tokens)
+    for model in models.values():  # warm-up
+        model.train()
+        time_training_step(model, train_ids)
+        model.eval()
+        time_generation(model, gen_ids, new_tokens)
     for _ in range(repeats):  # interleave the two models so that machine noise hits both alike
         for name, model in models.items():
-            model.train(); train_times[name].append(time_training_step(model, train_ids))
-            model.eval(); gen_times[name].append(time_generation(model, gen_ids, new_tokens))
-    result = {"preset": preset, "parameters": sum(p.numel() for p in models["recbase"].parameters()),
-              "train_batch": [batch, seq], "generation_batch": [gen_batch, seq], "new_tokens": new_tokens}
+            model.train()
+            train_times[name].append(time_training_step(model, train_ids))
+            model.eval()
+            gen_times[name].append(time_generation(model, gen_ids, new_tokens))
+    result = {
+        "preset": preset,
+        "parameters": sum(p.numel() for p in models["recbase"].parameters()),
+        "train_batch": [batch, seq],
+        "generation_batch": [gen_batch, seq],
+        "new_tokens": new_tokens,
+    }
     for name in models:
         result[f"{name}_train_tokens_per_s"] = batch * seq / statistics.median(train_times[name])
         result[f"{name}_generate_tokens_per_s"] = gen_batch * new_tokens / statistics.median(gen_times[name])
@@ -86,14 +110,23 @@ def benchmark_preset(preset: str, batch: int, seq: int, gen_batch: int, repeats:
 def write_results(rows: list[dict], name: str) -> None:
     """Write rows to results/<name>.json and a Markdown table, atomically."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
-    table = ["| preset | params | train tok/s RecBase | train tok/s Qwen2 | ratio | gen tok/s RecBase | gen tok/s Qwen2 | ratio |",
-             "|---|---|---|---|---|---|---|---|"]
+    meta = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    table = [
+        "| preset | params | train tok/s RecBase | train tok/s Qwen2 | ratio "
+        "| gen tok/s RecBase | gen tok/s Qwen2 | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        table.append(f"| {r['preset']} | {r['parameters']:,} | {r['recbase_train_tokens_per_s']:.0f} | "
-                     f"{r['qwen2_train_tokens_per_s']:.0f} | {r['train_ratio']:.2f} | "
-                     f"{r['recbase_generate_tokens_per_s']:.0f} | {r['qwen2_generate_tokens_per_s']:.0f} | "
-                     f"{r['generate_ratio']:.2f} |")
+        table.append(
+            f"| {r['preset']} | {r['parameters']:,} | {r['recbase_train_tokens_per_s']:.0f} | "
+            f"{r['qwen2_train_tokens_per_s']:.0f} | {r['train_ratio']:.2f} | "
+            f"{r['recbase_generate_tokens_per_s']:.0f} | {r['qwen2_generate_tokens_per_s']:.0f} | "
+            f"{r['generate_ratio']:.2f} |"
+        )
     write_json_atomically(RESULTS_DIR / f"{name}.json", {"meta": meta, "rows": rows})
     write_text_atomically(RESULTS_DIR / f"{name}.md", "\n".join(table) + "\n")
     print("\n".join(table))
@@ -110,9 +143,14 @@ def main() -> None:
     parser.add_argument("--disambiguation_size", type=int, default=None)
     parser.add_argument("--name", default="model", help="results/<name>.{json,md}")
     args = parser.parse_args()
-    vocabulary = {key: value for key, value in (("codebook_sizes", args.codebook_sizes),
-                                                ("disambiguation_size", args.disambiguation_size)) if value is not None}
-    rows = [benchmark_preset(p, args.batch, args.seq, args.gen_batch, args.repeats, **vocabulary) for p in args.presets]
+    vocabulary = {
+        key: value
+        for key, value in (("codebook_sizes", args.codebook_sizes), ("disambiguation_size", args.disambiguation_size))
+        if value is not None
+    }
+    rows = [
+        benchmark_preset(p, args.batch, args.seq, args.gen_batch, args.repeats, **vocabulary) for p in args.presets
+    ]
     write_results(rows, args.name)
 
 

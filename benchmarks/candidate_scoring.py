@@ -14,6 +14,7 @@ loaded model and tokenizer's memory is reported apart (size 0). The history's ca
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
@@ -28,23 +29,29 @@ DOMAIN = "amazon14_beauty"
 
 def measure(checkpoint: str, size: int, code_score_weight: float | None) -> dict:
     """In this process: load, score ``size`` candidates once, report seconds and peak memory."""
-    from modeling_recbase import score_candidates
+    from modeling_recbase import ItemRanker
     from training.checkpoint import load_checkpoint
 
     model, tokenizer = load_checkpoint(checkpoint)
+    policy = model.ranking_policy
     if code_score_weight is not None:
-        model.config.code_score_weight = code_score_weight
+        policy = dataclasses.replace(policy, code_score_weight=code_score_weight, code_score_domains=None)
+    ranker = ItemRanker(model, tokenizer, policy)
     items = tokenizer.domain_items(DOMAIN)
     history_items = (model.config.max_position_embeddings - 1) // tokenizer.tokens_per_item - 1
     history, candidates = items[:history_items], items[history_items : history_items + size]
     seconds = 0.0
     if size:
         started = time.perf_counter()
-        score_candidates(model, tokenizer, [history], [candidates])
+        ranker.score([history], [candidates])
         seconds = time.perf_counter() - started
-    return {"candidates": size, "history_items": history_items, "seconds": seconds,
-            "candidates_per_second": size / seconds if size else 0.0,
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    return {
+        "candidates": size,
+        "history_items": history_items,
+        "seconds": seconds,
+        "candidates_per_second": size / seconds if size else 0.0,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
 
 
 def main() -> None:
@@ -64,9 +71,15 @@ def main() -> None:
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             rows.append({"scoring": label, **json.loads(output.strip().splitlines()[-1])})
             print(rows[-1], flush=True)
-    lines = ["| scoring | candidates | history items | seconds | candidates/s | peak RSS (GB) |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['scoring']} | {r['candidates']} | {r['history_items']} | {r['seconds']:.2f} | "
-              f"{r['candidates_per_second']:.0f} | {r['peak_rss_gb']:.2f} |" for r in rows]
+    lines = [
+        "| scoring | candidates | history items | seconds | candidates/s | peak RSS (GB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['scoring']} | {r['candidates']} | {r['history_items']} | {r['seconds']:.2f} | "
+        f"{r['candidates_per_second']:.0f} | {r['peak_rss_gb']:.2f} |"
+        for r in rows
+    ]
     from training.checkpoint import write_json_atomically, write_text_atomically
 
     write_text_atomically(RESULTS.with_suffix(".md"), __doc__ + "\n" + "\n".join(lines) + "\n")

@@ -40,8 +40,10 @@ def main() -> None:
     tokenizer = RecBaseTokenizer.from_pretrained(Path(args.selection_dir) / "item-tokenizer")
     corpus = load_corpus(Path(args.selection_dir) / "corpus")
     cache = EmbeddingCache(tokenizer.text_encoder, args.cache_dir)
-    lines = ["| domain | item representation | last item: R@10 / NDCG@10 / AUC | prior of 10 items: R@10 / NDCG@10 / AUC |",
-             "|---|---|---|---|"]
+    lines = [
+        "| domain | item representation | last item: R@10 / NDCG@10 / AUC | prior of 10 items: R@10 / NDCG@10 / AUC |",
+        "|---|---|---|---|",
+    ]
     for domain in args.domains:
         items = tokenizer.domain_items(domain)
         index = {key: i for i, key in enumerate(items)}
@@ -52,8 +54,9 @@ def main() -> None:
                 "raw text embedding (= text similarity)": raw,
                 "aligned text embedding (stored item vector)": aligned,
                 "quantizer encoder latent": tokenizer.quantizer.encoder(aligned),
-                "quantized latent (sum of code vectors)":
-                    tokenizer.code_latent_table(len(tokenizer))[tokenizer.item_token_ids(items)].sum(-2),
+                "quantized latent (sum of code vectors)": tokenizer.code_latent_table(len(tokenizer))[
+                    tokenizer.item_token_ids(items)
+                ].sum(-2),
             }
         data = build_evaluation_set(corpus, domain, items, "validation", args.users, seed=0)
         for name, vectors in representations.items():
@@ -72,8 +75,10 @@ def main() -> None:
                     recall += recall_at_k(ranked, target, 10)
                     ndcg += ndcg_at_k(ranked, target, 10)
                 labels = [y for row in scores for y in [1] + [0] * (len(row) - 1)]
-                cells.append(f"{recall / len(data.targets):.4f} / {ndcg / len(data.targets):.4f} / "
-                             f"{auc([s for row in scores for s in row], labels):.4f}")
+                cells.append(
+                    f"{recall / len(data.targets):.4f} / {ndcg / len(data.targets):.4f} / "
+                    f"{auc([s for row in scores for s in row], labels):.4f}"
+                )
             lines.append(f"| {domain} | {name} | " + " | ".join(cells) + " |")
     text = __doc__ + "\n" + "\n".join(lines) + "\n"
     write_text_atomically(RESULTS, text)

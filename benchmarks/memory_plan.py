@@ -42,10 +42,13 @@ def memory_plan(config: RecBaseConfig, world_sizes: tuple[int, ...] = (1, 8, 64)
 def plan_markdown(name: str, plan: dict) -> str:
     worlds = list(plan["world_sizes"])
     rows = list(next(iter(plan["world_sizes"].values())))
-    lines = [f"`{name}`: {plan['parameters'] / 1e9:.3f}B parameters, largest decoder layer "
-             f"{plan['largest_layer_parameters'] / 1e6:.1f}M. GiB per rank, activations not included:", "",
-             "| state | " + " | ".join(f"{w} GPU{'s' if w > 1 else ''}" for w in worlds) + " |",
-             "|---|" + "---|" * len(worlds)]
+    lines = [
+        f"`{name}`: {plan['parameters'] / 1e9:.3f}B parameters, largest decoder layer "
+        f"{plan['largest_layer_parameters'] / 1e6:.1f}M. GiB per rank, activations not included:",
+        "",
+        "| state | " + " | ".join(f"{w} GPU{'s' if w > 1 else ''}" for w in worlds) + " |",
+        "|---|" + "---|" * len(worlds),
+    ]
     lines += [f"| {row} | " + " | ".join(f"{plan['world_sizes'][w][row]:.2f}" for w in worlds) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -56,8 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--codebook_sizes", nargs="+", type=int, default=[1024, 1024, 1024, 1024])
     parser.add_argument("--disambiguation_size", type=int, default=64)
     args = parser.parse_args(argv)
-    config = RecBaseConfig.from_preset(args.preset, codebook_sizes=args.codebook_sizes,
-                                       disambiguation_size=args.disambiguation_size)
+    config = RecBaseConfig.from_preset(
+        args.preset, codebook_sizes=args.codebook_sizes, disambiguation_size=args.disambiguation_size
+    )
     plan = memory_plan(config)
     text = plan_markdown(args.preset, plan)
     write_text_atomically(RESULTS, __doc__ + "\n" + text + "\n")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training.checkpoint import write_text_atomically
 from training.arguments import EvaluationArguments
+from training.checkpoint import write_text_atomically
 from training.evaluate import evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "popularity_bias.md"
@@ -28,15 +28,29 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     args = parser.parse_args()
     corpus_dir = args.corpus_dir or f"{args.checkpoint}-work/corpus"
-    settings = EvaluationArguments(checkpoint=args.checkpoint, corpus_dir=corpus_dir, domains=DOMAINS, split="validation",
-                                   max_users=args.users, baselines=False)
-    runs = {label: evaluate(settings, score_overrides=overrides)
-            for label, overrides in (("with the bias", {}), ("without", {"popularity_buckets": 0}))}
-    lines = ["| domain | Recall@10 with / without | NDCG@10 with / without | AUC with / without |", "|---|---|---|---|"]
+    settings = EvaluationArguments(
+        checkpoint=args.checkpoint,
+        corpus_dir=corpus_dir,
+        domains=DOMAINS,
+        split="validation",
+        max_users=args.users,
+        baselines=False,
+    )
+    runs = {
+        label: evaluate(settings, score_overrides=overrides)
+        for label, overrides in (("with the bias", {}), ("without", {"popularity_buckets": 0}))
+    }
+    lines = [
+        "| domain | Recall@10 with / without | NDCG@10 with / without | AUC with / without |",
+        "|---|---|---|---|",
+    ]
     for domain in DOMAINS:
         with_bias, without = (next(iter(run["domains"][domain]["models"].values())) for run in runs.values())
-        lines.append(f"| {domain} | " + " | ".join(f"{with_bias[m]:.4f} / {without[m]:.4f}"
-                                                  for m in ("recall@10", "ndcg@10", "auc")) + " |")
+        lines.append(
+            f"| {domain} | "
+            + " | ".join(f"{with_bias[m]:.4f} / {without[m]:.4f}" for m in ("recall@10", "ndcg@10", "auc"))
+            + " |"
+        )
     text = __doc__ + "\n" + "\n".join(lines) + "\n"
     write_text_atomically(RESULTS, text)
     print(text)

@@ -23,7 +23,7 @@ import os
 import platform
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -37,11 +37,27 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def describe_machine() -> dict:
     """CPU model, cores and threads, library versions, and the GPU when there is one."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 def run_section(name: str, quick: bool) -> dict:
@@ -61,7 +77,9 @@ def plot_scaling(scaling: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(7.2, 3.0), layout="constrained")
-    for axis, (key, label) in zip(axes, (("history", "history length (items)"), ("catalogue", "catalogue size (items)"))):
+    for axis, (key, label) in zip(
+        axes, (("history", "history length (items)"), ("catalogue", "catalogue size (items)"))
+    ):
         for series, points in scaling[key].items():
             axis.plot([x for x, _ in points], [1000 * y for _, y in points], "o-", label=series, markersize=3)
         axis.set(xscale="log", yscale="log", xlabel=label, ylabel="ms per request")
@@ -73,39 +91,76 @@ def plot_scaling(scaling: dict, path: Path) -> None:
 
 
 def markdown(results: dict, command: str, plot_name: str) -> str:
-    machine, training, recommendation, indexing = (results[k] for k in ("machine", "training", "recommendation", "indexing"))
-    lines = [f"# Benchmarks\n\n`{command}`, {results['date']}. Medians of repeated runs; each ratio is measured in one "
-             "process. Peak memory is the section's own process (`ru_maxrss`, model and libraries included).\n",
-             f"Machine: {machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch threads), "
-             f"GPU: {machine['gpu'] or 'none'}; Python {machine['python']}, torch {machine['torch']}, "
-             f"transformers {machine['transformers']}.\n", "## Pretraining against the machine's peak\n",
-             f"Peak: the fastest fp32 matmul measured in this run (a {training['peak']['size']}^2 square one and the model's "
-             f"own shapes, below), {training['peak']['gflops']:.1f} GFLOP/s. Model FLOPs per "
-             f"token: {training['flops_formula']}.\n", "| shape | tokens/s | achieved GFLOP/s | MFU | target 30% |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {row['shape']} | {row['tokens_per_second']:.0f} | {row['gflops']:.1f} | {row['mfu']:.1%} | "
-              f"{'met' if row['mfu'] >= 0.3 else 'missed'} |" for row in training["steps"]]
-    lines += ["", "Every fp32 matmul timed (the model's at the main job's batches of 64 x 29 tokens):", "",
-              "| matmul (M x K x N) | GFLOP/s | share of peak |", "|---|---|---|"]
+    machine, training, recommendation, indexing = (
+        results[k] for k in ("machine", "training", "recommendation", "indexing")
+    )
+    lines = [
+        f"# Benchmarks\n\n`{command}`, {results['date']}. Medians of repeated runs; each ratio is measured in one "
+        "process. Peak memory is the section's own process (`ru_maxrss`, model and libraries included).\n",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch threads), "
+        f"GPU: {machine['gpu'] or 'none'}; Python {machine['python']}, torch {machine['torch']}, "
+        f"transformers {machine['transformers']}.\n",
+        "## Pretraining against the machine's peak\n",
+        f"Peak: the fastest fp32 matmul measured in this run (a {training['peak']['size']}^2 square one and the "
+        f"model's own shapes, below), {training['peak']['gflops']:.1f} GFLOP/s. Model FLOPs per "
+        f"token: {training['flops_formula']}.\n",
+        "| shape | tokens/s | achieved GFLOP/s | MFU | target 30% |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {row['shape']} | {row['tokens_per_second']:.0f} | {row['gflops']:.1f} | {row['mfu']:.1%} | "
+        f"{'met' if row['mfu'] >= 0.3 else 'missed'} |"
+        for row in training["steps"]
+    ]
+    lines += [
+        "",
+        "Every fp32 matmul timed (the model's at the main job's batches of 64 x 29 tokens):",
+        "",
+        "| matmul (M x K x N) | GFLOP/s | share of peak |",
+        "|---|---|---|",
+    ]
     lines += [f"| {row['shape']} | {row['gflops']:.1f} | {row['share']:.0%} |" for row in training["matmul_shapes"]]
-    lines += ["", training["reading"], "", "## Recommendation per request\n",
-              "| what | batch | constrained (ms) | unconstrained (ms) | ratio | target <= 1.2x |", "|---|---|---|---|---|---|"]
-    lines += [f"| beam search top-10, {row['items']} items | {row['batch']} | {1000 * row['constrained']:.1f} | "
-              f"{1000 * row['unconstrained']:.1f} | {row['ratio']:.2f}x | {'met' if row['ratio'] <= 1.2 else 'missed'} |"
-              for row in recommendation["beam_search"]]
+    lines += [
+        "",
+        training["reading"],
+        "",
+        "## Recommendation per request\n",
+        "| what | batch | constrained (ms) | unconstrained (ms) | ratio | target <= 1.2x |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| beam search top-10, {row['items']} items | {row['batch']} | {1000 * row['constrained']:.1f} | "
+        f"{1000 * row['unconstrained']:.1f} | {row['ratio']:.2f}x | {'met' if row['ratio'] <= 1.2 else 'missed'} |"
+        for row in recommendation["beam_search"]
+    ]
     scoring, pipe = recommendation["scoring"], recommendation["pipeline"]
-    lines += ["", f"Candidate scoring (code head + dense head, one user, {scoring['candidates']} candidates): "
-              f"{scoring['candidates_per_second']:.0f} candidates/s.", "",
-              f"Pipeline, one user, {pipe['items']} items, dense head (the default): p50 {1000 * pipe['p50']:.1f} ms, "
-              f"p95 {1000 * pipe['p95']:.1f} ms over {pipe['calls']} calls.", "",
-              f"Peak memory of this section: {recommendation['peak_rss_gb']:.2f} GB.", "", "## Item indexing\n",
-              f"Embedding with the real text encoder: {indexing['embed']['texts_per_second']:.0f} texts/s "
-              f"({indexing['embed']['texts']} texts).", "", "| items | quantize (items/s) | assign IDs (items/s) |",
-              "|---|---|---|"]
+    lines += [
+        "",
+        f"Candidate scoring (code head + dense head, one user, {scoring['candidates']} candidates): "
+        f"{scoring['candidates_per_second']:.0f} candidates/s.",
+        "",
+        f"Pipeline, one user, {pipe['items']} items, dense head (the default): p50 {1000 * pipe['p50']:.1f} ms, "
+        f"p95 {1000 * pipe['p95']:.1f} ms over {pipe['calls']} calls.",
+        "",
+        f"Peak memory of this section: {recommendation['peak_rss_gb']:.2f} GB.",
+        "",
+        "## Item indexing\n",
+        f"Embedding with the real text encoder: {indexing['embed']['texts_per_second']:.0f} texts/s "
+        f"({indexing['embed']['texts']} texts).",
+        "",
+        "| items | quantize (items/s) | assign IDs (items/s) |",
+        "|---|---|---|",
+    ]
     lines += [f"| {row['items']} | {row['quantize']:.0f} | {row['assign']:.0f} |" for row in indexing["sizes"]]
-    lines += ["", f"Peak memory: training {training['peak_rss_gb']:.2f} GB, indexing {indexing['peak_rss_gb']:.2f} GB, "
-              f"scaling {results['scaling']['peak_rss_gb']:.2f} GB.", "", "## How costs grow\n",
-              f"![latency against history length and catalogue size]({plot_name})", ""]
+    lines += [
+        "",
+        f"Peak memory: training {training['peak_rss_gb']:.2f} GB, indexing {indexing['peak_rss_gb']:.2f} GB, "
+        f"scaling {results['scaling']['peak_rss_gb']:.2f} GB.",
+        "",
+        "## How costs grow\n",
+        f"![latency against history length and catalogue size]({plot_name})",
+        "",
+    ]
     for key in ("history", "catalogue"):
         for series, points in results["scaling"][key].items():
             lines.append(f"- {series}, by {key}: " + ", ".join(f"{x}: {1000 * y:.1f} ms" for x, y in points))
@@ -115,10 +170,15 @@ def markdown(results: dict, command: str, plot_name: str) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: checks every section runs")
-    parser.add_argument("--output", default=str(REPO_ROOT / "BENCHMARKS.md"), help="the Markdown file (JSON beside it)")
+    parser.add_argument(
+        "--output", default=str(REPO_ROOT / "BENCHMARKS.md"), help="the Markdown file (JSON beside it)"
+    )
     args = parser.parse_args(argv)
-    results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick,
-               "machine": describe_machine()}
+    results = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": args.quick,
+        "machine": describe_machine(),
+    }
     for name in SECTIONS:
         print(f"benchmark section {name} ...", flush=True)
         results[name] = run_section(name, args.quick)

@@ -12,8 +12,14 @@ from collections.abc import Callable
 
 import torch
 
-from modeling_recbase import NextItemGenerationPipeline, RecBaseConfig, RecBaseForCausalLM
-from modeling_recbase.pipeline_recbase import _beam_search, rank_items, score_candidates
+from modeling_recbase import (
+    ItemRanker,
+    NextItemGenerationPipeline,
+    RankingPolicy,
+    RecBaseConfig,
+    RecBaseForCausalLM,
+    constrained_beam_search,
+)
 from tokenization_recbase import RecBaseTokenizer, ResidualQuantizer, TextEncoder, assign_unique_codes
 
 CODEBOOKS, DISAMBIGUATION = [256, 256, 256], 32  # the main job's vocabulary
@@ -43,7 +49,9 @@ def interleaved(first: Callable[[], object], second: Callable[[], object], repea
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def matmul_gflops(m: int, k: int, n: int, repeats: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
+def matmul_gflops(
+    m: int, k: int, n: int, repeats: int, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> float:
     a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     seconds = median_seconds(lambda: (a @ b, sync()), repeats)
@@ -55,8 +63,12 @@ def training(quick: bool) -> dict:
     size = 1024 if quick else 2048
     config = RecBaseConfig.from_preset("recbase-small", codebook_sizes=CODEBOOKS, disambiguation_size=DISAMBIGUATION)
     tokens = 64 * 29  # the main job's batches
-    shapes = [(size, size, size), (tokens, config.hidden_size, config.intermediate_size),
-              (tokens, config.hidden_size, config.vocab_size), (tokens, config.hidden_size, config.hidden_size)]
+    shapes = [
+        (size, size, size),
+        (tokens, config.hidden_size, config.intermediate_size),
+        (tokens, config.hidden_size, config.vocab_size),
+        (tokens, config.hidden_size, config.hidden_size),
+    ]
     rates = {shape: matmul_gflops(*shape, 3 if quick else 7) for shape in shapes}
     # The peak is the fastest fp32 matmul measured here: a large square one, or the model's own shapes when faster.
     peak = max(rates.values())
@@ -75,21 +87,35 @@ def training(quick: bool) -> dict:
         seconds = median_seconds(step, 2 if quick else 5)
         flops_per_token = 6 * parameters + 12 * config.num_hidden_layers * config.hidden_size * seq
         gflops = flops_per_token * batch * seq / seconds / 1e9
-        rows.append({"shape": f"recbase-small, {batch} x {seq} tokens", "tokens_per_second": batch * seq / seconds,
-                     "gflops": gflops, "mfu": gflops / peak})
-    matmuls = [{"shape": f"{m} x {k} x {n}", "gflops": rate, "share": rate / peak} for (m, k, n), rate in rates.items()]
-    result = {"peak": {"size": size, "gflops": peak}, "steps": rows, "matmul_shapes": matmuls,
-              "flops_formula": "6 x parameters (tied head included) + 12 x layers x hidden x sequence (attention), "
-                               "PaLM's count; AdamW's own work is not counted"}
+        rows.append(
+            {
+                "shape": f"recbase-small, {batch} x {seq} tokens",
+                "tokens_per_second": batch * seq / seconds,
+                "gflops": gflops,
+                "mfu": gflops / peak,
+            }
+        )
+    matmuls = [
+        {"shape": f"{m} x {k} x {n}", "gflops": rate, "share": rate / peak} for (m, k, n), rate in rates.items()
+    ]
+    result = {
+        "peak": {"size": size, "gflops": peak},
+        "steps": rows,
+        "matmul_shapes": matmuls,
+        "flops_formula": "6 x parameters (tied head included) + 12 x layers x hidden x sequence (attention), "
+        "PaLM's count; AdamW's own work is not counted",
+    }
     if torch.cuda.is_available():
         result["peak_bf16_gpu_gflops"] = matmul_gflops(8192, 8192, 8192, 5, torch.bfloat16, "cuda")
     best = max(row["mfu"] for row in rows)
     result["reading"] = (
         f"Best MFU {best:.0%} of the measured peak: missed. The rest of a step (attention softmax, norms, the "
         "optimizer, autograd bookkeeping) does no matmul work; the table above gives the matmul rate at the model's "
-        "own shapes." if best < 0.3 else
-        f"Best MFU {best:.0%} of the measured peak: the 30% target is met. The rest is the part of a step that does "
-        "no matmul work (attention softmax, norms, AdamW, autograd bookkeeping).")
+        "own shapes."
+        if best < 0.3
+        else f"Best MFU {best:.0%} of the measured peak: the 30% target is met. The rest is the part of a step that "
+        "does no matmul work (attention softmax, norms, AdamW, autograd bookkeeping)."
+    )
     return result
 
 
@@ -108,19 +134,35 @@ def synthetic_catalogue(items: int, seed: int = 0) -> RecBaseTokenizer:
 def tiny_model(dense_head: bool) -> RecBaseForCausalLM:
     """A randomly initialised recbase-tiny: speed does not depend on what the weights learnt."""
     torch.manual_seed(0)
-    config = RecBaseConfig.from_preset("recbase-tiny", codebook_sizes=CODEBOOKS, disambiguation_size=DISAMBIGUATION,
-                                       dense_head=dense_head, content_inputs=False, latent_dim=64 if dense_head else 0,
-                                       item_vector_size=VECTOR_SIZE if dense_head else 0,
-                                       code_score_weight=0.0 if dense_head else 1.0, popularity_buckets=0)
+    config = RecBaseConfig.from_preset(
+        "recbase-tiny",
+        codebook_sizes=CODEBOOKS,
+        disambiguation_size=DISAMBIGUATION,
+        dense_head=dense_head,
+        content_inputs=False,
+        latent_dim=64 if dense_head else 0,
+        item_vector_size=VECTOR_SIZE if dense_head else 0,
+        popularity_buckets=0,
+    )
     return RecBaseForCausalLM(config).eval()
 
 
 @torch.no_grad()
-def unconstrained(model: RecBaseForCausalLM, tokenizer: RecBaseTokenizer, histories: list[list[str]], beams: int) -> None:
-    """The same beam search as ``_beam_search`` (length, beams, scores) without the item constraint."""
+def unconstrained(
+    model: RecBaseForCausalLM, tokenizer: RecBaseTokenizer, histories: list[list[str]], beams: int
+) -> None:
+    """The same beam search as ``constrained_beam_search`` (length, beams, scores) without the item constraint."""
     encoded = tokenizer.encode_history(histories, return_tensors="pt")
-    model.generate(**encoded, max_new_tokens=tokenizer.tokens_per_item, num_beams=beams, num_return_sequences=beams,
-                   do_sample=False, length_penalty=0.0, output_scores=True, return_dict_in_generate=True)
+    model.generate(
+        **encoded,
+        max_new_tokens=tokenizer.tokens_per_item,
+        num_beams=beams,
+        num_return_sequences=beams,
+        do_sample=False,
+        length_penalty=0.0,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
 
 
 def recommendation(quick: bool) -> dict:
@@ -130,16 +172,25 @@ def recommendation(quick: bool) -> dict:
     keys = tokenizer.domain_items("shop")
     rows = []
     for batch in (1, 16):
-        histories = [keys[user * 20:(user + 1) * 20] for user in range(batch)]
-        constrained_s, free_s = interleaved(lambda: _beam_search(code_model, tokenizer, histories, keys, 10),
-                                            lambda: unconstrained(code_model, tokenizer, histories, 10), repeats)
-        rows.append({"items": items, "batch": batch, "constrained": constrained_s, "unconstrained": free_s,
-                     "ratio": constrained_s / free_s})
+        histories = [keys[user * 20 : (user + 1) * 20] for user in range(batch)]
+        constrained_s, free_s = interleaved(
+            lambda: constrained_beam_search(code_model, tokenizer, histories, keys, 10),
+            lambda: unconstrained(code_model, tokenizer, histories, 10),
+            repeats,
+        )
+        rows.append(
+            {
+                "items": items,
+                "batch": batch,
+                "constrained": constrained_s,
+                "unconstrained": free_s,
+                "ratio": constrained_s / free_s,
+            }
+        )
     dense_model = tiny_model(dense_head=True)
-    dense_model.config.code_score_weight = 1.0  # score both heads: the costlier, complete scoring
+    both_heads = ItemRanker(dense_model, tokenizer, RankingPolicy(code_score_weight=1.0))  # the costlier scoring
     candidates = keys[:1000]
-    scoring = median_seconds(lambda: score_candidates(dense_model, tokenizer, [keys[-20:]], [candidates]), repeats)
-    dense_model.config.code_score_weight = 0.0  # the recipe's default: the dense head ranks
+    scoring = median_seconds(lambda: both_heads.score([keys[-20:]], [candidates]), repeats)
     recommend = NextItemGenerationPipeline(model=dense_model, tokenizer=tokenizer)
     latencies = []
     for call in range(20 if quick else 50):
@@ -147,23 +198,36 @@ def recommendation(quick: bool) -> dict:
         recommend({"history": keys[call : call + 20]}, top_k=10)
         latencies.append(time.perf_counter() - start)
     latencies.sort()
-    return {"beam_search": rows, "scoring": {"candidates": len(candidates), "candidates_per_second": len(candidates) / scoring},
-            "pipeline": {"items": items, "calls": len(latencies), "p50": statistics.median(latencies),
-                         "p95": latencies[int(0.95 * (len(latencies) - 1))]}}
+    return {
+        "beam_search": rows,
+        "scoring": {"candidates": len(candidates), "candidates_per_second": len(candidates) / scoring},
+        "pipeline": {
+            "items": items,
+            "calls": len(latencies),
+            "p50": statistics.median(latencies),
+            "p95": latencies[int(0.95 * (len(latencies) - 1))],
+        },
+    }
 
 
 def indexing(quick: bool) -> dict:
-    texts = [f'Describe a product:\n{{"title": "product number {index}", "categories": ["group {index % 37}"]}}'
-             for index in range(128 if quick else 1024)]
+    texts = [
+        f'Describe a product:\n{{"title": "product number {index}", "categories": ["group {index % 37}"]}}'
+        for index in range(128 if quick else 1024)
+    ]
     encoder = TextEncoder()
     embed = median_seconds(lambda: encoder.encode(texts), 1 if quick else 2)
-    quantizer = ResidualQuantizer(input_dim=VECTOR_SIZE, hidden_dims=[512, 256], latent_dim=64, codebook_sizes=CODEBOOKS).eval()
+    quantizer = ResidualQuantizer(
+        input_dim=VECTOR_SIZE, hidden_dims=[512, 256], latent_dim=64, codebook_sizes=CODEBOOKS
+    ).eval()
     sizes = []
     for items in (1000, 10000) if quick else (1000, 10000, 40000):
         embeddings = torch.randn(items, VECTOR_SIZE, generator=torch.Generator().manual_seed(items))
         quantize = median_seconds(lambda: quantizer.encode_to_codes(embeddings), 1 if quick else 3)
         codes, distances = quantizer.encode_to_codes(embeddings)
-        assign = median_seconds(lambda: assign_unique_codes(codes, distances, set(), DISAMBIGUATION), 1 if quick else 3)
+        assign = median_seconds(
+            lambda: assign_unique_codes(codes, distances, set(), DISAMBIGUATION), 1 if quick else 3
+        )
         sizes.append({"items": items, "quantize": items / quantize, "assign": items / assign})
     return {"embed": {"texts": len(texts), "texts_per_second": len(texts) / embed}, "sizes": sizes}
 
@@ -173,21 +237,36 @@ def scaling(quick: bool) -> dict:
     repeats = 2 if quick else 5
     code_model, dense_model = tiny_model(dense_head=False), tiny_model(dense_head=True)
     tokenizer = synthetic_catalogue(10000 if quick else 40000)
+    dense = ItemRanker(dense_model, tokenizer)
+
+    def reading(length: int) -> ItemRanker:  # a dense ranker that reads the whole history
+        return ItemRanker(dense_model, tokenizer, RankingPolicy(max_history_items=length))
+
     keys = tokenizer.domain_items("shop")
     history = {"beam search top-10 (code head)": [], "dense head ranking": []}
     for length in (5, 20, 80) if quick else (5, 20, 80, 250):
         user = [keys[-length:]]
         history["beam search top-10 (code head)"].append(
-            (length, median_seconds(lambda: _beam_search(code_model, tokenizer, user, keys[:2000], 10), repeats)))
+            (
+                length,
+                median_seconds(lambda: constrained_beam_search(code_model, tokenizer, user, keys[:2000], 10), repeats),
+            )
+        )
         history["dense head ranking"].append(
-            (length, median_seconds(lambda: rank_items(dense_model, tokenizer, user, keys[:2000], 10, length), repeats)))
+            (length, median_seconds(lambda: reading(length).rank(user, keys[:2000], 10), repeats))
+        )
     catalogue = {"beam search top-10 (code head)": [], "dense head ranking": []}
     for size in (1000, 10000) if quick else (1000, 10000, 40000):
         user = [keys[-20:]]
         catalogue["beam search top-10 (code head)"].append(
-            (size, median_seconds(lambda: _beam_search(code_model, tokenizer, user, keys[:size], 10), repeats)))
+            (
+                size,
+                median_seconds(lambda: constrained_beam_search(code_model, tokenizer, user, keys[:size], 10), repeats),
+            )
+        )
         catalogue["dense head ranking"].append(
-            (size, median_seconds(lambda: rank_items(dense_model, tokenizer, user, keys[:size], 10), repeats)))
+            (size, median_seconds(lambda: dense.rank(user, keys[:size], 10), repeats))
+        )
     return {"history": history, "catalogue": catalogue}
 
 

@@ -1,6 +1,7 @@
 """Why zero-shot ranking fails: figures behind the issue note, for one finished run of ``training.main``.
 
-    python benchmarks/zero_shot_diagnostics.py --run outputs/recbase-tiny   # writes benchmarks/results/zero_shot_diagnostics.{json,md}
+    python benchmarks/zero_shot_diagnostics.py --run outputs/recbase-tiny
+    # writes benchmarks/results/zero_shot_diagnostics.{json,md}
 
 Per evaluated domain, candidate scoring (the true next item + 20 sampled negatives, as ``training.evaluate``):
 - ``code geometry``: cosine between the candidate's and the last 5 history items' quantized latents (the sum
@@ -14,18 +15,18 @@ Also the share of real (non-pad) tokens in shuffled and in length-grouped traini
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 from pathlib import Path
 
 import torch
 
-from modeling_recbase import score_candidates
-from training.checkpoint import write_json_atomically, write_text_atomically
+from modeling_recbase import ItemRanker
+from training.checkpoint import load_checkpoint, write_json_atomically, write_text_atomically
 from training.corpus import load_corpus
-from training.checkpoint import load_checkpoint
+from training.pretraining_data import LengthGroupedSampler, training_windows
 from training.protocols import build_evaluation_set
 from training.ranking_metrics.ranking_metrics import auc
-from training.pretraining_data import LengthGroupedSampler, training_windows
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -70,17 +71,26 @@ def main() -> None:
         data = build_evaluation_set(corpus, domain, tokenizer.domain_items(domain), max_users=args.max_users)
         latents = torch.nn.functional.normalize(quantized_latents(tokenizer, data.items), dim=-1)
         index = {key: row for row, key in enumerate(data.items)}
-        geometry = [(latents[[index[c] for c in row]] @ torch.nn.functional.normalize(
-            latents[[index[k] for k in history[-5:]]].mean(0), dim=0)).tolist()
-            for history, row in zip(data.histories, data.candidates)]
+        geometry = [
+            (
+                latents[[index[c] for c in row]]
+                @ torch.nn.functional.normalize(latents[[index[k] for k in history[-5:]]].mean(0), dim=0)
+            ).tolist()
+            for history, row in zip(data.histories, data.candidates)
+        ]
         model_scores = []
+        ranker = ItemRanker(model, tokenizer, dataclasses.replace(model.ranking_policy, max_history_items=20))
         for start in range(0, len(data.histories), 32):
-            model_scores += score_candidates(model, tokenizer, data.histories[start : start + 32],
-                                             data.candidates[start : start + 32], 20)
+            model_scores += ranker.score(data.histories[start : start + 32], data.candidates[start : start + 32])
         prior = prior_log_likelihood(model, tokenizer, data.items).tolist()
-        calibrated = [[s - prior[index[c]] for s, c in zip(scores, row)] for scores, row in zip(model_scores, data.candidates)]
-        results["auc"][domain] = {"code geometry": pooled_auc(geometry), "RecBase": pooled_auc(model_scores),
-                                  "RecBase calibrated": pooled_auc(calibrated)}
+        calibrated = [
+            [s - prior[index[c]] for s, c in zip(scores, row)] for scores, row in zip(model_scores, data.candidates)
+        ]
+        results["auc"][domain] = {
+            "code geometry": pooled_auc(geometry),
+            "RecBase": pooled_auc(model_scores),
+            "RecBase calibrated": pooled_auc(calibrated),
+        }
 
     pretraining = corpus["train"].filter(lambda d: d in set(args.pretrain_domains), input_columns="domain")
     windows = training_windows(tokenizer, pretraining["items"], 20)
@@ -89,12 +99,16 @@ def main() -> None:
     random.Random(0).shuffle(shuffled)
     results["real_token_share"] = {
         "shuffled": real_token_share(lengths, shuffled, args.batch_size),
-        "length-grouped": real_token_share(lengths, list(LengthGroupedSampler(lengths, args.batch_size, seed=0)), args.batch_size),
+        "length-grouped": real_token_share(
+            lengths, list(LengthGroupedSampler(lengths, args.batch_size, seed=0)), args.batch_size
+        ),
     }
 
     lines = ["| domain | code geometry (no model) | RecBase | RecBase calibrated |", "|---|---|---|---|"]
-    lines += [f"| {d} | {r['code geometry']:.4f} | {r['RecBase']:.4f} | {r['RecBase calibrated']:.4f} |"
-              for d, r in results["auc"].items()]
+    lines += [
+        f"| {d} | {r['code geometry']:.4f} | {r['RecBase']:.4f} | {r['RecBase calibrated']:.4f} |"
+        for d, r in results["auc"].items()
+    ]
     lines += ["", "| training batches | real-token share |", "|---|---|"]
     lines += [f"| {name} | {share:.3f} |" for name, share in results["real_token_share"].items()]
     write_json_atomically(RESULTS_DIR / "zero_shot_diagnostics.json", results)

@@ -5,8 +5,8 @@
 Reads ``config.json``, ``eval_results.json`` (with its ``run`` section), ``item_tokenizer_report.json`` and
 ``logs/train_log.jsonl`` (and ``validation.json`` when there is one) from the folder and writes ``README.md``
 (``huggingface_hub.ModelCard`` rendered from ``recbase_card.md.j2``, metadata with ``eval_results`` and the
-``custom_code`` tag), with the plots of ``model_cards.plots`` (``training_loss.svg``, ``zero_shot.svg``) beside it. The usage snippet names ``--model_id`` (default: the folder's path), so it
-runs as written.
+``custom_code`` tag), with the plots of ``model_cards.plots`` (``training_loss.svg``, ``zero_shot.svg``) beside it.
+The usage snippet names ``--model_id`` (default: the folder's path), so it runs as written.
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ from training.protocols import RECBASE, TEXT_SIMILARITY, all_results_markdown
 TEMPLATE = Path(__file__).with_name("recbase_card.md.j2")
 TRAINING_LOSS_PLOT, ZERO_SHOT_PLOT = "training_loss.svg", "zero_shot.svg"
 # The card's metadata carries the model's own numbers of both protocols.
-CARD_METRICS = {"recall@10": "Recall@10 (full ranking)", "ndcg@10": "NDCG@10 (full ranking)",
-                "auc": "AUC (1 positive + negatives)", "gauc": "GAUC (1 positive + negatives)"}
+CARD_METRICS = {
+    "recall@10": "Recall@10 (full ranking)",
+    "ndcg@10": "NDCG@10 (full ranking)",
+    "auc": "AUC (1 positive + negatives)",
+    "gauc": "GAUC (1 positive + negatives)",
+}
 
 
 def _above_or_below(ours: float, baseline: float) -> str:
@@ -40,24 +44,30 @@ def summary_lines(eval_results: dict) -> list[str]:
     lines = []
     for domain, entry in eval_results["domains"].items():
         ours, text = entry["models"][RECBASE], entry["models"].get(TEXT_SIMILARITY)
-        line = (f"{domain} ({entry['role']}, {entry['users']} test users): NDCG@10 {ours['ndcg@10']:.4f}, "
-                f"Recall@10 {ours['recall@10']:.4f}, AUC {ours['auc']:.3f}")
+        line = (
+            f"{domain} ({entry['role']}, {entry['users']} test users): NDCG@10 {ours['ndcg@10']:.4f}, "
+            f"Recall@10 {ours['recall@10']:.4f}, AUC {ours['auc']:.3f}"
+        )
         if text:
-            line += (f"; text similarity has NDCG@10 {text['ndcg@10']:.4f} and AUC {text['auc']:.3f}, so RecBase is "
-                     f"{_above_or_below(ours['ndcg@10'], text['ndcg@10'])} it on NDCG@10 and "
-                     f"{_above_or_below(ours['auc'], text['auc'])} it on AUC.")
+            line += (
+                f"; text similarity has NDCG@10 {text['ndcg@10']:.4f} and AUC {text['auc']:.3f}, so RecBase is "
+                f"{_above_or_below(ours['ndcg@10'], text['ndcg@10'])} it on NDCG@10 and "
+                f"{_above_or_below(ours['auc'], text['auc'])} it on AUC."
+            )
         lines.append(line)
     return lines
 
 
 def usage_snippet(model_ref: str, history: list[str], domain: str) -> str:
-    return "\n".join([
-        "from transformers import pipeline",
-        "",
-        f'recommend = pipeline("next-item-generation", model="{model_ref}", trust_remote_code=True)',
-        f"for item in recommend({{\"history\": {json.dumps(history)}}}, top_k=5, domain=\"{domain}\"):",
-        '    print(f"{item[\'score\']:8.3f}  {item[\'item\']}  {item[\'text\'][:60]!r}")',
-    ])
+    return "\n".join(
+        [
+            "from transformers import pipeline",
+            "",
+            f'recommend = pipeline("next-item-generation", model="{model_ref}", trust_remote_code=True)',
+            f'for item in recommend({{"history": {json.dumps(history)}}}, top_k=5, domain="{domain}"):',
+            "    print(f\"{item['score']:8.3f}  {item['item']}  {item['text'][:60]!r}\")",
+        ]
+    )
 
 
 def count_parameters(checkpoint_dir: Path) -> int:
@@ -71,10 +81,18 @@ def count_parameters(checkpoint_dir: Path) -> int:
 
 def card_eval_results(eval_results: dict) -> list[EvalResult]:
     return [
-        EvalResult(task_type="next-item-recommendation", task_name="Next-item recommendation", dataset_type=domain,
-                   dataset_name=f"{domain} ({entry['role']})", dataset_split="test (leave-one-out)",
-                   metric_type=metric, metric_name=label, metric_value=round(entry["models"][RECBASE][metric], 5))
-        for domain, entry in eval_results["domains"].items() for metric, label in CARD_METRICS.items()
+        EvalResult(
+            task_type="next-item-recommendation",
+            task_name="Next-item recommendation",
+            dataset_type=domain,
+            dataset_name=f"{domain} ({entry['role']})",
+            dataset_split="test (leave-one-out)",
+            metric_type=metric,
+            metric_name=label,
+            metric_value=round(entry["models"][RECBASE][metric], 5),
+        )
+        for domain, entry in eval_results["domains"].items()
+        for metric, label in CARD_METRICS.items()
     ]
 
 
@@ -84,8 +102,10 @@ def build_model_card(checkpoint_dir: str | Path, model_id: str | None = None) ->
     needed = ["config.json", "eval_results.json", "item_tokenizer_report.json", "logs/train_log.jsonl"]
     missing = [name for name in needed if not (checkpoint_dir / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{checkpoint_dir}: {', '.join(missing)} missing; a card is made from a finished run "
-                                "of python -m training.main")
+        raise FileNotFoundError(
+            f"{checkpoint_dir}: {', '.join(missing)} missing; a card is made from a finished run "
+            "of python -m training.main"
+        )
     config = json.loads((checkpoint_dir / "config.json").read_text())
     eval_results = json.loads((checkpoint_dir / "eval_results.json").read_text())
     tokenizer_report = json.loads((checkpoint_dir / "item_tokenizer_report.json").read_text())
@@ -97,18 +117,32 @@ def build_model_card(checkpoint_dir: str | Path, model_id: str | None = None) ->
     model_name = model_id.split("/")[-1] if model_id else checkpoint_dir.resolve().name
 
     card_data = ModelCardData(
-        license="other", license_name="research-only-data", library_name="transformers", model_name=model_name,
+        license="other",
+        license_name="research-only-data",
+        library_name="transformers",
+        model_name=model_name,
         tags=["recommendation", "generative-recommendation", "zero-shot", "semantic-ids", "recbase", "custom_code"],
         eval_results=card_eval_results(eval_results),
     )
     card = ModelCard.from_template(
-        card_data, template_path=str(TEMPLATE), model_name=model_name, summary=summary_lines(eval_results),
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=model_name,
+        summary=summary_lines(eval_results),
         usage_snippet=usage_snippet(model_ref, tokenizer.domain_items(example_domain)[:3], example_domain),
-        text_encoder=tokenizer.text_encoder, preset=run["preset"], parameters=count_parameters(checkpoint_dir),
-        config=config, max_history_items=config.get("max_history_items", 20),
-        pretrain_domains=run["pretrain_domains"], zero_shot_domains=run["zero_shot"],
-        tokenizer_report=tokenizer_report, run=run, hardware=run.get("hardware", "unrecorded hardware"),
-        train_steps=losses[-1][0] if losses else 0, eval_results=eval_results, results_table=all_results_markdown(eval_results),
+        text_encoder=tokenizer.text_encoder,
+        preset=run["preset"],
+        parameters=count_parameters(checkpoint_dir),
+        config=config,
+        max_history_items=config.get("max_history_items", 20),
+        pretrain_domains=run["pretrain_domains"],
+        zero_shot_domains=run["zero_shot"],
+        tokenizer_report=tokenizer_report,
+        run=run,
+        hardware=run.get("hardware", "unrecorded hardware"),
+        train_steps=losses[-1][0] if losses else 0,
+        eval_results=eval_results,
+        results_table=all_results_markdown(eval_results),
         zero_shot_plot=any(entry["role"] == "zero-shot" for entry in eval_results["domains"].values()),
     )
     return card
@@ -125,8 +159,11 @@ def write_model_card(checkpoint_dir: str | Path, model_id: str | None = None) ->
     checkpoint_dir = Path(checkpoint_dir)
     card = build_model_card(checkpoint_dir, model_id)
     validation = checkpoint_dir / "validation.json"
-    plot_training_loss(training_losses(checkpoint_dir), json.loads(validation.read_text()) if validation.is_file() else None,
-                       checkpoint_dir / TRAINING_LOSS_PLOT)
+    plot_training_loss(
+        training_losses(checkpoint_dir),
+        json.loads(validation.read_text()) if validation.is_file() else None,
+        checkpoint_dir / TRAINING_LOSS_PLOT,
+    )
     plot_zero_shot(json.loads((checkpoint_dir / "eval_results.json").read_text()), checkpoint_dir / ZERO_SHOT_PLOT)
     write_text_atomically(checkpoint_dir / "README.md", str(card))
     return checkpoint_dir / "README.md"

@@ -41,11 +41,22 @@ def plot_training_loss(losses: list[tuple[int, float]], validation: dict | None,
     if validation:
         metric, history = validation["best"]["metric"], validation["history"]
         metric_axis = loss_axis.twinx()
-        metric_axis.plot([entry["step"] for entry in history], [entry[metric] for entry in history], "o-",
-                         color="#2ca02c", markersize=3, linewidth=1)
+        metric_axis.plot(
+            [entry["step"] for entry in history],
+            [entry[metric] for entry in history],
+            "o-",
+            color="#2ca02c",
+            markersize=3,
+            linewidth=1,
+        )
         metric_axis.set_ylabel(f"validation {metric}", color="#2ca02c")
-        loss_axis.axvline(validation["best"]["step"], color="#2ca02c", linestyle="--", linewidth=1,
-                          label=f"kept step {validation['best']['step']}")
+        loss_axis.axvline(
+            validation["best"]["step"],
+            color="#2ca02c",
+            linestyle="--",
+            linewidth=1,
+            label=f"kept step {validation['best']['step']}",
+        )
         loss_axis.legend(loc="upper right", fontsize=8)
     loss_axis.set_title("Pretraining", fontsize=10)
     save_svg(figure, path)

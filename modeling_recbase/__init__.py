@@ -8,21 +8,25 @@ the ``next-item-generation`` pipeline task.
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .configuration_recbase import PRESETS, RecBaseConfig
-from .modeling_recbase import RecBaseForCausalLM, RecBaseItemConstraint, RecBaseModel, RecBasePreTrainedModel
-from .pipeline_recbase import NextItemGenerationPipeline, rank_items, score_candidates  # registers the pipeline task
+from .generation_recbase import RecBaseItemConstraint, constrained_beam_search
+from .modeling_recbase import RecBaseForCausalLM, RecBaseModel, RecBasePreTrainedModel
+from .pipeline_recbase import NextItemGenerationPipeline  # registers the pipeline task
+from .ranking_recbase import RANKING_CONFIG_NAME, ItemRanker, RankingPolicy
 
 AutoConfig.register(RecBaseConfig.model_type, RecBaseConfig, exist_ok=True)
 AutoModel.register(RecBaseConfig, RecBaseModel, exist_ok=True)
 AutoModelForCausalLM.register(RecBaseConfig, RecBaseForCausalLM, exist_ok=True)
 
 __all__ = [
-    "NextItemGenerationPipeline",
     "PRESETS",
+    "RANKING_CONFIG_NAME",
+    "ItemRanker",
+    "NextItemGenerationPipeline",
+    "RankingPolicy",
     "RecBaseConfig",
     "RecBaseForCausalLM",
     "RecBaseItemConstraint",
     "RecBaseModel",
     "RecBasePreTrainedModel",
-    "rank_items",
-    "score_candidates",
+    "constrained_beam_search",
 ]

@@ -1,26 +1,45 @@
-"""RecBase configuration: the size of the concept-token vocabulary and a Qwen2-style decoder.
+"""RecBase configuration: the concept-token vocabulary, a Qwen2-style decoder and the heads on top of it.
 
-Shipped beside the weights: imports only the standard library and transformers.
+The defaults are the model the main job trains (``python -m training.main``): 3 x 256 codes + 32 disambiguation
+codes, the dense head and content inputs over 384-number item vectors, 10 popularity buckets. How a model ranks
+(which heads score which domains, with what weights) is not architecture: it is the ``RankingPolicy`` saved
+beside the weights (``ranking_config.json``, ``ranking_recbase.py``).
+
+Shipped beside the weights: imports only the standard library, transformers and same-folder files.
 """
 
 from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-# Named sizes. "recbase-1.5b" is the paper's scale: 1.50e9 parameters with the default vocabulary
-# (Qwen2-1.5B's width and MLP, 32 layers because the item vocabulary is tiny next to a text one).
+from .vocabulary_recbase import VocabularyLayout
+
+# Named sizes. "recbase-1.5b" is the paper's scale: 1.50e9 parameters with the paper's vocabulary of 4 x 1024
+# codes (Qwen2-1.5B's width and MLP, 32 layers because the item vocabulary is tiny next to a text one).
 PRESETS: dict[str, dict[str, int]] = {
     "recbase-tiny": dict(
-        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=512, max_position_embeddings=1024,
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=512,
+        max_position_embeddings=1024,
     ),
     "recbase-small": dict(
-        hidden_size=384, num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=2,
-        intermediate_size=1024, max_position_embeddings=1024,
+        hidden_size=384,
+        num_hidden_layers=8,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=1024,
+        max_position_embeddings=1024,
     ),
     "recbase-1.5b": dict(
-        hidden_size=1536, num_hidden_layers=32, num_attention_heads=12, num_key_value_heads=2,
-        intermediate_size=8960, max_position_embeddings=4096,
+        hidden_size=1536,
+        num_hidden_layers=32,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        intermediate_size=8960,
+        max_position_embeddings=4096,
     ),
 }
 
@@ -28,9 +47,9 @@ PRESETS: dict[str, dict[str, int]] = {
 class RecBaseConfig(PretrainedConfig):
     """Configuration of a RecBase decoder over hierarchical concept IDs.
 
-    Vocabulary layout (ids; the item tokenizer's, ``quantization_recbase``): ``<pad> <bos> <eos>``, then
-    ``codebook_sizes[0]`` codes of level 1, ..., then ``disambiguation_size`` codes of the extra level that
-    makes every item's ID unique (0 = no such level). An item is ``len(codebook_sizes) + (disambiguation_size > 0)``
+    Vocabulary layout (``vocabulary_recbase.VocabularyLayout``, the item tokenizer's): ``<pad> <bos> <eos>``, then
+    ``codebook_sizes[0]`` codes of level 1, ..., then ``disambiguation_size`` codes of the extra level that makes
+    every item's ID unique (0 = no such level). An item is ``len(codebook_sizes) + (disambiguation_size > 0)``
     tokens long.
 
     Args:
@@ -54,20 +73,13 @@ class RecBaseConfig(PretrainedConfig):
         content_inputs: add a learned projection (zero at init) of each code token's vector to its input
             embedding, so a code never seen in a role still carries its meaning into the model.
         dense_head: a second head (zero at init) that predicts the next item's content vector as a residual
-            on the last item's; candidates are scored by cosine (the LIGER idea) next to the code head.
+            on the prior (below); candidates are scored by cosine (the LIGER idea).
         dense_temperature: the cosine is divided by it, in training and in scoring.
         dense_history_items, dense_history_decay: the dense head's prior is the sum of the unit content vectors
             of the last ``dense_history_items`` items, the item k steps back weighted ``dense_history_decay ** k``
             (1 and any decay: the last item alone).
         dense_loss_weight: weight of the dense head's loss (a softmax over the true next item and sampled
             items of the same domain) next to the code tokens' cross-entropy.
-        code_score_weight: weight of the code head's log-likelihood in an item's score (0: dense score only).
-        code_score_domains: with a dense head, the domains whose items get the code head's score (the domains
-            the model was trained on; ``None``: all). Items of any other domain are scored by the dense head
-            alone: on a domain it never saw, the code head's log-likelihood pulls the ranking towards noise.
-        calibrated_code_score: score the code head by pointwise mutual information, the log-likelihood after
-            the history minus the log-likelihood after an empty history.
-        rerank_candidates: how many items the dense head shortlists for full ranking (re-scored in full).
         popularity_buckets: > 0 enables the "catalogue counts" setting: an item whose interaction count is
             known falls in one of this many within-domain popularity buckets, each with a learned score
             bias; items without counts get none.
@@ -79,8 +91,8 @@ class RecBaseConfig(PretrainedConfig):
 
     def __init__(
         self,
-        codebook_sizes: list[int] | tuple[int, ...] = (1024, 1024, 1024, 1024),
-        disambiguation_size: int = 64,
+        codebook_sizes: list[int] | tuple[int, ...] = (256, 256, 256),
+        disambiguation_size: int = 32,
         vocab_size: int | None = None,
         hidden_size: int = 128,
         num_hidden_layers: int = 4,
@@ -101,19 +113,15 @@ class RecBaseConfig(PretrainedConfig):
         max_history_items: int = 20,
         embedding_dropout: float = 0.0,
         residual_dropout: float = 0.0,
-        latent_dim: int = 0,
-        item_vector_size: int = 0,
-        content_inputs: bool = False,
-        dense_head: bool = False,
+        latent_dim: int = 64,
+        item_vector_size: int = 384,
+        content_inputs: bool = True,
+        dense_head: bool = True,
         dense_temperature: float = 0.1,
         dense_history_items: int = 10,
         dense_history_decay: float = 0.5,
         dense_loss_weight: float = 1.0,
-        code_score_weight: float = 1.0,
-        code_score_domains: list[str] | None = None,
-        calibrated_code_score: bool = False,
-        rerank_candidates: int = 100,
-        popularity_buckets: int = 0,
+        popularity_buckets: int = 10,
         **kwargs,
     ) -> None:
         self.codebook_sizes = [int(size) for size in codebook_sizes]  # JSON-friendly: a list, not a tuple
@@ -161,10 +169,6 @@ class RecBaseConfig(PretrainedConfig):
         self.dense_history_items = int(dense_history_items)
         self.dense_history_decay = float(dense_history_decay)
         self.dense_loss_weight = float(dense_loss_weight)
-        self.code_score_weight = float(code_score_weight)
-        self.code_score_domains = None if code_score_domains is None else sorted(code_score_domains)
-        self.calibrated_code_score = bool(calibrated_code_score)
-        self.rerank_candidates = int(rerank_candidates)
         self.popularity_buckets = int(popularity_buckets)
         super().__init__(
             pad_token_id=pad_token_id,
@@ -174,7 +178,7 @@ class RecBaseConfig(PretrainedConfig):
             **kwargs,
         )
         # After the base class has set the special token ids, which the layout starts with.
-        needed_vocab = self.vocab_size_needed
+        needed_vocab = self.layout.size
         self.vocab_size = needed_vocab if vocab_size is None else int(vocab_size)
         if self.vocab_size < needed_vocab:
             raise ValueError(
@@ -183,37 +187,23 @@ class RecBaseConfig(PretrainedConfig):
             )
 
     @property
+    def layout(self) -> VocabularyLayout:
+        """The vocabulary layout: the special tokens take ids 0 to the largest of ``pad_token_id``,
+        ``bos_token_id`` and ``eos_token_id``, then every level's codes, then the disambiguation codes."""
+        special = max(self.pad_token_id, self.bos_token_id, self.eos_token_id) + 1
+        return VocabularyLayout(tuple(self.codebook_sizes), self.disambiguation_size, special)
+
+    @property
     def tokens_per_item(self) -> int:
         """Number of concept tokens that spell one item."""
-        return len(self.codebook_sizes) + (self.disambiguation_size > 0)
-
-    @property
-    def vocab_size_needed(self) -> int:
-        """Number of token ids the layout uses: the special tokens (ids 0 to the largest of ``pad_token_id``,
-        ``bos_token_id`` and ``eos_token_id``; the item tokenizer's layout), every level's codes, disambiguation codes."""
-        special = max(self.pad_token_id, self.bos_token_id, self.eos_token_id) + 1
-        return special + sum(self.codebook_sizes) + self.disambiguation_size
-
-    @property
-    def last_level_size(self) -> int:
-        """Codes of an item's last token (the disambiguation level when there is one); they end the
-        vocabulary layout, so a token id >= ``vocab_size_needed - last_level_size`` closes an item."""
-        return self.disambiguation_size or self.codebook_sizes[-1]
-
-    def code_score_weights(self, keys: list[str]) -> list[float]:
-        """The code head's weight in the score of each item key ``"<domain>/<item_id>"`` (see
-        ``code_score_domains``)."""
-        if not self.dense_head or self.code_score_domains is None:
-            return [self.code_score_weight] * len(keys)
-        domains = set(self.code_score_domains)
-        return [self.code_score_weight if key.split("/", 1)[0] in domains else 0.0 for key in keys]
+        return self.layout.tokens_per_item
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "RecBaseConfig":
+    def from_preset(cls, name: str, **overrides) -> RecBaseConfig:
         """Build a named size (``recbase-tiny``, ``recbase-small``, ``recbase-1.5b``); ``overrides`` win."""
         if name not in PRESETS:
             raise ValueError(f"unknown RecBase preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
 
-__all__ = ["RecBaseConfig", "PRESETS"]
+__all__ = ["PRESETS", "RecBaseConfig"]

@@ -1,10 +1,11 @@
-"""RecBase: a decoder-only transformer over hierarchical concept IDs of items (RecBase, EMNLP 2025).
+"""RecBase: a decoder-only transformer over hierarchical concept IDs of items (RecBase, EMNLP 2025), with its heads.
 
 The decoder follows Qwen2 (RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP) with the same
 submodule names, so PEFT target modules, ``device_map`` and ``resize_token_embeddings`` work unchanged.
-A user's history is the concatenation of its items' code tokens; the model learns next-token prediction
-and recommends by generating the next item's codes (constrained to real items, see
-``RecBaseItemConstraint``).
+A user's history is the concatenation of its items' code tokens. Two heads read the decoder's last hidden state:
+the code head (next-token prediction over concept tokens) and the dense head (the next item's content vector, a
+learned residual on a training-free prior). Which of them ranks which domain is the model's ``ranking_policy``
+(``ranking_recbase``); constrained decoding over real items' IDs is in ``generation_recbase``.
 
 Shipped beside the weights: imports only torch, transformers, the standard library and same-folder files.
 """
@@ -16,15 +17,15 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, LogitsProcessor, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_recbase import RecBaseConfig
-
-# transformers 5.24 renamed the cache argument and output field ``past_key_values`` to ``cache``; generate
-# passes whichever name the installed version uses, so the model accepts both and fills the field it has.
-CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
+from .dense_head_recbase import RecBaseDenseHeadMixin
+from .generation_recbase import CACHE_FIELD
+from .hub_recbase import hub_entry_points, ship_pipeline_code
+from .ranking_recbase import RankingPolicy
 
 
 class RecBaseRMSNorm(nn.Module):
@@ -109,7 +110,9 @@ class RecBaseAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # (batch, kv_heads, kv_len, head_dim)
         attn = F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=attention_mask,
             dropout_p=self.attention_dropout if self.training else 0.0,
             # Without a mask the kernel's own causal path is the fast one; it is only valid when the queries
@@ -151,9 +154,9 @@ class RecBaseDecoderLayer(nn.Module):
         attention_mask: torch.Tensor | None,
         cache: Cache | None = None,
     ) -> torch.Tensor:
-        hidden_states = hidden_states + self.residual_dropout(self.self_attn(
-            self.input_layernorm(hidden_states), position_embeddings, attention_mask, cache
-        ))
+        hidden_states = hidden_states + self.residual_dropout(
+            self.self_attn(self.input_layernorm(hidden_states), position_embeddings, attention_mask, cache)
+        )
         return hidden_states + self.residual_dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
 
 
@@ -170,33 +173,36 @@ class RecBasePreTrainedModel(PreTrainedModel):
 
     def __init__(self, config: RecBaseConfig) -> None:
         super().__init__(config)
-        # save_pretrained only adds the saving class to auto_map; list both so that a checkpoint saved
-        # from either class loads with AutoModel and with AutoModelForCausalLM.
-        config.auto_map = {
-            **(getattr(config, "auto_map", None) or {}),
-            "AutoConfig": "configuration_recbase.RecBaseConfig",
-            "AutoModel": "modeling_recbase.RecBaseModel",
-            "AutoModelForCausalLM": "modeling_recbase.RecBaseForCausalLM",
-        }
-        # Any folder this model is saved to (model.save_pretrained, a merged LoRA's) is a pipeline folder: this
-        # relative import is also what makes save_pretrained copy pipeline_recbase.py beside modeling_recbase.py.
-        from .pipeline_recbase import TASK, NextItemGenerationPipeline
-
-        config.custom_pipelines = {TASK: {"impl": f"pipeline_recbase.{NextItemGenerationPipeline.__name__}",
-                                          "pt": ["AutoModelForCausalLM"]}}
+        hub_entry_points(config)
+        # How the model ranks (GenerationConfig's role for decoding): from_pretrained replaces it with the saved one.
+        self.ranking_policy = RankingPolicy.from_model_config(config)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, with an error that names a weights file it cannot read."""
+        """``PreTrainedModel.from_pretrained``, with the folder's ranking policy, and an error that names a weights
+        file it cannot read."""
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except Exception as error:
             # safetensors' own error says "incomplete metadata" and names no file (its class is matched by name:
             # shipped files import only torch and transformers).
             if type(error).__name__ != "SafetensorError":
                 raise
-            raise OSError(f"{pretrained_model_name_or_path}: a model.safetensors file there cannot be read ({error}); "
-                          "it is truncated or corrupt: copy or download it again") from error
+            raise OSError(
+                f"{pretrained_model_name_or_path}: a model.safetensors file there cannot be read ({error}); "
+                "it is truncated or corrupt: copy or download it again"
+            ) from error
+        hub_kwargs = {name: kwargs[name] for name in ("cache_dir", "revision", "token") if name in kwargs}
+        model.ranking_policy = RankingPolicy.from_pretrained(pretrained_model_name_or_path, model.config, **hub_kwargs)
+        return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """``PreTrainedModel.save_pretrained``, plus the ranking policy and the pipeline's code: every folder a
+        model is saved to (a merged LoRA's too) is a pipeline folder."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            self.ranking_policy.save_pretrained(save_directory)
+            ship_pipeline_code(save_directory, self.name_or_path or None)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -268,7 +274,9 @@ class RecBaseModel(RecBasePreTrainedModel):
                 raise ValueError(f"input_ids {bad[:10]} are outside the vocabulary [0, {vocab_size})")
             inputs_embeds = self.embed_tokens(input_ids)
             if self.content_proj is not None:
-                content = self.code_latents(content_ids if content_ids is not None else input_ids)  # (batch, seq, latent)
+                content = self.code_latents(
+                    content_ids if content_ids is not None else input_ids
+                )  # (batch, seq, latent)
                 inputs_embeds = inputs_embeds + self.content_proj(content.to(inputs_embeds.dtype))
         inputs_embeds = self.embedding_dropout(inputs_embeds)
         if use_cache is None:  # a cache only helps decoding; training steps skip the bookkeeping
@@ -295,14 +303,18 @@ class RecBaseModel(RecBasePreTrainedModel):
             causal_mask = (key_positions <= query_positions)[None, None]  # (1, 1, seq, kv_length)
             if attention_mask is not None:
                 # A padding query would see no key at all, which makes SDPA return NaN: let it see itself.
-                causal_mask = (causal_mask & attention_mask[:, None, None, :].bool()) | (key_positions == query_positions)
+                causal_mask = (causal_mask & attention_mask[:, None, None, :].bool()) | (
+                    key_positions == query_positions
+                )
             # (batch or 1, 1, seq, kv_length)
 
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         hidden_states = inputs_embeds
         for decoder_layer in self.layers:
             hidden_states = decoder_layer(hidden_states, position_embeddings, causal_mask, cache)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), **{CACHE_FIELD: cache if use_cache else None})
+        return BaseModelOutputWithPast(
+            last_hidden_state=self.norm(hidden_states), **{CACHE_FIELD: cache if use_cache else None}
+        )
 
 
 @dataclasses.dataclass
@@ -319,8 +331,9 @@ class RecBaseCausalLMOutput(CausalLMOutputWithPast):
     dense_queries: torch.FloatTensor | None = None
 
 
-class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
-    """RecBase with the next-token head over concept tokens."""
+class RecBaseForCausalLM(RecBaseDenseHeadMixin, RecBasePreTrainedModel, GenerationMixin):
+    """RecBase with its two heads: next-token prediction over concept tokens, and the dense head
+    (``RecBaseDenseHeadMixin``)."""
 
     _auto_class = "AutoModelForCausalLM"
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -369,6 +382,7 @@ class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
         bucket_ids: torch.LongTensor | None = None,
         negative_buckets: torch.LongTensor | None = None,
         return_dense_queries: bool = False,
+        residual_weights: torch.Tensor | None = None,
         **kwargs,
     ) -> RecBaseCausalLMOutput:
         """labels (batch, seq): the input ids themselves (shifted inside), -100 where no loss is wanted.
@@ -379,7 +393,8 @@ class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
         tokens_per_item) are items of each row's domain to contrast with every true next item of the row, with
         their ``negative_vectors`` (batch, negatives, item_vector_size); ``bucket_ids`` (batch, seq) the popularity
         bucket of the item each token belongs to and ``negative_buckets`` (batch, negatives) those of the
-        negatives (catalogue counts only). ``content_ids`` as in ``RecBaseModel``.
+        negatives (catalogue counts only). ``content_ids`` as in ``RecBaseModel``. ``residual_weights`` (batch,): how
+        much of the learned residual each row's ``dense_queries`` hold (0: the prior alone; default 1).
 
         Example:
             >>> model = AutoModelForCausalLM.from_pretrained("./outputs/recbase-tiny", trust_remote_code=True)
@@ -402,148 +417,35 @@ class RecBaseForCausalLM(RecBasePreTrainedModel, GenerationMixin):
         content_ids = content_ids if content_ids is not None else input_ids
         loss = code_loss = dense_loss = None
         if labels is not None:
-            loss = code_loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            loss = code_loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
+            )
             if negative_ids is not None:
-                dense_loss = self.dense_loss(hidden_states, content_ids, negative_ids, item_vectors, negative_vectors,
-                                             bucket_ids, negative_buckets)
+                dense_loss = self.dense_loss(
+                    hidden_states,
+                    content_ids,
+                    negative_ids,
+                    item_vectors,
+                    negative_vectors,
+                    bucket_ids,
+                    negative_buckets,
+                )
                 loss = code_loss + self.config.dense_loss_weight * dense_loss
         queries = None
         if return_dense_queries:
-            queries = self.dense_queries(hidden_states, content_ids, item_vectors)[:, keep]
-        return RecBaseCausalLMOutput(loss=loss, logits=logits, code_loss=code_loss, dense_loss=dense_loss,
-                                     dense_queries=queries, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
-
-    # ----- the dense head -----
-    def _check_code_vectors_stand_in(self) -> None:
-        if self.config.item_vector_size != self.config.latent_dim:
-            raise ValueError(f"this model's dense head scores {self.config.item_vector_size}-number item vectors, which "
-                             "code vectors cannot stand in for: pass item_vectors (tokenizer.encode_history(..., "
-                             "return_item_vectors=True)) and negative_vectors")
-
-    def item_latents(self, item_token_ids: torch.LongTensor) -> torch.Tensor:
-        """(..., tokens_per_item) token ids of items -> (..., latent_dim) content vectors (sum of code vectors)."""
-        self._check_code_vectors_stand_in()
-        return self.model.code_latents(item_token_ids).sum(-2)
-
-    def item_vectors_at_ends(self, content_ids: torch.LongTensor, item_vectors: torch.Tensor | None = None
-                             ) -> torch.Tensor:
-        """(batch, seq) -> (batch, seq, item_vector_size): at a position where an item ends, its content vector (from
-        ``item_vectors`` when given, else the sum of its code vectors); elsewhere zero or meaningless."""
-        if item_vectors is not None:
-            return item_vectors.float()
-        self._check_code_vectors_stand_in()
-        summed = self.model.code_latents(content_ids).cumsum(1)  # (batch, seq, latent)
-        return summed - F.pad(summed, (0, 0, self.config.tokens_per_item, 0))[:, : summed.shape[1]]
-
-    def dense_prior(self, content_ids: torch.LongTensor, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
-        """(batch, seq) -> (batch, seq, item_vector_size): at a position where an item ends, the recency-weighted sum
-        of the unit content vectors of that item and the ``dense_history_items - 1`` before it (weights
-        ``dense_history_decay ** k`` for the item k steps back); elsewhere meaningless.
-
-        Items are contiguous runs of ``tokens_per_item`` tokens (padding only on the left), so the item k steps
-        back ends exactly ``k * tokens_per_item`` positions earlier; specials have zero vectors, so steps back
-        past the history's start add nothing."""
-        tokens_per_item, length = self.config.tokens_per_item, content_ids.shape[1]
-        unit = F.normalize(self.item_vectors_at_ends(content_ids, item_vectors), dim=-1)
-        return sum(self.config.dense_history_decay**k * F.pad(unit, (0, 0, k * tokens_per_item, 0))[:, :length]
-                   for k in range(self.config.dense_history_items))
-
-    def dense_queries(self, hidden_states: torch.Tensor, content_ids: torch.LongTensor,
-                      item_vectors: torch.Tensor | None = None) -> torch.Tensor:
-        """(batch, seq, hidden), (batch, seq) -> (batch, seq, item_vector_size): at a position where an item ends, the
-        predicted content vector of the next item: the recent items' (``dense_prior``) plus the head's learned
-        residual (zero at init). The whole items must be in ``content_ids`` (no cache)."""
-        if self.dense_proj is None:
-            raise ValueError("this model has no dense head (config.dense_head is False)")
-        prior = self.dense_prior(content_ids, item_vectors)
-        return prior + self.dense_proj(hidden_states).to(prior.dtype)
-
-    def dense_scores(self, queries: torch.Tensor, latents: torch.Tensor, buckets: torch.LongTensor | None = None,
-                     centres: torch.Tensor | None = None) -> torch.Tensor:
-        """Cosine / ``dense_temperature`` (+ the popularity bias of each candidate's bucket).
-
-        queries (..., item_vector_size); latents (..., candidates, item_vector_size), or (candidates, ...) shared by
-        every query; buckets like latents without the last axis -> scores (..., candidates). ``centres`` (like
-        latents): subtracted from the unit candidate vectors, e.g. their domain's mean unit vector. That takes
-        the same amount off every candidate of a domain for one query, so a user's ranking is unchanged, but
-        scores of different users become comparable (zero for an average item)."""
-        queries = F.normalize(queries.float(), dim=-1).unsqueeze(-1)  # (..., latent, 1)
-        candidates = F.normalize(latents.float(), dim=-1)
-        if centres is not None:
-            candidates = candidates - centres.float()
-        scores = (candidates @ queries).squeeze(-1) / self.config.dense_temperature
-        if buckets is not None and self.popularity_bias is not None:
-            scores = scores + self.popularity_bias(buckets).squeeze(-1)
-        return scores
-
-    def dense_loss(self, hidden_states: torch.Tensor, content_ids: torch.LongTensor, negative_ids: torch.LongTensor,
-                   item_vectors: torch.Tensor | None = None, negative_vectors: torch.Tensor | None = None,
-                   bucket_ids: torch.LongTensor | None = None, negative_buckets: torch.LongTensor | None = None
-                   ) -> torch.Tensor:
-        """Softmax cross-entropy of each true next item against the row's negatives, at every position where an
-        item ends and another follows. hidden_states (batch, seq, hidden); content_ids (batch, seq);
-        negative_ids (batch, negatives, tokens_per_item); item_vectors (batch, seq, latent); negative_vectors
-        (batch, negatives, latent); bucket_ids (batch, seq); negative_buckets (batch, negatives)."""
-        tokens_per_item = self.config.tokens_per_item
-        is_item_end = content_ids >= self.config.vocab_size_needed - self.config.last_level_size  # (batch, seq)
-        has_next = F.pad(is_item_end[:, tokens_per_item:], (0, tokens_per_item), value=False)
-        rows, positions = (is_item_end & has_next).nonzero(as_tuple=True)  # (pairs,)
-        if rows.numel() == 0:
-            return hidden_states.sum() * 0.0
-        at_ends = self.item_vectors_at_ends(content_ids, item_vectors)  # (batch, seq, latent), computed once
-        queries = self.dense_queries(hidden_states, content_ids, at_ends)[rows, positions]  # (pairs, latent)
-        following = content_ids.unfold(1, tokens_per_item, 1)  # (batch, seq - T + 1, T): following[b, s] = ids[s:s+T]
-        targets = following[rows, positions + 1]  # (pairs, T)
-        negatives = negative_ids[rows]  # (pairs, negatives, T)
-        target_vectors = at_ends[rows, positions + tokens_per_item]
-        negative_vectors = self.item_latents(negatives) if negative_vectors is None else negative_vectors[rows].float()
-        vectors = torch.cat([target_vectors[:, None], negative_vectors], 1)  # (pairs, 1 + negatives, latent)
-        buckets = None
-        if bucket_ids is not None and negative_buckets is not None:
-            buckets = torch.cat([bucket_ids[rows, positions + 1, None], negative_buckets[rows]], 1)
-        scores = self.dense_scores(queries, vectors, buckets)  # (pairs, 1 + negatives)
-        # A sampled negative that is the target itself is no negative.
-        same = F.pad((negatives == targets[:, None]).all(-1), (1, 0), value=False)
-        scores = scores.masked_fill(same, float("-inf"))
-        return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
-
-
-class RecBaseItemConstraint(LogitsProcessor):
-    """Restricts generation to the code sequences of real items (vectorized prefix matching).
-
-    Args:
-        item_token_ids: (num_items, tokens_per_item) token ids of every allowed item.
-        prompt_length: length of the (left-padded) prompt; generated tokens start after it.
-        eos_token_id: the only token allowed once a whole item has been generated.
-    """
-
-    def __init__(self, item_token_ids: torch.LongTensor, prompt_length: int, eos_token_id: int) -> None:
-        if item_token_ids.ndim != 2 or item_token_ids.shape[0] == 0:
-            raise ValueError(f"item_token_ids must be a non-empty (num_items, tokens_per_item) tensor, "
-                             f"got shape {tuple(item_token_ids.shape)}")
-        self.item_token_ids = item_token_ids
-        self.prompt_length = prompt_length
-        self.eos_token_id = eos_token_id
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        """input_ids (beams, prompt + step); scores (beams, vocab) -> scores with disallowed tokens at -inf."""
-        codes = self.item_token_ids.to(input_ids.device)
-        step = input_ids.shape[1] - self.prompt_length
-        allowed = torch.zeros_like(scores, dtype=torch.bool)
-        if step >= codes.shape[1]:
-            allowed[:, self.eos_token_id] = True
-        else:
-            prefix = input_ids[:, self.prompt_length:]  # (beams, step)
-            matches = (codes[None, :, :step] == prefix[:, None, :]).all(-1)  # (beams, items)
-            beam_index, item_index = matches.nonzero(as_tuple=True)
-            allowed[beam_index, codes[item_index, step]] = True
-        return scores.masked_fill(~allowed, float("-inf"))
+            queries = self.dense_queries(hidden_states, content_ids, item_vectors, residual_weights)[:, keep]
+        return RecBaseCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            code_loss=code_loss,
+            dense_loss=dense_loss,
+            dense_queries=queries,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+        )
 
 
 __all__ = [
     "RecBasePreTrainedModel",
     "RecBaseModel",
     "RecBaseForCausalLM",
-    "RecBaseItemConstraint",
-    "CACHE_FIELD",
 ]

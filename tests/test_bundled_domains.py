@@ -6,7 +6,7 @@ import hashlib
 import io
 import re
 import zipfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -89,8 +89,7 @@ def test_ml100k_sequences_are_stably_sorted_by_timestamp():
     assert sequences.features == SEQUENCE_FEATURES
     got = dict(zip(sequences["user_id"], sequences["items"]))
     assert got == {
-        user: [key for _, key in sorted(events, key=lambda event: event[0])]
-        for user, events in expected.items()
+        user: [key for _, key in sorted(events, key=lambda event: event[0])] for user, events in expected.items()
     }
 
 
@@ -138,9 +137,7 @@ def test_new_domain_files_are_unmodified_copies(name):
     assert len(digests) == (1 if name == "xwines" else 2)
     for file_name, digest in digests.items():
         path = folder / file_name
-        raw = path.read_bytes() if path.exists() else gzip.decompress(
-            (folder / f"{file_name}.gz").read_bytes()
-        )
+        raw = path.read_bytes() if path.exists() else gzip.decompress((folder / f"{file_name}.gz").read_bytes())
         assert hashlib.sha256(raw).hexdigest() == digest, file_name
 
 
@@ -149,8 +146,7 @@ def test_microlens_titles_and_sequences():
     video = items_by_id(items)["1"]
     # a CSV-quoted caption that contains a comma and hashtags
     assert video["title"] == (
-        "Gu long song gaga bad, even three hundred years old are not let go."
-        " # comic # Two Yuan # My destiny villain"
+        "Gu long song gaga bad, even three hundred years old are not let go. # comic # Two Yuan # My destiny villain"
     )
     assert (video["categories"], video["brand"], video["description"]) == ([], "", "")
     assert all(items["title"])
@@ -177,8 +173,7 @@ def test_xwines_text_and_time_order():
         "title": "Espumante Moscatel",
         "categories": ["Sparkling", "Muscat/Moscato"],
         "brand": "Casa Perini",
-        "description": "Medium-bodied, high acidity. Serra Gaúcha, Brazil."
-        " Pairs with pork, rich fish, shellfish.",
+        "description": "Medium-bodied, high acidity. Serra Gaúcha, Brazil. Pairs with pork, rich fish, shellfish.",
         "year": "",
         "price": "",
     }
@@ -186,8 +181,7 @@ def test_xwines_text_and_time_order():
     grapes = ["Merlot", "Cabernet Sauvignon", "Petit Verdot", "Petite Sirah"]
     assert blend["categories"] == ["Red", *grapes]
     assert blend["description"] == (
-        "Full-bodied, high acidity. California, United States."
-        " Pairs with beef, lamb, veal, poultry."
+        "Full-bodied, high acidity. California, United States. Pairs with beef, lamb, veal, poultry."
     )
 
     archive = zipfile.ZipFile(DEFAULT_DATA_DIR / "xwines" / "XWines_Slim_1K_wines_150K_ratings.zip")
@@ -203,7 +197,7 @@ def test_xwines_text_and_time_order():
         user_id: [key for _, _, key in sorted(events)] for user_id, events in expected.items()
     }
     first = rows[0]  # RatingID 143, user 1356810
-    date = datetime.fromisoformat(first["Date"]).replace(tzinfo=timezone.utc)
+    date = datetime.fromisoformat(first["Date"]).replace(tzinfo=UTC)
     assert {
         timestamp
         for user_id, item_id, timestamp in zip(
@@ -235,8 +229,7 @@ def test_foursquare_venues_and_time_order():
     sequences = to_sequences(interactions)
     got = dict(zip(sequences["user_id"], sequences["items"]))
     assert got == {
-        user_id: [key for _, key in sorted(events, key=lambda event: event[0])]
-        for user_id, events in expected.items()
+        user_id: [key for _, key in sorted(events, key=lambda event: event[0])] for user_id, events in expected.items()
     }
     # user 1041 has two check-ins in the same second (NYC_test.csv lines 5627, 5628): file order
     tied = ["foursquare_nyc/507ca847e4b068bf2784eab3", "foursquare_nyc/4e0d073e483bc2b5f47416ec"]
@@ -247,7 +240,6 @@ def test_foursquare_venues_and_time_order():
 
 # ---------------------------------------------------------------------------------------------
 # Generic reader
-
 
 
 def test_unknown_domain():

@@ -9,7 +9,6 @@ from training.bundled_domains import read_foursquare, read_microlens, read_xwine
 from training.corpus_schema import CorpusError
 from training.splits import to_sequences
 
-
 MICROLENS_TITLES = 'item,title\n1,"Cats, dogs # pets"\n2,Rain\n'
 
 
@@ -85,9 +84,7 @@ def test_xwines_reader_orders_by_date_then_rating_id(tmp_path):
     items, interactions = read_xwines(tmp_path)
     assert items[0]["categories"] == ["Red", "Merlot", "Cabernet Franc"]
     assert items[0]["brand"] == "Acme Cellars"
-    assert items[0]["description"] == (
-        "Full-bodied, high acidity. Napa Valley, United States. Pairs with beef, lamb."
-    )
+    assert items[0]["description"] == ("Full-bodied, high acidity. Napa Valley, United States. Pairs with beef, lamb.")
     sequences = to_sequences(interactions)
     assert sequences["items"] == [["xwines/2", "xwines/2", "xwines/1"], ["xwines/1"]]
     assert interactions["timestamp"][:2] == [1577869200, 1577959200]  # 2020-01-01 09:00 UTC, ...

@@ -11,24 +11,61 @@ import pytest
 from huggingface_hub import ModelCard
 
 from model_cards.generate import write_model_card
-from training import export
 from tests.conftest import REPO_ROOT
+from training import export
 from training.protocols import POPULARITY, RANDOM, RECBASE, RECBASE_WITH_COUNTS, TEXT_SIMILARITY
-
 
 # The main job, shrunk: two small real domains (X-Wines trained on, Foursquare NYC zero-shot), a small vocabulary
 # and a few steps; everything else is the job's own code path and defaults.
-MAIN_JOB = ["--domains", "xwines", "foursquare_nyc", "--zero_shot", "foursquare_nyc", "--in_domain_eval", "xwines",
-            "--codebook_sizes", "32", "32", "32", "--disambiguation_size", "32", "--max_steps", "6",
-            "--validate_every", "3", "--validation_users", "10", "--eval_max_users", "10", "--log_every", "2",
-            "--warmup_steps", "1", "--per_device_batch_size", "16"]
+MAIN_JOB = [
+    "--domains",
+    "xwines",
+    "foursquare_nyc",
+    "--zero_shot",
+    "foursquare_nyc",
+    "--in_domain_eval",
+    "xwines",
+    "--codebook_sizes",
+    "32",
+    "32",
+    "32",
+    "--disambiguation_size",
+    "32",
+    "--max_steps",
+    "6",
+    "--validate_every",
+    "3",
+    "--validation_users",
+    "10",
+    "--eval_max_users",
+    "10",
+    "--log_every",
+    "2",
+    "--warmup_steps",
+    "1",
+    "--per_device_batch_size",
+    "16",
+]
 
 
 def run_main_job(root: Path) -> tuple[Path, str]:
     folder = root / "recbase-test"
-    job = subprocess.run([sys.executable, "-m", "training.main", "--output_dir", str(folder),
-                          "--cache_dir", str(root / "embeddings"), *MAIN_JOB],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    job = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.main",
+            "--output_dir",
+            str(folder),
+            "--cache_dir",
+            str(root / "embeddings"),
+            *MAIN_JOB,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert job.returncode == 0, job.stderr[-3000:]
     return folder, job.stdout
 
@@ -47,12 +84,21 @@ def finished_run(main_job) -> Path:
 def test_the_main_job_announces_each_stage_and_writes_the_hub_folder(main_job):
     folder, log = main_job
     assert re.findall(r"=== \[(\d)/4\]", log) == ["1", "2", "3", "4"]
-    assert {"model.safetensors", "eval_results.json", "eval_results.md", "item_tokenizer_report.json", "validation.json",
-            "README.md"} <= {path.name for path in folder.iterdir()}
+    assert {
+        "model.safetensors",
+        "eval_results.json",
+        "eval_results.md",
+        "item_tokenizer_report.json",
+        "validation.json",
+        "README.md",
+    } <= {path.name for path in folder.iterdir()}
     assert (folder / "logs" / "train_log.jsonl").is_file()
     assert not (folder.parent / f".{folder.name}.staging").exists()  # the final save left nothing half-done
     results = json.loads((folder / "eval_results.json").read_text())
-    assert results["run"]["pretrain_domains"] == ["xwines"] and results["domains"]["foursquare_nyc"]["role"] == "zero-shot"
+    assert (
+        results["run"]["pretrain_domains"] == ["xwines"]
+        and results["domains"]["foursquare_nyc"]["role"] == "zero-shot"
+    )
     assert set(results["domains"]["xwines"]["models"]) == {RECBASE, TEXT_SIMILARITY, POPULARITY, RANDOM}
     assert RECBASE_WITH_COUNTS in results["with_catalogue_counts"]["domains"]["foursquare_nyc"]["models"]
 
@@ -75,7 +121,9 @@ def test_card_renders_and_its_metadata_parses_back(finished_run):
     parsed = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
     for domain in ("xwines", "foursquare_nyc"):
         for metric in ("recall@10", "ndcg@10", "auc", "gauc"):
-            assert parsed[(domain, metric)] == pytest.approx(results["domains"][domain]["models"][RECBASE][metric], abs=1e-5)
+            assert parsed[(domain, metric)] == pytest.approx(
+                results["domains"][domain]["models"][RECBASE][metric], abs=1e-5
+            )
     assert "| foursquare_nyc (zero-shot) | " in card.text
     assert "6 optimizer steps" in card.text  # what the train log shows
     for plot in ("training_loss.svg", "zero_shot.svg"):
@@ -98,11 +146,25 @@ def test_the_usage_snippet_runs_as_written(finished_run, run_outside_repo):
 def test_export_folder_loads_with_the_auto_classes_and_the_pipeline(finished_run, tmp_path, run_outside_repo):
     folder = export.export_folder(finished_run, tmp_path / "hub" / "recbase-test", model_id="someone/recbase-test")
     names = {path.name for path in folder.iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer_config.json", "item_table.json", "quantizer.pt",
-            "modeling_recbase.py", "configuration_recbase.py", "tokenization_recbase.py", "quantization_recbase.py", "item_text_recbase.py",
-            "item_signals_recbase.py",
-            "pipeline_recbase.py",
-            "README.md", "training_loss.svg", "zero_shot.svg", "eval_results.json", "validation.json"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer_config.json",
+        "item_table.json",
+        "quantizer.pt",
+        "modeling_recbase.py",
+        "configuration_recbase.py",
+        "tokenization_recbase.py",
+        "quantization_recbase.py",
+        "item_text_recbase.py",
+        "item_signals_recbase.py",
+        "pipeline_recbase.py",
+        "README.md",
+        "training_loss.svg",
+        "zero_shot.svg",
+        "eval_results.json",
+        "validation.json",
+    } <= names
     assert "checkpoints" not in names  # no optimizer state on the Hub
     config = json.loads((folder / "config.json").read_text())
     assert config["custom_pipelines"]["next-item-generation"]["impl"] == "pipeline_recbase.NextItemGenerationPipeline"
@@ -122,7 +184,16 @@ print(type(model).__name__, type(tokenizer).__name__, len(recommend({{"history":
 def test_push_without_network_says_so_and_leaves_the_folder_ready(finished_run, tmp_path):
     output_dir = tmp_path / "ready"
     with pytest.raises(SystemExit, match="could not upload to someone/recbase-test .* is ready"):
-        export.main(["--checkpoint", str(finished_run), "--output_dir", str(output_dir), "--push_to_hub", "someone/recbase-test"])
+        export.main(
+            [
+                "--checkpoint",
+                str(finished_run),
+                "--output_dir",
+                str(output_dir),
+                "--push_to_hub",
+                "someone/recbase-test",
+            ]
+        )
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "README.md").is_file()
 
 

@@ -38,8 +38,12 @@ def folder_generation(folder) -> int:
 
 def test_a_kill_during_the_final_save_leaves_the_old_folder_or_the_new_one(tiny_run, tmp_path):
     target = tmp_path / "hub"
-    process = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(tiny_run["checkpoint"]), str(target)],
-                               cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SAVE_FOREVER, str(tiny_run["checkpoint"]), str(target)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout.readline().strip() == "1"  # one whole save exists before the kills start
     seen = []
     for delay in (0.05, 0.13, 0.21, 0.34, 0.55):  # kills land at different points of a save

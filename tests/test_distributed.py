@@ -19,13 +19,44 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64, codebook_
 def test_the_ddp_config_trains_under_two_cpu_processes(tiny_run, tmp_path):
     output_dir = tmp_path / "ddp"
     # The config is written for GPUs (bf16, one process per GPU); on CPU accelerate runs it with gloo.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "ddp.yaml"),
-               "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "29533",
-               "-m", "training.pretrain", "--corpus_dir", str(tiny_run["corpus"]), "--tokenizer_dir",
-               str(tiny_run["tokenizer"]), "--output_dir", str(output_dir), "--domains", "music", "films",
-               "--max_steps", "4", "--checkpointing_steps", "4", "--per_device_batch_size", "8"]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CONFIGS / "ddp.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "29533",
+        "-m",
+        "training.pretrain",
+        "--corpus_dir",
+        str(tiny_run["corpus"]),
+        "--tokenizer_dir",
+        str(tiny_run["tokenizer"]),
+        "--output_dir",
+        str(output_dir),
+        "--domains",
+        "music",
+        "films",
+        "--max_steps",
+        "4",
+        "--checkpointing_steps",
+        "4",
+        "--per_device_batch_size",
+        "8",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     logged = json.loads((output_dir / "logs" / "train_log.jsonl").read_text().splitlines()[0])["config"]
     assert (logged["distributed_type"], logged["num_processes"], logged["backend"]) == ("MULTI_CPU", 2, "gloo")
@@ -73,10 +104,25 @@ def test_the_fsdp_plan_trains_under_two_cpu_processes_like_one_process(tmp_path)
     assert plan["fsdp_version"] == 2
     script, output = tmp_path / "sharded.py", tmp_path / "sharded.safetensors"
     script.write_text(SHARDED_TRAINING.format(tiny=TINY))
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                             "29544", str(script), plan["fsdp_transformer_layer_cls_to_wrap"], str(output)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29544",
+            str(script),
+            plan["fsdp_transformer_layer_cls_to_wrap"],
+            str(output),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     from safetensors.torch import load_file

@@ -7,22 +7,31 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
-from modeling_recbase.pipeline_recbase import rank_items
+from modeling_recbase import ItemRanker, RankingPolicy, RecBaseConfig, RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer
 from training import pretrain
-from training.embedding import EmbeddingCache
 from training.baselines import PopularityRecommender, RandomRecommender, TextSimilarityRecommender
+from training.corpus import load_corpus
+from training.embedding import EmbeddingCache
 from training.evaluate import RecBaseRecommender
 from training.protocols import build_evaluation_set, evaluate_recommender
-from training.corpus import load_corpus
 
 DROPOUT_FIELDS = ["embedding_dropout", "residual_dropout", "attention_dropout"]
 
 
+PLAIN_GENERATIVE = dict(dense_head=False, content_inputs=False, popularity_buckets=0, latent_dim=0)
+
+
 def small_model(**fields) -> RecBaseForCausalLM:
-    config = RecBaseConfig.from_preset("recbase-tiny", hidden_size=32, num_hidden_layers=2, intermediate_size=64,
-                                       codebook_sizes=[4, 4, 4], disambiguation_size=2, **fields)
+    config = RecBaseConfig.from_preset(
+        "recbase-tiny",
+        hidden_size=32,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        codebook_sizes=[4, 4, 4],
+        disambiguation_size=2,
+        **fields,
+    )
     return RecBaseForCausalLM(config)
 
 
@@ -55,11 +64,38 @@ def rigged_run(tiny_run, tmp_path, monkeypatch, curve: list[float], patience: in
 
     monkeypatch.setattr(pretrain, "validation_metrics", rigged)
     output_dir = tmp_path / "run"
-    pretrain.main(["--corpus_dir", str(tiny_run["corpus"]), "--tokenizer_dir", str(tiny_run["tokenizer"]),
-                   "--output_dir", str(output_dir), "--domains", "music", "--per_device_batch_size", "4",
-                   "--max_steps", str(len(curve) - 1), "--validation_domains", "music", "--validate_every", "1",
-                   "--validation_users", "5", "--validation_negatives", "5", "--early_stopping_patience", str(patience),
-                   "--learning_rate", "1e-2", "--checkpointing_steps", "100", "--max_history_items", "6"])
+    pretrain.main(
+        [
+            "--corpus_dir",
+            str(tiny_run["corpus"]),
+            "--tokenizer_dir",
+            str(tiny_run["tokenizer"]),
+            "--output_dir",
+            str(output_dir),
+            "--domains",
+            "music",
+            "--per_device_batch_size",
+            "4",
+            "--max_steps",
+            str(len(curve) - 1),
+            "--validation_domains",
+            "music",
+            "--validate_every",
+            "1",
+            "--validation_users",
+            "5",
+            "--validation_negatives",
+            "5",
+            "--early_stopping_patience",
+            str(patience),
+            "--learning_rate",
+            "1e-2",
+            "--checkpointing_steps",
+            "100",
+            "--max_history_items",
+            "6",
+        ]
+    )
     log = json.loads((output_dir / "validation.json").read_text())
     return log, states, load_file(output_dir / "model.safetensors")
 
@@ -90,11 +126,17 @@ def music_set(tiny_run):
 def test_every_recommender_leaves_out_the_history_when_asked(tiny_run, music_set):
     tokenizer, data = music_set
     model = RecBaseForCausalLM.from_pretrained(tiny_run["checkpoint"]).eval()
-    recommenders = [RecBaseRecommender(model, tokenizer, num_beams=5), PopularityRecommender(), RandomRecommender(),
-                    TextSimilarityRecommender(tokenizer, EmbeddingCache(cache_dir=tiny_run["root"] / "embeddings"))]
+    recommenders = [
+        RecBaseRecommender(ItemRanker(model, tokenizer)),
+        PopularityRecommender(),
+        RandomRecommender(),
+        TextSimilarityRecommender(tokenizer, EmbeddingCache(cache_dir=tiny_run["root"] / "embeddings")),
+    ]
     for recommender in recommenders:
         kept = recommender.rank(data, 5, exclude_history=True)
-        assert all(len(row) == 5 and not set(row) & set(history) for row, history in zip(kept, data.histories)), recommender.name
+        assert all(len(row) == 5 and not set(row) & set(history) for row, history in zip(kept, data.histories)), (
+            recommender.name
+        )
         evaluate_recommender(recommender, data, ks=(5,), protocols=("full_ranking",), exclude_history=True)
     # Text similarity ranks the last history item first when history items are allowed.
     allowed = recommenders[-1].rank(data, 5, exclude_history=False)
@@ -102,11 +144,11 @@ def test_every_recommender_leaves_out_the_history_when_asked(tiny_run, music_set
 
 
 @pytest.mark.parametrize("dense_head", [False, True])
-def test_rank_items_excludes_the_history_in_both_heads(tokenizer_with_model, dense_head):
+def test_ranking_excludes_the_history_in_both_heads(tokenizer_with_model, dense_head):
     tokenizer, model = tokenizer_with_model(dense_head)
     histories = [["music/1", "music/5", "music/9"], ["music/2"]]
     items = tokenizer.domain_items("music")
-    for row, history in zip(rank_items(model, tokenizer, histories, items, 6, exclude_history=True), histories):
+    for row, history in zip(ItemRanker(model, tokenizer).rank(histories, items, 6, exclude_history=True), histories):
         keys = [key for key, _ in row]
         assert len(keys) == 6 and len(set(keys)) == 6 and not set(keys) & set(history)
 
@@ -115,11 +157,13 @@ def test_rank_items_excludes_the_history_in_both_heads(tokenizer_with_model, den
 def tokenizer_with_model(tiny_run):
     def build(dense_head: bool) -> tuple[RecBaseTokenizer, RecBaseForCausalLM]:
         tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
-        fields = dict(dense_head=True, latent_dim=tokenizer.quantizer.config["latent_dim"],
-                      item_vector_size=tokenizer.item_vector_size, code_score_domains=["music"]) if dense_head else {}
+        fields = dict(latent_dim=tokenizer.quantizer.config["latent_dim"]) if dense_head else PLAIN_GENERATIVE
         torch.manual_seed(0)
         model = small_model(**fields).eval()
         if dense_head:
             model.model.code_latents.weight.data.copy_(tokenizer.code_latent_table(model.config.vocab_size))
+            # both heads score the domain it "trained" on
+            model.ranking_policy = RankingPolicy(code_score_weight=1.0, code_score_domains=["music"])
         return tokenizer, model
+
     return build

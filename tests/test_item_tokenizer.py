@@ -8,15 +8,28 @@ import torch
 from transformers import AutoTokenizer
 
 from modeling_recbase import RecBaseConfig
-from tokenization_recbase import SPECIAL_TOKENS, RecBaseTokenizer, assign_unique_codes
+from tokenization_recbase import SPECIAL_TOKENS, RecBaseTokenizer, assign_unique_codes, unified_item_text
 from training import embedding
 from training.bundled_domains import read_domain
 from training.embedding import EmbeddingCache
-from tokenization_recbase import unified_item_text
-from training.fit_item_tokenizer import QuantizerFitConfig, code_usage, collision_rate, fit_item_tokenizer, kmeans, report_markdown
+from training.fit_item_tokenizer import (
+    QuantizerFitConfig,
+    code_usage,
+    collision_rate,
+    fit_item_tokenizer,
+    kmeans,
+    report_markdown,
+)
 
-SMALL_FIT = QuantizerFitConfig(codebook_sizes=[32, 32, 32], hidden_dims=[128], latent_dim=32, epochs_per_level=3,
-                               final_epochs=3, batch_size=128, kmeans_iterations=10)
+SMALL_FIT = QuantizerFitConfig(
+    codebook_sizes=[32, 32, 32],
+    hidden_dims=[128],
+    latent_dim=32,
+    epochs_per_level=3,
+    final_epochs=3,
+    batch_size=128,
+    kmeans_iterations=10,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +48,15 @@ def real_items(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fitted(real_items):
     items, cache_dir = real_items
-    return fit_item_tokenizer(items, ["amazon18_scientific"], ["amazon18_office"], SMALL_FIT,
-                              disambiguation_size=8, cache_dir=cache_dir, log=lambda message: None)
+    return fit_item_tokenizer(
+        items,
+        ["amazon18_scientific"],
+        ["amazon18_office"],
+        SMALL_FIT,
+        disambiguation_size=8,
+        cache_dir=cache_dir,
+        log=lambda message: None,
+    )
 
 
 @pytest.mark.parametrize("codebook_sizes, disambiguation_size", [([4, 4], 0), ([8, 4, 2], 3), ([1024] * 4, 64)])
@@ -45,12 +65,19 @@ def test_the_model_config_and_the_tokenizer_share_one_vocabulary_layout(codebook
     config = RecBaseConfig(codebook_sizes=codebook_sizes, disambiguation_size=disambiguation_size)
     assert config.vocab_size_needed == len(tokenizer) == config.vocab_size
     assert [config.pad_token_id, config.bos_token_id, config.eos_token_id] == tokenizer.convert_tokens_to_ids(
-        list(SPECIAL_TOKENS))
-    assert tokenizer.convert_ids_to_tokens(len(tokenizer) - config.last_level_size).endswith("_0>")  # last level's code 0
+        list(SPECIAL_TOKENS)
+    )
+    assert tokenizer.convert_ids_to_tokens(len(tokenizer) - config.last_level_size).endswith(
+        "_0>"
+    )  # last level's code 0
     tokenizer.check_model_config(config, "test")
     with pytest.raises(ValueError, match="special token ids"):
-        tokenizer.check_model_config(RecBaseConfig(codebook_sizes=codebook_sizes, disambiguation_size=disambiguation_size,
-                                                   bos_token_id=2, eos_token_id=1), "test")
+        tokenizer.check_model_config(
+            RecBaseConfig(
+                codebook_sizes=codebook_sizes, disambiguation_size=disambiguation_size, bos_token_id=2, eos_token_id=1
+            ),
+            "test",
+        )
 
 
 def test_every_real_item_gets_a_unique_id_and_no_level_collapses(fitted):
@@ -68,8 +95,15 @@ def test_every_real_item_gets_a_unique_id_and_no_level_collapses(fitted):
 
 def test_same_seed_gives_same_ids(real_items, fitted):
     items, cache_dir = real_items
-    again, _ = fit_item_tokenizer(items, ["amazon18_scientific"], ["amazon18_office"], SMALL_FIT,
-                                  disambiguation_size=8, cache_dir=cache_dir, log=lambda message: None)
+    again, _ = fit_item_tokenizer(
+        items,
+        ["amazon18_scientific"],
+        ["amazon18_office"],
+        SMALL_FIT,
+        disambiguation_size=8,
+        cache_dir=cache_dir,
+        log=lambda message: None,
+    )
     assert dict(again.item_codes) == dict(fitted[0].item_codes)
 
 
@@ -93,7 +127,8 @@ def test_round_trip_through_auto_tokenizer_outside_repo(fitted, tmp_path, run_ou
     tokenizer.save_pretrained(tmp_path / "tok")
     expected = {key: tokenizer.encode_history([key])["input_ids"] for key in tokenizer.item_codes}
     (tmp_path / "expected.json").write_text(json.dumps(expected))
-    out = run_outside_repo(textwrap.dedent(f"""
+    out = run_outside_repo(
+        textwrap.dedent(f"""
         import json, torch
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained({str(tmp_path / "tok")!r}, trust_remote_code=True)
@@ -105,7 +140,8 @@ def test_round_trip_through_auto_tokenizer_outside_repo(fitted, tmp_path, run_ou
         new = tok.add_items(["amazon18_office/new"], embeddings=torch.zeros(1, 384))
         assert new["amazon18_office/new"] not in [tok.item_codes[k] for k in expected]
         print(len(expected))
-    """))
+    """)
+    )
     assert out.strip() == "400"
 
 
@@ -127,7 +163,9 @@ def test_history_encoding_and_decoding(fitted):
     # A batch is left-padded; max_history_items keeps the most recent items.
     batch = tokenizer.encode_history([keys, keys[:1]], return_tensors="pt")
     assert batch["input_ids"].shape == (2, 1 + 3 * tokenizer.tokens_per_item)
-    assert batch["attention_mask"][1].tolist() == [0] * (2 * tokenizer.tokens_per_item) + [1] * (1 + tokenizer.tokens_per_item)
+    assert batch["attention_mask"][1].tolist() == [0] * (2 * tokenizer.tokens_per_item) + [1] * (
+        1 + tokenizer.tokens_per_item
+    )
     truncated = tokenizer.encode_history(keys, max_history_items=2)
     assert tokenizer.decode_items(truncated["input_ids"]) == keys[1:]
     # The concept tokens are also plain text for the usual tokenizer API.
@@ -170,7 +208,10 @@ def test_cold_start_from_text_and_from_embeddings(fitted, tmp_path):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda t: t.encode_history(["amazon18_office/does-not-exist"]), "unknown item key 'amazon18_office/does-not-exist'"),
+        (
+            lambda t: t.encode_history(["amazon18_office/does-not-exist"]),
+            "unknown item key 'amazon18_office/does-not-exist'",
+        ),
         (lambda t: t.encode_history([]), "a history is a non-empty list of item keys"),
         (lambda t: t.encode_history([["amazon18_office/0"], []]), "a history is a non-empty list of item keys"),
         (lambda t: t.domain_items("books"), "no items of domain 'books'"),
@@ -214,7 +255,7 @@ def test_quantizer_statistics_by_hand():
 
 
 def test_embedding_cache_keeps_finished_shards_when_a_run_fails(tmp_path, monkeypatch):
-    texts = [f"Describe a movie:\n{{\"title\": \"Film {i}\"}}" for i in range(6)]
+    texts = [f'Describe a movie:\n{{"title": "Film {i}"}}' for i in range(6)]
     calls = []
     real_encode = embedding.TextEncoder.encode
 
@@ -284,7 +325,7 @@ def test_embedding_shows_one_bar_with_the_real_total(tmp_path, monkeypatch):
 
     monkeypatch.setattr(embedding, "SHARD_SIZE", 2)
     monkeypatch.setattr(embedding, "tqdm", RecordingBar)
-    texts = [f"Describe a song:\n{{\"title\": \"Song {i}\"}}" for i in range(5)]
+    texts = [f'Describe a song:\n{{"title": "Song {i}"}}' for i in range(5)]
     EmbeddingCache(cache_dir=tmp_path).embed(texts)
     assert [(bar.total, bar.count) for bar in bars] == [(5, 5)]
 
@@ -292,7 +333,7 @@ def test_embedding_shows_one_bar_with_the_real_total(tmp_path, monkeypatch):
 def test_removed_items_free_their_ids_and_a_new_domain_its_alignment(tiny_run):
     tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
     before = dict(tokenizer.item_codes)
-    texts = ["Describe a book:\n{\"title\": \"Dune\"}", "Describe a book:\n{\"title\": \"Emma\"}"]
+    texts = ['Describe a book:\n{"title": "Dune"}', 'Describe a book:\n{"title": "Emma"}']
     codes = tokenizer.add_items(["books/1", "books/2"], texts=texts)
     assert "books" in tokenizer.domain_alignments
     tokenizer.remove_items(["books/1", "books/2"])

@@ -8,7 +8,6 @@ import evaluate
 import pytest
 
 from tests.conftest import REPO_ROOT
-
 from training.ranking_metrics.ranking_metrics import auc, gauc, ndcg_at_k, recall_at_k
 
 METRIC_FOLDER = str(REPO_ROOT / "training" / "ranking_metrics")
@@ -46,7 +45,6 @@ def test_auc_needs_both_classes():
         auc([0.1, 0.2], [0, 0])
 
 
-
 @pytest.mark.parametrize("k", [1, 5, 10])
 def test_a_perfect_ranking_scores_one_everywhere(k):
     ranked = [f"item{i}" for i in range(10)]
@@ -55,11 +53,14 @@ def test_a_perfect_ranking_scores_one_everywhere(k):
     assert auc(scores, [1] + [0] * 9) == 1.0 and gauc([(scores, [1] + [0] * 9)] * 3) == 1.0
 
 
-@pytest.mark.parametrize("scores, labels, expected", [
-    ([0.1, 0.9, 0.8], [1, 0, 0], 0.0),  # reversed: every negative above the positive
-    ([0.5, 0.5, 0.5, 0.5], [1, 0, 1, 0], 0.5),  # all tied
-    ([0.3, 0.2, 0.1], [1, 1, 0], 1.0),
-])
+@pytest.mark.parametrize(
+    "scores, labels, expected",
+    [
+        ([0.1, 0.9, 0.8], [1, 0, 0], 0.0),  # reversed: every negative above the positive
+        ([0.5, 0.5, 0.5, 0.5], [1, 0, 1, 0], 0.5),  # all tied
+        ([0.3, 0.2, 0.1], [1, 1, 0], 1.0),
+    ],
+)
 def test_auc_of_reversed_tied_and_perfect_scores(scores, labels, expected):
     assert auc(scores, labels) == expected
 
@@ -75,9 +76,14 @@ def test_the_evaluate_metric_loads_offline_and_gives_the_hand_checked_values(mon
     monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
     ranking = evaluate.load(METRIC_FOLDER)
     ranked = [["a", "b", "c"], ["a", "b", "c", "d", "e"], ["a"]]
-    assert ranking.compute(predictions=ranked, references=["b", "e", "z"], ks=[2, 5]) == pytest.approx({
-        "recall@2": 1 / 3, "ndcg@2": (1 / math.log2(3)) / 3,
-        "recall@5": 2 / 3, "ndcg@5": (1 / math.log2(3) + 1 / math.log2(6)) / 3})
+    assert ranking.compute(predictions=ranked, references=["b", "e", "z"], ks=[2, 5]) == pytest.approx(
+        {
+            "recall@2": 1 / 3,
+            "ndcg@2": (1 / math.log2(3)) / 3,
+            "recall@5": 2 / 3,
+            "ndcg@5": (1 / math.log2(3) + 1 / math.log2(6)) / 3,
+        }
+    )
     scoring = evaluate.load(METRIC_FOLDER, "candidate_scoring")
     users = [([0.9, 0.1, 0.2], [1, 0, 0]), ([0.1, 0.5], [1, 0]), ([0.3, 0.4], [0, 0])]
     result = scoring.compute(predictions=[s for s, _ in users], references=[y for _, y in users])

@@ -1,8 +1,8 @@
 """The next-item pipeline from a saved folder, and LoRA adaptation (PEFT-style invariants)."""
 
 import json
-import re
 import logging
+import re
 
 import pytest
 import torch
@@ -13,11 +13,13 @@ from modeling_recbase import RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer
 from training import adapt, pretrain
 from training.arguments import LORA_TARGET_MODULES
-from training.protocols import TEXT_SIMILARITY
 from training.checkpoint import load_checkpoint
+from training.protocols import TEXT_SIMILARITY
 
-UNSEEN_TEXTS = ['Describe a music:\n{"title": "late night jazz piano trio"}',
-                'Describe a music:\n{"title": "smoky jazz club saxophone"}']
+UNSEEN_TEXTS = [
+    'Describe a music:\n{"title": "late night jazz piano trio"}',
+    'Describe a music:\n{"title": "smoky jazz club saxophone"}',
+]
 
 
 def test_pipeline_from_a_saved_folder_outside_the_repo(tiny_run, run_outside_repo):
@@ -41,43 +43,72 @@ print(json.dumps({{"keys": keys, "texts": texts, "batch": batch, "scored": score
         assert len(items) == top_k == len(set(items)) and set(items) <= music and not set(items) & history
         assert all(row["text"] for row in ranked if not row["item"].startswith("music/text-"))
         scores = [row["score"] for row in ranked]
-        assert scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)
+        assert scores == sorted(scores, reverse=True)
     assert [len(rows) for rows in result["batch"]] == [3, 3]
     assert [row["item"] for row in result["scored"]] == ["music/2", "music/3", "films/4"]
 
 
-def test_pipeline_scores_equal_the_model_log_likelihood(tiny_run):
+def test_pipeline_scores_equal_the_model_dense_score(tiny_run):
     recommend = pipeline("next-item-generation", model=str(tiny_run["checkpoint"]), trust_remote_code=True)
     model, tokenizer = recommend.model, recommend.tokenizer
     scored = recommend.score_candidates(["music/1", "music/2"], ["music/7"])[0]["score"]
-    ids = tokenizer.encode_history(["music/1", "music/2", "music/7"], return_tensors="pt")["input_ids"]
-    log_probs = model(ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
-    assert scored == pytest.approx(log_probs[-tokenizer.tokens_per_item:].sum().item(), abs=1e-4)
+    encoded = tokenizer.encode_history(["music/1", "music/2"], return_tensors="pt", return_item_vectors=True)
+    query = model(**encoded, return_dense_queries=True).dense_queries[0, -1]
+    vector, centre = tokenizer.item_vectors(["music/7"])[0], tokenizer.domain_centres(["music/7"])[0]
+    cosine = torch.nn.functional.normalize(vector, dim=0) - centre
+    expected = cosine @ torch.nn.functional.normalize(query, dim=0) / model.config.dense_temperature
+    assert scored == pytest.approx(expected.item(), abs=1e-4)
     # The best ranked item is the candidate the same model scores highest among all music items.
     best = recommend({"history": ["music/1", "music/2"]}, top_k=1, domain="music", exclude_history=False)[0]
     everything = recommend.score_candidates(["music/1", "music/2"], tokenizer.domain_items("music"))
     assert best["item"] == max(everything, key=lambda row: row["score"])["item"]
 
 
-@pytest.mark.parametrize("problem, call, error", [
-    ("empty history", lambda p: p({"history": []}), (ValueError, "non-empty list")),
-    ("unknown key", lambda p: p({"history": ["music/404"]}), (ValueError, "unknown item key 'music/404'")),
-    ("top_k above the domain", lambda p: p({"history": ["music/1"]}, top_k=30, domain="music"),
-     (ValueError, "top_k=30 but 23 items of domain 'music' can be recommended")),
-    ("texts without a domain", lambda p: p({"history": [{"text": "a song"}]}), (ValueError, "needs domain=")),
-    *[(f"{n} text(s) of a new domain", lambda p, n=n: p({"history": [{"text": f"song {i}"} for i in range(n)]},
-                                                       domain="podcasts"),
-       (ValueError, "domain 'podcasts' has no indexed items, so there is nothing to recommend")) for n in (1, 2)],
-    ("bare list", lambda p: p.preprocess(["music/1"]), (ValueError, '{"history": \\[...\\]}')),
-    *[(f"top_k={k!r}", lambda p, k=k: p({"history": ["music/1"]}, top_k=k),
-       (ValueError, re.escape(f"top_k must be a positive integer, got {k!r}"))) for k in (0, -3, 2.5, "5", True)],
-    ("no history", lambda p: p({"history": None}), (ValueError, "the history must be a non-empty list")),
-    ("a None key", lambda p: p({"history": [None]}), (ValueError, "history entries must be item keys")),
-    *[(f"candidates {c!r}", lambda p, c=c: p.score_candidates(["music/1"], c),
-       (ValueError, "candidates must be a non-empty list of item keys")) for c in ([], [None], "music/2")],
-    ("unknown candidate", lambda p: p.score_candidates(["music/1"], ["music/nope"]),
-     (ValueError, "unknown item key 'music/nope'")),
-])
+@pytest.mark.parametrize(
+    "problem, call, error",
+    [
+        ("empty history", lambda p: p({"history": []}), (ValueError, "non-empty list")),
+        ("unknown key", lambda p: p({"history": ["music/404"]}), (ValueError, "unknown item key 'music/404'")),
+        (
+            "top_k above the domain",
+            lambda p: p({"history": ["music/1"]}, top_k=30, domain="music"),
+            (ValueError, "top_k=30 but 23 items of domain 'music' can be recommended"),
+        ),
+        ("texts without a domain", lambda p: p({"history": [{"text": "a song"}]}), (ValueError, "needs domain=")),
+        *[
+            (
+                f"{n} text(s) of a new domain",
+                lambda p, n=n: p({"history": [{"text": f"song {i}"} for i in range(n)]}, domain="podcasts"),
+                (ValueError, "domain 'podcasts' has no indexed items, so there is nothing to recommend"),
+            )
+            for n in (1, 2)
+        ],
+        ("bare list", lambda p: p.preprocess(["music/1"]), (ValueError, '{"history": \\[...\\]}')),
+        *[
+            (
+                f"top_k={k!r}",
+                lambda p, k=k: p({"history": ["music/1"]}, top_k=k),
+                (ValueError, re.escape(f"top_k must be a positive integer, got {k!r}")),
+            )
+            for k in (0, -3, 2.5, "5", True)
+        ],
+        ("no history", lambda p: p({"history": None}), (ValueError, "the history must be a non-empty list")),
+        ("a None key", lambda p: p({"history": [None]}), (ValueError, "history entries must be item keys")),
+        *[
+            (
+                f"candidates {c!r}",
+                lambda p, c=c: p.score_candidates(["music/1"], c),
+                (ValueError, "candidates must be a non-empty list of item keys"),
+            )
+            for c in ([], [None], "music/2")
+        ],
+        (
+            "unknown candidate",
+            lambda p: p.score_candidates(["music/1"], ["music/nope"]),
+            (ValueError, "unknown item key 'music/nope'"),
+        ),
+    ],
+)
 def test_pipeline_bad_input_is_reported_clearly(tiny_run, problem, call, error):
     recommend = pipeline("next-item-generation", model=str(tiny_run["checkpoint"]), trust_remote_code=True)
     with pytest.raises(error[0], match=error[1]):
@@ -105,6 +136,7 @@ def test_the_pipeline_reads_as_many_items_as_training_did(tiny_run, caplog):
 
 
 # ----- LoRA: PEFT-style invariants -----
+
 
 def lora(model: RecBaseForCausalLM) -> PeftModel:
     config = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=list(LORA_TARGET_MODULES))
@@ -139,16 +171,37 @@ def test_lora_is_the_identity_at_init_and_training_changes_it(tiny_run, history_
 
 def test_adapter_from_the_training_script_round_trips_and_merges(tiny_run, tmp_path, history_ids):
     adapter_dir, merged_dir = tmp_path / "lora", tmp_path / "merged"
-    common = ["--init_from", str(tiny_run["checkpoint"]), "--corpus_dir", str(tiny_run["corpus"]), "--domains", "films",
-              "--lora_rank", "4", "--max_steps", "6", "--per_device_batch_size", "8", "--learning_rate", "1e-2",
-              "--warmup_steps", "1"]
+    common = [
+        "--init_from",
+        str(tiny_run["checkpoint"]),
+        "--corpus_dir",
+        str(tiny_run["corpus"]),
+        "--domains",
+        "films",
+        "--lora_rank",
+        "4",
+        "--max_steps",
+        "6",
+        "--per_device_batch_size",
+        "8",
+        "--learning_rate",
+        "1e-2",
+        "--warmup_steps",
+        "1",
+    ]
     pretrain.main(common + ["--output_dir", str(adapter_dir)])
     pretrain.main(common + ["--output_dir", str(merged_dir), "--merge_lora"])
-    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json"} <= {p.name for p in adapter_dir.iterdir()}
-    assert (adapter_dir / "adapter_model.safetensors").stat().st_size < (tiny_run["checkpoint"] / "model.safetensors").stat().st_size
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json"} <= {
+        p.name for p in adapter_dir.iterdir()
+    }
+    assert (adapter_dir / "adapter_model.safetensors").stat().st_size < (
+        tiny_run["checkpoint"] / "model.safetensors"
+    ).stat().st_size
 
     auto = AutoPeftModelForCausalLM.from_pretrained(adapter_dir, trust_remote_code=True).eval()
-    explicit = PeftModel.from_pretrained(RecBaseForCausalLM.from_pretrained(tiny_run["checkpoint"]), adapter_dir).eval()
+    explicit = PeftModel.from_pretrained(
+        RecBaseForCausalLM.from_pretrained(tiny_run["checkpoint"]), adapter_dir
+    ).eval()
     merged = RecBaseForCausalLM.from_pretrained(merged_dir).eval()
     adapted = auto(**history_ids).logits
     base = RecBaseForCausalLM.from_pretrained(tiny_run["checkpoint"]).eval()(**history_ids).logits
@@ -161,9 +214,28 @@ def test_adapter_from_the_training_script_round_trips_and_merges(tiny_run, tmp_p
 
 
 def test_adapt_reports_zero_shot_lora_and_full_fine_tuning_in_one_table(tiny_run, tmp_path):
-    results = adapt.main(["--base", str(tiny_run["checkpoint"]), "--corpus_dir", str(tiny_run["corpus"]),
-                          "--domains", "films", "--output_dir", str(tmp_path), "--lora_rank", "2", "--num_epochs", "1",
-                          "--per_device_batch_size", "8", "--negatives", "5", "--cache_dir", str(tmp_path / "embeddings")])
+    results = adapt.main(
+        [
+            "--base",
+            str(tiny_run["checkpoint"]),
+            "--corpus_dir",
+            str(tiny_run["corpus"]),
+            "--domains",
+            "films",
+            "--output_dir",
+            str(tmp_path),
+            "--lora_rank",
+            "2",
+            "--num_epochs",
+            "1",
+            "--per_device_batch_size",
+            "8",
+            "--eval_negatives",
+            "5",
+            "--eval_cache_dir",
+            str(tmp_path / "embeddings"),
+        ]
+    )
     models = results["domains"]["films"]["models"]
     assert {adapt.RECBASE_ZERO_SHOT, adapt.RECBASE_LORA, adapt.RECBASE_FULL, TEXT_SIMILARITY} <= set(models)
     for metrics in models.values():
@@ -196,14 +268,15 @@ print([row["item"] for row in recommend({{"history": ["music/1", "music/5"]}}, t
 
 
 def test_candidate_scoring_in_chunks_matches_scoring_at_once(tiny_run, monkeypatch):
-    from modeling_recbase import pipeline_recbase
+    from modeling_recbase import ranking_recbase
 
     model, tokenizer = load_checkpoint(tiny_run["checkpoint"])
+    ranker = ranking_recbase.ItemRanker(model, tokenizer, ranking_recbase.RankingPolicy(code_score_weight=1.0))
     histories = [["music/1", "music/5"], ["films/2", "films/6", "films/9"]]
     candidates = [tokenizer.domain_items("music")[:11], tokenizer.domain_items("films")[:11]]
-    at_once = torch.tensor(pipeline_recbase.score_candidates(model, tokenizer, histories, candidates))
-    monkeypatch.setattr(pipeline_recbase, "SCORING_ROWS", 6)  # chunks of 3 candidates per user, the last of 2
-    chunked = torch.tensor(pipeline_recbase.score_candidates(model, tokenizer, histories, candidates))
+    at_once = torch.tensor(ranker.score(histories, candidates))
+    monkeypatch.setattr(ranking_recbase, "SCORING_ROWS", 6)  # chunks of 3 candidates per user, the last of 2
+    chunked = torch.tensor(ranker.score(histories, candidates))
     torch.testing.assert_close(chunked, at_once, rtol=1e-5, atol=1e-5)
     assert at_once.std() > 0
 

@@ -9,27 +9,44 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, pipeline
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, pipeline
 
-from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
+from modeling_recbase import ItemRanker, RankingPolicy, RecBaseConfig, RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer
-from training.corpus import load_corpus
 from training.baselines import PopularityRecommender, RandomRecommender, TextSimilarityRecommender
 from training.checkpoint import load_checkpoint
-from training.evaluate import RecBaseRecommender
-from training.protocols import EvaluationSet, build_evaluation_set, evaluate_recommender
+from training.corpus import load_corpus
 from training.embedding import EmbeddingCache
+from training.evaluate import RecBaseRecommender
 from training.pretrain import init_concept_embeddings_from_codebooks
 from training.pretraining_data import LengthGroupedSampler, training_windows
+from training.protocols import EvaluationSet, build_evaluation_set, evaluate_recommender
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def pretrain_command(run: dict, output_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "training.pretrain", "--corpus_dir", str(run["corpus"]),
-            "--tokenizer_dir", str(run["tokenizer"]), "--output_dir", str(output_dir), "--domains", "music",
-            "--per_device_batch_size", "4", "--log_every", "5", "--warmup_steps", "2", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "training.pretrain",
+        "--corpus_dir",
+        str(run["corpus"]),
+        "--tokenizer_dir",
+        str(run["tokenizer"]),
+        "--output_dir",
+        str(output_dir),
+        "--domains",
+        "music",
+        "--per_device_batch_size",
+        "4",
+        "--log_every",
+        "5",
+        "--warmup_steps",
+        "2",
+        *extra,
+    ]
 
 
 def run_to_end(command: list[str]) -> None:
@@ -53,17 +70,25 @@ def test_length_grouped_batches_cover_every_window_once_and_waste_little_padding
     assert order == list(sampler)  # the same (seed, epoch), the same batches: resumable
     sampler.set_epoch(1)
     assert list(sampler) != order
+
     def padded(indices):
         batches = [indices[i : i + 16] for i in range(0, len(indices), 16)]
         return sum(max(lengths[j] for j in batch) * len(batch) for batch in batches)
+
     shuffled = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
     assert sum(lengths) / padded(order) > 0.9 > 0.7 > sum(lengths) / padded(shuffled)
 
 
 def test_codebook_initialised_embeddings_keep_the_codebook_geometry(tiny_run):
     tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
-    config = RecBaseConfig.from_preset("recbase-tiny", hidden_size=32, num_hidden_layers=1, intermediate_size=64,
-                                       codebook_sizes=[4, 4, 4], disambiguation_size=2)
+    config = RecBaseConfig.from_preset(
+        "recbase-tiny",
+        hidden_size=32,
+        num_hidden_layers=1,
+        intermediate_size=64,
+        codebook_sizes=[4, 4, 4],
+        disambiguation_size=2,
+    )
     model = RecBaseForCausalLM(config)
     init_concept_embeddings_from_codebooks(model, tokenizer, seed=0)
     for level, codebook in enumerate(tokenizer.quantizer.codebooks):
@@ -71,7 +96,9 @@ def test_codebook_initialised_embeddings_keep_the_codebook_geometry(tiny_run):
         rows = model.get_input_embeddings().weight[first : first + len(codebook)]
         # An orthonormal map and one scale per level: inner products are the codebook's, scaled.
         expected = codebook @ codebook.T
-        torch.testing.assert_close(rows @ rows.T / (rows @ rows.T).norm(), expected / expected.norm(), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            rows @ rows.T / (rows @ rows.T).norm(), expected / expected.norm(), atol=1e-5, rtol=1e-4
+        )
     assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
 
@@ -81,16 +108,34 @@ def test_pretraining_killed_mid_run_resumes_to_the_same_end(tiny_run, tmp_path):
     run_to_end(pretrain_command(tiny_run, uninterrupted, "--max_steps", max_steps, "--checkpointing_steps", "5"))
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(pretrain_command(tiny_run, killed, "--max_steps", max_steps, "--checkpointing_steps", "5"),
-                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        pretrain_command(tiny_run, killed, "--max_steps", max_steps, "--checkpointing_steps", "5"),
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
-    while not (tmp_path / "killed-checkpoints" / "step_10").exists() and process.poll() is None and time.time() < deadline:
+    while (
+        not (tmp_path / "killed-checkpoints" / "step_10").exists()
+        and process.poll() is None
+        and time.time() < deadline
+    ):
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (killed / "model.safetensors").exists(), "the run ended before it could be killed"
-    run_to_end(pretrain_command(tiny_run, killed, "--max_steps", max_steps, "--checkpointing_steps", "5",
-                                "--resume_from_checkpoint", "latest"))
+    run_to_end(
+        pretrain_command(
+            tiny_run,
+            killed,
+            "--max_steps",
+            max_steps,
+            "--checkpointing_steps",
+            "5",
+            "--resume_from_checkpoint",
+            "latest",
+        )
+    )
 
     log = [json.loads(line) for line in (killed / "logs" / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == int(max_steps)
@@ -105,11 +150,11 @@ def test_pretraining_killed_mid_run_resumes_to_the_same_end(tiny_run, tmp_path):
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-4, atol=1e-5)
 
 
-def test_constrained_ranking_returns_only_real_distinct_items_of_the_domain(tiny_run):
+def test_ranking_returns_only_real_distinct_items_of_the_domain(tiny_run):
     model, tokenizer = load_checkpoint(tiny_run["checkpoint"])
     corpus = load_corpus(tiny_run["corpus"])
     data = build_evaluation_set(corpus, "films", tokenizer.domain_items("films"), negatives=5)
-    ranked = RecBaseRecommender(model, tokenizer, num_beams=12).rank(data, k=10, exclude_history=False)
+    ranked = RecBaseRecommender(ItemRanker(model, tokenizer)).rank(data, k=10, exclude_history=False)
     films = set(tokenizer.domain_items("films"))
     assert len(ranked) == 30
     for row in ranked:
@@ -122,30 +167,38 @@ def test_every_recommender_gives_both_protocols(tiny_run):
     data = build_evaluation_set(corpus, "music", tokenizer.domain_items("music"), negatives=5)
     assert all(row[0] == target and len(set(row)) == 6 for row, target in zip(data.candidates, data.targets))
     cache = EmbeddingCache(cache_dir=tiny_run["root"] / "embeddings")
-    for recommender in (RecBaseRecommender(model, tokenizer), TextSimilarityRecommender(tokenizer, cache),
-                        PopularityRecommender(), RandomRecommender()):
+    for recommender in (
+        RecBaseRecommender(ItemRanker(model, tokenizer)),
+        TextSimilarityRecommender(tokenizer, cache),
+        PopularityRecommender(),
+        RandomRecommender(),
+    ):
         metrics = evaluate_recommender(recommender, data)
         assert set(metrics) == {"recall@5", "ndcg@5", "recall@10", "ndcg@10", "auc", "gauc"}
         assert all(0.0 <= value <= 1.0 for value in metrics.values()), (recommender.name, metrics)
 
 
-def test_recbase_scores_equal_a_full_forward_pass(tiny_run):
+def test_the_code_head_adds_the_log_likelihood_of_a_full_forward_pass(tiny_run):
     model, tokenizer = load_checkpoint(tiny_run["checkpoint"])
     corpus = load_corpus(tiny_run["corpus"])
     data = build_evaluation_set(corpus, "music", tokenizer.domain_items("music"), max_users=3, negatives=2)
-    scores = RecBaseRecommender(model, tokenizer).score(data)
+    both = RecBaseRecommender(ItemRanker(model, tokenizer, RankingPolicy(code_score_weight=1.0))).score(data)
+    dense = RecBaseRecommender(ItemRanker(model, tokenizer)).score(data)
+    scores = [[b - d for b, d in zip(row_both, row_dense)] for row_both, row_dense in zip(both, dense)]
     history, candidate = data.histories[0], data.candidates[0][1]
     ids = torch.tensor([tokenizer.encode_history(history + [candidate])["input_ids"]])
     with torch.no_grad():
         log_probs = model(ids).logits.log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None]).squeeze(-1)
-    assert scores[0][1] == pytest.approx(log_probs[-tokenizer.tokens_per_item:].sum().item(), abs=1e-4)
+    assert scores[0][1] == pytest.approx(log_probs[-tokenizer.tokens_per_item :].sum().item(), abs=1e-4)
 
 
 def test_text_similarity_ranks_the_same_text_first(tiny_run, tmp_path):
     tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
     corpus = load_corpus(tiny_run["corpus"])
     data = build_evaluation_set(corpus, "music", tokenizer.domain_items("music"), negatives=5)
-    ranked = TextSimilarityRecommender(tokenizer, EmbeddingCache(cache_dir=tiny_run["root"] / "embeddings")).rank(data, 3, exclude_history=False)
+    ranked = TextSimilarityRecommender(tokenizer, EmbeddingCache(cache_dir=tiny_run["root"] / "embeddings")).rank(
+        data, 3, exclude_history=False
+    )
     assert all(row[0] == history[-1] for row, history in zip(ranked, data.histories))
 
 
@@ -159,9 +212,14 @@ def test_popularity_counts_only_the_training_part(tiny_run):
 @pytest.mark.parametrize("exclude_history, ranking", [(False, ["d/a", "d/c", "d/e"]), (True, ["d/a", "d/e", "d/b"])])
 def test_popularity_ranks_by_the_training_part_counts_alone(exclude_history, ranking):
     # "d/b" is the most frequent item of the domain, but only as held-out targets, which popularity must not see.
-    data = EvaluationSet(domain="d", items=["d/a", "d/b", "d/c", "d/e"], histories=[["d/c"]] * 3, targets=["d/b"] * 3,
-                         candidates=[["d/b", "d/a", "d/c"]] * 3,
-                         train_histories=[["d/a", "d/a", "d/c"], ["d/a", "d/e"], ["d/c"]])
+    data = EvaluationSet(
+        domain="d",
+        items=["d/a", "d/b", "d/c", "d/e"],
+        histories=[["d/c"]] * 3,
+        targets=["d/b"] * 3,
+        candidates=[["d/b", "d/a", "d/c"]] * 3,
+        train_histories=[["d/a", "d/a", "d/c"], ["d/a", "d/e"], ["d/c"]],
+    )
     recommender = PopularityRecommender()
     assert recommender.rank(data, 3, exclude_history) == [ranking] * 3  # ties keep the catalogue's order
     assert recommender.score(data) == [[0.0, 3.0, 2.0]] * 3
@@ -173,14 +231,18 @@ def test_bad_input_is_reported_clearly(tiny_run, tmp_path, problem):
         config = RecBaseConfig.from_preset("recbase-tiny", hidden_size=32, num_hidden_layers=1, codebook_sizes=[8, 8])
         RecBaseForCausalLM(config).save_pretrained(tmp_path)
         RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"]).save_pretrained(tmp_path)
-        with pytest.raises(ValueError, match=r"tokenizer \(codebooks \[4, 4, 4\].*does not match the model \(codebooks \[8, 8\]"):
+        with pytest.raises(
+            ValueError, match=r"tokenizer \(codebooks \[4, 4, 4\].*does not match the model \(codebooks \[8, 8\]"
+        ):
             load_checkpoint(tmp_path)
         with pytest.raises(ValueError, match=r"pipeline: the tokenizer \(codebooks \[4, 4, 4\].*does not match"):
             pipeline("next-item-generation", model=str(tmp_path), trust_remote_code=True)
     elif problem == "too few negatives":
         corpus = load_corpus(tiny_run["corpus"])
         tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
-        with pytest.raises(ValueError, match=r"domain 'music': evaluation user #\d+ has seen all but \d+ items, too few for 20"):
+        with pytest.raises(
+            ValueError, match=r"domain 'music': evaluation user #\d+ has seen all but \d+ items, too few for 20"
+        ):
             build_evaluation_set(corpus, "music", tokenizer.domain_items("music"), negatives=20)
     elif problem == "empty domain":
         corpus = load_corpus(tiny_run["corpus"])

@@ -20,8 +20,15 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 domains = st.text(min_size=1, max_size=8).filter(lambda text: "/" not in text)
 item_ids = st.text(min_size=1, max_size=8)
 keys = st.builds(lambda domain, item: f"{domain}/{item}", domains, item_ids)
-junk = st.one_of(st.none(), st.integers(), st.floats(allow_nan=True), st.text(max_size=12), st.binary(max_size=4),
-                 st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2))
+junk = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.binary(max_size=4),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2),
+)
 
 
 def all_codes() -> list[tuple[int, ...]]:
@@ -55,7 +62,10 @@ def test_the_tokenizer_refuses_bad_input_with_value_errors_only(history, token_i
         (lambda: tokenizer.encode_history(history), lambda out: tokenizer.decode_items(out["input_ids"]) == history),
         (lambda: tokenizer.decode_items(token_ids), lambda out: set(out) <= known),
         (lambda: tokenizer.tokenize(text), lambda out: all(isinstance(token, str) for token in out)),
-        (lambda: tokenizer.item_token_ids(history), lambda out: out.shape == (len(history), tokenizer.tokens_per_item)),
+        (
+            lambda: tokenizer.item_token_ids(history),
+            lambda out: out.shape == (len(history), tokenizer.tokens_per_item),
+        ),
         (lambda: tokenizer.add_items(history, embeddings=torch.zeros(len(history), 384)), lambda out: False),
     )
     for call, holds in checks:
@@ -81,9 +91,13 @@ def test_any_texts_get_unique_ids_in_a_new_domain(tiny_run, texts, domain):
     assert [tokenizer.item_text(key) for key in new_keys] == texts and set(codes) == set(new_keys)
 
 
-history_entries = st.one_of(st.sampled_from(["music/1", "music/2", "films/3", "films/9"]), keys, junk,
-                            st.fixed_dictionaries({"text": st.one_of(st.text(max_size=20), junk)}),
-                            st.fixed_dictionaries({"title": st.text(max_size=20)}, optional={"item_type": st.text(max_size=8)}))
+history_entries = st.one_of(
+    st.sampled_from(["music/1", "music/2", "films/3", "films/9"]),
+    keys,
+    junk,
+    st.fixed_dictionaries({"text": st.one_of(st.text(max_size=20), junk)}),
+    st.fixed_dictionaries({"title": st.text(max_size=20)}, optional={"item_type": st.text(max_size=8)}),
+)
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +106,11 @@ def recommend(tiny_run):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.one_of(st.lists(history_entries, max_size=5), junk), st.one_of(st.integers(-2, 30), junk),
-       st.one_of(st.none(), st.sampled_from(["music", "films", "podcasts"]), junk))
+@given(
+    st.one_of(st.lists(history_entries, max_size=5), junk),
+    st.one_of(st.integers(-2, 30), junk),
+    st.one_of(st.none(), st.sampled_from(["music", "films", "podcasts"]), junk),
+)
 @example(["music/1", {"title": "smoky jazz club"}], 3, None)  # the success path, whatever is drawn
 def test_pipeline_inputs_give_real_items_or_a_value_error(recommend, history, top_k, domain):
     before = dict(recommend.tokenizer.item_codes)
@@ -112,8 +129,10 @@ def test_pipeline_inputs_give_real_items_or_a_value_error(recommend, history, to
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(history_entries, max_size=4), st.one_of(st.lists(st.one_of(keys, junk, st.sampled_from(
-    ["music/4", "music/5", "films/6"])), max_size=5), junk))
+@given(
+    st.lists(history_entries, max_size=4),
+    st.one_of(st.lists(st.one_of(keys, junk, st.sampled_from(["music/4", "music/5", "films/6"])), max_size=5), junk),
+)
 @example(["music/1", {"text": "a new song"}], ["music/4", "films/6"])
 def test_candidate_scoring_inputs_give_one_score_per_candidate_or_a_value_error(recommend, history, candidates):
     try:
@@ -125,12 +144,21 @@ def test_candidate_scoring_inputs_give_one_score_per_candidate_or_a_value_error(
 
 
 # Rows as users' own files hold them: fields missing, empty, of the wrong type, any Unicode, odd timestamps.
-cells = st.one_of(st.none(), st.text(max_size=12), st.integers(-5, 10**12), st.floats(allow_nan=True),
-                  st.lists(st.text(max_size=5), max_size=3), st.booleans())
-item_rows = st.lists(st.dictionaries(st.sampled_from(["item_id", "title", "categories", "brand", "year", "junk"]),
-                                     cells, max_size=5), max_size=6)
-interaction_rows = st.lists(st.dictionaries(st.sampled_from(["user_id", "item_id", "timestamp", "junk"]), cells,
-                                            max_size=4), max_size=10)
+cells = st.one_of(
+    st.none(),
+    st.text(max_size=12),
+    st.integers(-5, 10**12),
+    st.floats(allow_nan=True),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.booleans(),
+)
+item_rows = st.lists(
+    st.dictionaries(st.sampled_from(["item_id", "title", "categories", "brand", "year", "junk"]), cells, max_size=5),
+    max_size=6,
+)
+interaction_rows = st.lists(
+    st.dictionaries(st.sampled_from(["user_id", "item_id", "timestamp", "junk"]), cells, max_size=4), max_size=10
+)
 
 
 def write_rows(path, rows: list[dict]) -> None:
@@ -145,13 +173,18 @@ def write_rows(path, rows: list[dict]) -> None:
     with path.open("w", newline="", encoding="utf-8", errors="surrogatepass") as handle:
         writer = csv.DictWriter(handle, columns)
         writer.writeheader()
-        writer.writerows({column: "" if row.get(column) is None else row[column] for column in columns} for row in rows)
+        writer.writerows(
+            {column: "" if row.get(column) is None else row[column] for column in columns} for row in rows
+        )
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(item_rows, interaction_rows, st.sampled_from([".csv", ".jsonl"]))
-@example([{"item_id": 1, "title": "Alien", "categories": ["sf"]}, {"item_id": 2}],
-         [{"user_id": "u", "item_id": 1, "timestamp": 5}, {"user_id": "u", "item_id": 2, "timestamp": 3}], ".csv")
+@example(
+    [{"item_id": 1, "title": "Alien", "categories": ["sf"]}, {"item_id": 2}],
+    [{"user_id": "u", "item_id": 1, "timestamp": 5}, {"user_id": "u", "item_id": 2, "timestamp": 3}],
+    ".csv",
+)
 def test_own_files_are_read_or_refused_with_the_file_and_line_named(tmp_path_factory, items, interactions, suffix):
     from training.corpus_schema import CorpusError
     from training.readers import read_generic

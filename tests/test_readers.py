@@ -16,7 +16,6 @@ from training.corpus_schema import INTERACTION_FEATURES, ITEM_FEATURES, CorpusEr
 from training.readers import read_generic
 from training.splits import to_sequences
 
-
 ITEM_ROWS = [
     {
         "item_id": "b1",
@@ -105,7 +104,7 @@ def test_generic_category_strings(tmp_path):
     items_path = write(
         tmp_path / "items.csv",
         "item_id,categories\n"
-        'a,Books|Science Fiction\n'
+        "a,Books|Science Fiction\n"
         'b,"Office, Pens, Ballpoint Pens"\n'
         'c,"Industrial & Scientific,Tapes, Adhesives & Sealants,Tape"\n',
     )
@@ -116,9 +115,6 @@ def test_generic_category_strings(tmp_path):
         ["Office", "Pens", "Ballpoint Pens"],
         ["Industrial & Scientific", "Tapes, Adhesives & Sealants", "Tape"],
     ]
-
-
-
 
 
 @pytest.mark.parametrize(
@@ -165,7 +161,7 @@ def test_beauty_reader_and_bad_categories(tmp_path):
     header = "item_id:token\ttitle:token\tsales_type:token\tsales_rank:float\tcategories:token_seq"
     header += "\tprice:float\tbrand:token\n"
     # the categories field is CSV-quoted, as in the real file: "'Beauty', ""Women's"""
-    good = "A1\tLipstick\tBeauty\t1.0\t\"'Beauty', \"\"Women's\"\"\"\t5.0\tAcme\n"
+    good = 'A1\tLipstick\tBeauty\t1.0\t"\'Beauty\', ""Women\'s"""\t5.0\tAcme\n'
     write(tmp_path / "datamaps.json", '{"id2item": {"1": "A1", "2": "A2"}}')
     write(tmp_path / "sequential_data.txt", "1 1 2\n")
     write(tmp_path / "Amazon_Beauty.item", header + good)

@@ -1,6 +1,5 @@
 """Sequences and leave-one-out splits, and their copy saved with the corpus."""
 
-
 import pytest
 from datasets import Dataset
 

@@ -8,8 +8,8 @@ from transformers import AutoTokenizer
 
 from modeling_recbase import RecBaseConfig
 
+from .item_text_recbase import DEFAULT_TEXT_ENCODER, TextEncoder, unified_item_text
 from .quantization_recbase import (
-    SPECIAL_TOKENS,
     ResidualQuantizer,
     align,
     align_by_domain,
@@ -17,8 +17,8 @@ from .quantization_recbase import (
     fit_domain_alignment,
     load_quantizer,
 )
-from .item_text_recbase import DEFAULT_TEXT_ENCODER, TextEncoder, unified_item_text
 from .tokenization_recbase import RecBaseTokenizer, check_model_config
+from .vocabulary_recbase import SPECIAL_TOKENS, VocabularyLayout, is_item_key, item_domain, item_key, recent_items
 
 AutoTokenizer.register(RecBaseConfig, slow_tokenizer_class=RecBaseTokenizer, exist_ok=True)
 
@@ -28,11 +28,16 @@ __all__ = [
     "RecBaseTokenizer",
     "ResidualQuantizer",
     "TextEncoder",
+    "VocabularyLayout",
     "align",
     "align_by_domain",
     "assign_unique_codes",
     "check_model_config",
     "fit_domain_alignment",
+    "is_item_key",
+    "item_domain",
+    "item_key",
     "load_quantizer",
+    "recent_items",
     "unified_item_text",
 ]

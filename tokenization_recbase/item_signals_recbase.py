@@ -5,7 +5,7 @@
 ``_check_key``, ``domain_items``), its quantizer (``code_latent_table``) and the state the tokenizer's
 ``__init__`` creates (``_counts``, ``_sorted_counts``, ``_vectors``, ``_domain_centres``).
 
-Shipped beside the weights (with the tokenizer): imports only torch and the standard library.
+Shipped beside the weights (with the tokenizer): imports only torch, the standard library and same-folder files.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import types
 from collections.abc import Mapping, Sequence
 
 import torch
+
+from .vocabulary_recbase import item_domain
 
 
 class ItemSignalsMixin:
@@ -41,14 +43,14 @@ class ItemSignalsMixin:
         if self._sorted_counts is None:
             by_domain: dict[str, list[int]] = {}
             for key, count in self._counts.items():
-                by_domain.setdefault(key.split("/", 1)[0], []).append(count)
+                by_domain.setdefault(item_domain(key), []).append(count)
             self._sorted_counts = {domain: sorted(counts) for domain, counts in by_domain.items()}
         buckets = []
         for key in keys:
             if key not in self._counts:
                 buckets.append(0)
                 continue
-            ordered = self._sorted_counts[key.split("/", 1)[0]]
+            ordered = self._sorted_counts[item_domain(key)]
             below = bisect.bisect_left(ordered, self._counts[key]) / len(ordered)  # in [0, 1)
             buckets.append(1 + min(num_buckets - 1, int(below * num_buckets)))
         return torch.tensor(buckets, dtype=torch.long)
@@ -56,7 +58,9 @@ class ItemSignalsMixin:
     def set_item_vectors(self, vectors: Mapping[str, torch.Tensor]) -> None:
         """Each item's content vector: its aligned text embedding, the quantizer's input (what ``add_items``
         computes and stores). All stored vectors have one size."""
-        sizes = {vector.shape[-1] for vector in vectors.values()} | ({self.item_vector_size} if self._vectors else set())
+        sizes = {vector.shape[-1] for vector in vectors.values()} | (
+            {self.item_vector_size} if self._vectors else set()
+        )
         if len(sizes) > 1:
             raise ValueError(f"item vectors must all have one size, got sizes {sorted(sizes)}")
         for key, vector in vectors.items():
@@ -74,9 +78,8 @@ class ItemSignalsMixin:
         """(len(keys), item_vector_size) content vectors for the dense head: an item's stored vector, or else
         (only where stored vectors are latent-sized) the sum of its code vectors (its quantized latent).
 
-        The stored vector keeps what quantization loses: the nearest neighbours of an item (Beauty, Recall@10 of
-        the next item by cosine to the last one: 0.066 with the text embedding, 0.038 with the quantizer's
-        64-number latent; ``benchmarks/results/content_vectors.md``)."""
+        The stored vector keeps what quantization loses: the nearest neighbours of an item
+        (``benchmarks/results/content_vectors.md`` compares the two)."""
         codes = None
         rows = []
         for key in keys:
@@ -86,16 +89,16 @@ class ItemSignalsMixin:
             if self._quantizer is None or self.item_vector_size != self._quantizer.config["latent_dim"]:
                 raise ValueError(f"item {key!r} has no content vector: index it with add_items")
             if codes is None:
-                codes = self.code_latent_table(self._level_offsets[-1] + self._level_sizes[-1])
+                codes = self.code_latent_table(self.layout.size)
             rows.append(codes[self.codes_to_token_ids(self._codes[self._check_key(key)])].sum(0))
         return torch.stack(rows) if rows else torch.zeros(0, self.item_vector_size)
 
     def domain_centres(self, keys: Sequence[str]) -> torch.Tensor:
         """(len(keys), item_vector_size): for each item, the mean unit content vector of its domain's items."""
-        for domain in {key.split("/", 1)[0] for key in keys} - set(self._domain_centres):
+        for domain in {item_domain(key) for key in keys} - set(self._domain_centres):
             vectors = self.item_vectors(self.domain_items(domain))
             self._domain_centres[domain] = torch.nn.functional.normalize(vectors, dim=-1).mean(0)
-        return torch.stack([self._domain_centres[key.split("/", 1)[0]] for key in keys])
+        return torch.stack([self._domain_centres[item_domain(key)] for key in keys])
 
     def _load_item_vectors(self, path: str) -> None:
         try:

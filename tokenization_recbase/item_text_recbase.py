@@ -28,8 +28,11 @@ ITEM_TEXT_MAX_CATEGORIES = 6
 TEXT_MAX_LENGTH = 128  # encoder tokens kept per item text
 
 
-def unified_item_text(item: Mapping, field_limits: Mapping[str, int] = ITEM_TEXT_FIELD_LIMITS,
-                      max_categories: int = ITEM_TEXT_MAX_CATEGORIES) -> str:
+def unified_item_text(
+    item: Mapping,
+    field_limits: Mapping[str, int] = ITEM_TEXT_FIELD_LIMITS,
+    max_categories: int = ITEM_TEXT_MAX_CATEGORIES,
+) -> str:
     """``Describe a <item type>:`` and the item's non-empty fields as JSON, each field truncated.
 
     >>> unified_item_text({"item_type": "movie", "title": "Toy Story", "categories": ["Animation"], "year": "1995"})
@@ -57,7 +60,9 @@ class TextEncoder:
         max_length: tokens kept per text.
     """
 
-    def __init__(self, name_or_path: str = DEFAULT_TEXT_ENCODER, max_length: int = TEXT_MAX_LENGTH, device: str = "cpu"):
+    def __init__(
+        self, name_or_path: str = DEFAULT_TEXT_ENCODER, max_length: int = TEXT_MAX_LENGTH, device: str = "cpu"
+    ):
         path = resolve_text_encoder(name_or_path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).to(device).eval()
@@ -75,12 +80,18 @@ class TextEncoder:
         caller embedding in several calls shows one bar with the real total."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = torch.empty(len(texts), self.dim)
-        own_bar = logging.tqdm(total=len(texts), desc="embedding items", disable=not progress or bar is not None,
-                               unit="text")
+        own_bar = logging.tqdm(
+            total=len(texts), desc="embedding items", disable=not progress or bar is not None, unit="text"
+        )
         for start in range(0, len(texts), batch_size):
             index = order[start : start + batch_size]
-            batch = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+            batch = self.tokenizer(
+                [texts[i] for i in index],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
             hidden = self.model(**batch).last_hidden_state  # (B, T, dim)
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -100,8 +111,10 @@ def resolve_text_encoder(name_or_path: str) -> str:
     if Path(name_or_path).is_dir():
         return str(name_or_path)
     if name_or_path not in KNOWN_ENCODER_PACKAGES:
-        raise ValueError(f"text encoder {name_or_path!r} is neither a local folder nor a known encoder package "
-                         f"({', '.join(KNOWN_ENCODER_PACKAGES)}); nothing else is imported")
+        raise ValueError(
+            f"text encoder {name_or_path!r} is neither a local folder nor a known encoder package "
+            f"({', '.join(KNOWN_ENCODER_PACKAGES)}); nothing else is imported"
+        )
     module_name = name_or_path.replace("-", "_")
     try:
         module = importlib.import_module(module_name)
@@ -113,5 +126,13 @@ def resolve_text_encoder(name_or_path: str) -> str:
     return str(module.get_model_path())
 
 
-__all__ = ["DEFAULT_TEXT_ENCODER", "ITEM_TEXT_FIELD_LIMITS", "ITEM_TEXT_MAX_CATEGORIES", "KNOWN_ENCODER_PACKAGES",
-           "TEXT_MAX_LENGTH", "TextEncoder", "resolve_text_encoder", "unified_item_text"]
+__all__ = [
+    "DEFAULT_TEXT_ENCODER",
+    "ITEM_TEXT_FIELD_LIMITS",
+    "ITEM_TEXT_MAX_CATEGORIES",
+    "KNOWN_ENCODER_PACKAGES",
+    "TEXT_MAX_LENGTH",
+    "TextEncoder",
+    "resolve_text_encoder",
+    "unified_item_text",
+]

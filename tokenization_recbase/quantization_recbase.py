@@ -1,4 +1,4 @@
-"""RecBase's item quantization: the vocabulary layout, the residual quantizer, domain alignment and unique IDs.
+"""RecBase's item quantization: the residual quantizer, domain alignment and unique IDs.
 
 One place for what turns an item's text embedding into its concept ID, used both when the item tokenizer is
 fitted (``training.fit_item_tokenizer``) and when it indexes new items (``RecBaseTokenizer.add_items``):
@@ -21,22 +21,7 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-# The vocabulary layout: these special tokens take ids 0, 1, 2 (a RecBase config's pad, bos and eos ids), then
-# each level's codes in order (level letters a, b, ...), then the disambiguation codes (letter z).
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
-LEVEL_LETTERS = "abcdefghijklmnopqrstuvwxy"
-DISAMBIGUATION_LETTER = "z"
 SMALL_NEW_DOMAIN = 64  # a new domain aligned on fewer items than this gets a warning: its frame is rough
-
-
-def vocabulary_tokens(codebook_sizes: Sequence[int], disambiguation_size: int) -> list[str]:
-    """Every token of the layout, in id order: ``<pad> <bos> <eos> <a_0> ... <b_0> ... <z_0> ...``."""
-    if not 0 < len(codebook_sizes) <= len(LEVEL_LETTERS):
-        raise ValueError(f"between 1 and {len(LEVEL_LETTERS)} code levels are supported, got {len(codebook_sizes)}")
-    tokens = list(SPECIAL_TOKENS)
-    for letter, size in zip(LEVEL_LETTERS, codebook_sizes):
-        tokens += [f"<{letter}_{code}>" for code in range(size)]
-    return tokens + [f"<{DISAMBIGUATION_LETTER}_{code}>" for code in range(disambiguation_size)]
 
 
 class ResidualQuantizer(nn.Module):
@@ -51,12 +36,18 @@ class ResidualQuantizer(nn.Module):
 
     def __init__(self, input_dim: int, hidden_dims: Sequence[int], latent_dim: int, codebook_sizes: Sequence[int]):
         super().__init__()
-        self.config = {"input_dim": input_dim, "hidden_dims": list(hidden_dims), "latent_dim": latent_dim,
-                       "codebook_sizes": list(codebook_sizes)}
+        self.config = {
+            "input_dim": input_dim,
+            "hidden_dims": list(hidden_dims),
+            "latent_dim": latent_dim,
+            "codebook_sizes": list(codebook_sizes),
+        }
         encoder_dims = [input_dim, *hidden_dims, latent_dim]
         self.encoder = self._mlp(encoder_dims)
         self.decoder = self._mlp(encoder_dims[::-1])
-        self.codebooks = nn.ParameterList(nn.Parameter(torch.randn(size, latent_dim) * 0.01) for size in codebook_sizes)
+        self.codebooks = nn.ParameterList(
+            nn.Parameter(torch.randn(size, latent_dim) * 0.01) for size in codebook_sizes
+        )
 
     @staticmethod
     def _mlp(dims: Sequence[int]) -> nn.Sequential:
@@ -114,8 +105,9 @@ def align(embeddings: torch.Tensor, alignment: dict[str, torch.Tensor]) -> torch
     return (embeddings.float() - alignment["mean"]) @ alignment["rotation"]
 
 
-def align_by_domain(embeddings: torch.Tensor, domains: Sequence[str],
-                    alignments: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
+def align_by_domain(
+    embeddings: torch.Tensor, domains: Sequence[str], alignments: dict[str, dict[str, torch.Tensor]]
+) -> torch.Tensor:
     """(N, dim) embeddings of items of ``domains`` (N names) -> (N, dim), each in its domain's frame.
 
     A domain without an alignment in ``alignments`` is aligned on its items here, and its alignment is added
@@ -125,8 +117,10 @@ def align_by_domain(embeddings: torch.Tensor, domains: Sequence[str],
         rows = [i for i, name in enumerate(domains) if name == domain]
         if domain not in alignments:
             if len(rows) < SMALL_NEW_DOMAIN:
-                logger.warning(f"aligning the new domain {domain!r} on only {len(rows)} items: index a new "
-                               "domain with all its items in one call for better IDs")
+                logger.warning(
+                    f"aligning the new domain {domain!r} on only {len(rows)} items: index a new "
+                    "domain with all its items in one call for better IDs"
+                )
             try:
                 alignments[domain] = fit_domain_alignment(embeddings[rows])
             except ValueError as error:
@@ -168,8 +162,10 @@ def assign_unique_codes(
             if code is None:
                 code = next((c for c in ranked if len(occupants[prefix + (c,)]) < capacity), None)
             if code is None:
-                raise ValueError(f"every ID under the codes {prefix} is in use: enlarge the last codebook or "
-                                 f"disambiguation_size (now {disambiguation_size})")
+                raise ValueError(
+                    f"every ID under the codes {prefix} is in use: enlarge the last codebook or "
+                    f"disambiguation_size (now {disambiguation_size})"
+                )
         in_use = occupants.setdefault(prefix + (code,), set())
         extra = min(set(range(capacity)) - in_use)
         in_use.add(extra)
@@ -194,5 +190,12 @@ def quantizer_state(quantizer: ResidualQuantizer, alignments: Mapping[str, dict[
     return {"config": quantizer.config, "state_dict": quantizer.state_dict(), "domain_alignments": dict(alignments)}
 
 
-__all__ = ["DISAMBIGUATION_LETTER", "LEVEL_LETTERS", "SPECIAL_TOKENS", "ResidualQuantizer", "align", "align_by_domain",
-           "assign_unique_codes", "fit_domain_alignment", "load_quantizer", "quantizer_state", "vocabulary_tokens"]
+__all__ = [
+    "ResidualQuantizer",
+    "align",
+    "align_by_domain",
+    "assign_unique_codes",
+    "fit_domain_alignment",
+    "load_quantizer",
+    "quantizer_state",
+]

@@ -8,7 +8,8 @@ The tokenizer holds the item table (key ``"<domain>/<item_id>"`` -> codes, text)
 each domain's alignment (its embeddings centred and rotated onto its principal axes, so that all domains
 share the coarse codes), so new items, even a whole new domain, get IDs with no retraining (``add_items``).
 
-The vocabulary layout, the quantizer, alignment and unique IDs are in ``quantization_recbase``; item text and
+The vocabulary layout and item keys are in ``vocabulary_recbase``, the quantizer, alignment and unique IDs in
+``quantization_recbase``; item text and
 its encoder in ``item_text_recbase``. Shipped beside the weights: imports only torch, transformers, the standard
 library and those siblings.
 """
@@ -19,7 +20,6 @@ import json
 import os
 import re
 import types
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import torch
 from transformers import BatchEncoding, PreTrainedTokenizer
 from transformers.tokenization_utils_base import TOKENIZER_CONFIG_FILE
 
+from .item_indexing_recbase import ItemIndexingMixin
 from .item_signals_recbase import ItemSignalsMixin
 from .item_text_recbase import (
     DEFAULT_TEXT_ENCODER,
@@ -34,26 +35,27 @@ from .item_text_recbase import (
     ITEM_TEXT_MAX_CATEGORIES,
     TEXT_MAX_LENGTH,
     TextEncoder,
-    unified_item_text,
 )
 from .quantization_recbase import (
-    SPECIAL_TOKENS,
     ResidualQuantizer,
-    align_by_domain,
-    assign_unique_codes,
     load_quantizer,
     quantizer_state,
-    vocabulary_tokens,
 )
+from .vocabulary_recbase import SPECIAL_TOKENS, VocabularyLayout, item_domain, recent_items
 
 TOKEN_PATTERN = re.compile("|".join([r"<[a-z]_\d+>", *map(re.escape, SPECIAL_TOKENS)]))
+
+
 def check_model_config(tokenizer, config, where: str) -> None:
     """Raise a ValueError naming ``where`` unless the model ``config`` has the ``tokenizer``'s concept vocabulary.
     A function as well as a method: training code checks folders whose shipped tokenizer may predate it."""
     special_ids = ("pad_token_id", "bos_token_id", "eos_token_id")
-    if (list(config.codebook_sizes) != list(tokenizer.codebook_sizes)
-            or config.disambiguation_size != tokenizer.disambiguation_size or config.vocab_size < len(tokenizer)
-            or any(getattr(config, name) != getattr(tokenizer, name) for name in special_ids)):
+    if (
+        config.layout.level_offsets != tokenizer.layout.level_offsets
+        or config.layout.level_sizes != tokenizer.layout.level_sizes
+        or config.vocab_size < len(tokenizer)
+        or any(getattr(config, name) != getattr(tokenizer, name) for name in special_ids)
+    ):
         raise ValueError(
             f"{where}: the tokenizer (codebooks {tokenizer.codebook_sizes}, disambiguation "
             f"{tokenizer.disambiguation_size}, {len(tokenizer)} tokens) does not match the model (codebooks "
@@ -63,21 +65,25 @@ def check_model_config(tokenizer, config, where: str) -> None:
         )
 
 
-class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
+class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer):
     """Items <-> concept tokens. See the module docstring for the ID layout.
 
     Args:
         item_table_file: JSON ``{"items": {key: {"codes": [...], "text": str}}}`` written by ``save_pretrained``.
         quantizer_file: the frozen quantizer (``torch.save`` of its config and weights), used by ``add_items``.
-        item_vectors_file: each item's content vector (``item_vectors``), ``{"keys": [...], "vectors": (N, item_vector_size)}``.
+        item_vectors_file: each item's content vector (``item_vectors``),
+            ``{"keys": [...], "vectors": (N, item_vector_size)}``.
         codebook_sizes: codes per level.
         disambiguation_size: codes of the extra level (0 = none).
         text_encoder: the encoder that embeds item texts for ``add_items`` (a folder or a model package name).
     """
 
     _auto_class = "AutoTokenizer"  # what register_for_auto_class() sets: save_pretrained ships this file
-    vocab_files_names = {"item_table_file": "item_table.json", "quantizer_file": "quantizer.pt",
-                         "item_vectors_file": "item_vectors.pt"}
+    vocab_files_names = {
+        "item_table_file": "item_table.json",
+        "quantizer_file": "quantizer.pt",
+        "item_vectors_file": "item_vectors.pt",
+    }
     model_input_names = ["input_ids", "attention_mask"]
 
     def __init__(
@@ -100,13 +106,10 @@ class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
         self.item_text_field_limits = dict(item_text_field_limits or ITEM_TEXT_FIELD_LIMITS)
         self.item_text_max_categories = int(item_text_max_categories)
         # The vocabulary must exist before the base __init__, which looks the special tokens up in it.
-        tokens = vocabulary_tokens(self.codebook_sizes, self.disambiguation_size)
+        self.layout = VocabularyLayout(tuple(self.codebook_sizes), self.disambiguation_size)
+        tokens = self.layout.tokens()
         self._token_to_id = {token: index for index, token in enumerate(tokens)}
         self._id_to_token = tokens
-        # Token id of code 0 of each level (the disambiguation level last).
-        sizes = self.codebook_sizes + ([self.disambiguation_size] if self.disambiguation_size else [])
-        self._level_offsets = [len(SPECIAL_TOKENS) + sum(sizes[:level]) for level in range(len(sizes))]
-        self._level_sizes = sizes
         self._codes: dict[str, tuple[int, ...]] = {}
         self._texts: dict[str, str] = {}
         self._key_by_codes: dict[tuple[int, ...], str] = {}
@@ -120,11 +123,15 @@ class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
         self._encoder: TextEncoder | None = None
         folder = kwargs.get("name_or_path")
         if folder and os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, TOKENIZER_CONFIG_FILE)):
-            raise ValueError(f"{folder}: {TOKENIZER_CONFIG_FILE} is missing, so the tokenizer's layout (codebooks, "
-                             "text encoder) is unknown; copy the whole saved folder")
+            raise ValueError(
+                f"{folder}: {TOKENIZER_CONFIG_FILE} is missing, so the tokenizer's layout (codebooks, "
+                "text encoder) is unknown; copy the whole saved folder"
+            )
         if item_table_file is None and folder:  # from_pretrained of a folder without its items
-            raise ValueError(f"{folder}: {self.vocab_files_names['item_table_file']} is missing, so this "
-                          "RecBase tokenizer would know no items; copy the whole saved folder")
+            raise ValueError(
+                f"{folder}: {self.vocab_files_names['item_table_file']} is missing, so this "
+                "RecBase tokenizer would know no items; copy the whole saved folder"
+            )
         if item_table_file is not None:
             self._load_item_table(item_table_file)
         if quantizer_file is not None:
@@ -133,11 +140,18 @@ class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
             self._load_item_vectors(item_vectors_file)
         # Histories are left-padded so that generation continues them. Saved kwargs come back on reload, so
         # defaults go through kwargs rather than beside them.
-        kwargs = {"padding_side": "left", **dict(zip(("pad_token", "bos_token", "eos_token"), SPECIAL_TOKENS)), **kwargs}
+        kwargs = {
+            "padding_side": "left",
+            **dict(zip(("pad_token", "bos_token", "eos_token"), SPECIAL_TOKENS)),
+            **kwargs,
+        }
         super().__init__(
-            codebook_sizes=self.codebook_sizes, disambiguation_size=self.disambiguation_size,
-            text_encoder=text_encoder, text_max_length=self.text_max_length,
-            item_text_field_limits=self.item_text_field_limits, item_text_max_categories=self.item_text_max_categories,
+            codebook_sizes=self.codebook_sizes,
+            disambiguation_size=self.disambiguation_size,
+            text_encoder=text_encoder,
+            text_max_length=self.text_max_length,
+            item_text_field_limits=self.item_text_field_limits,
+            item_text_max_categories=self.item_text_max_categories,
             **kwargs,
         )
 
@@ -167,13 +181,15 @@ class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         return "".join(tokens)
 
-    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
+    def build_inputs_with_special_tokens(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
         return [self.bos_token_id] + token_ids_0 + (token_ids_1 or [])
 
     # ----- items -----
     @property
     def tokens_per_item(self) -> int:
-        return len(self._level_sizes)
+        return self.layout.tokens_per_item
 
     @property
     def item_codes(self) -> Mapping[str, tuple[int, ...]]:
@@ -185,26 +201,28 @@ class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
 
     def domain_items(self, domain: str) -> list[str]:
         """Keys of the items of one domain, in indexing order."""
-        keys = [key for key in self._codes if key.split("/", 1)[0] == domain]
+        keys = [key for key in self._codes if item_domain(key) == domain]
         if not keys:
             raise ValueError(f"no items of domain {domain!r} are indexed; known domains: {sorted(self.domains)}")
         return keys
 
     @property
     def domains(self) -> set[str]:
-        return {key.split("/", 1)[0] for key in self._codes}
+        return {item_domain(key) for key in self._codes}
 
     def codes_to_token_ids(self, codes: Sequence[int]) -> list[int]:
-        return [offset + code for offset, code in zip(self._level_offsets, codes)]
+        return self.layout.token_ids(codes)
 
     def item_token_ids(self, keys: Sequence[str]) -> torch.LongTensor:
         """(len(keys), tokens_per_item) token ids, e.g. the allowed items for constrained decoding."""
-        # Built once for all items and indexed per call: per key in Python, this was most of a ranking request's
-        # time (27 ms for 10,000 items).
+        # Built once for all items and indexed per call: built per key in Python, it was most of a ranking
+        # request's time.
         if self._token_table is None:
             codes = torch.tensor(list(self._codes.values()), dtype=torch.long).reshape(-1, self.tokens_per_item)
-            self._token_table = ({key: row for row, key in enumerate(self._codes)},
-                                 codes + torch.tensor(self._level_offsets, dtype=torch.long))
+            self._token_table = (
+                {key: row for row, key in enumerate(self._codes)},
+                codes + torch.tensor(self.layout.level_offsets, dtype=torch.long),
+            )
         row_of, table = self._token_table
         try:
             rows = [row_of[key] for key in keys]
@@ -215,8 +233,11 @@ class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
         return table[torch.tensor(rows, dtype=torch.long)]
 
     def encode_history(
-        self, histories: Sequence[str] | Sequence[Sequence[str]], max_history_items: int | None = None,
-        return_tensors: str | None = None, return_item_vectors: bool = False,
+        self,
+        histories: Sequence[str] | Sequence[Sequence[str]],
+        max_history_items: int | None = None,
+        return_tensors: str | None = None,
+        return_item_vectors: bool = False,
     ) -> BatchEncoding:
         """Item keys -> ``<bos>`` + each item's tokens. One history (a list of keys) or a batch (list of lists,
         left-padded). ``max_history_items`` keeps each history's most recent items. ``return_item_vectors`` (with
@@ -224,15 +245,17 @@ class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
         the position of its last token, zeros elsewhere (the model's dense head reads them)."""
         single = isinstance(histories, (list, tuple)) and bool(histories) and isinstance(histories[0], str)
         batch = [histories] if single else histories
-        if (not isinstance(batch, (list, tuple)) or not batch
-                or not all(isinstance(history, (list, tuple)) and history for history in batch)):
+        if (
+            not isinstance(batch, (list, tuple))
+            or not batch
+            or not all(isinstance(history, (list, tuple)) and history for history in batch)
+        ):
             raise ValueError("a history is a non-empty list of item keys, and a batch a non-empty list of histories")
         if max_history_items is not None and max_history_items < 1:
             raise ValueError(f"max_history_items must be at least 1, got {max_history_items}")
         sequences = []
         for history in batch:
-            if max_history_items is not None and len(history) > max_history_items:
-                history = history[-max_history_items:]
+            history = recent_items(history, max_history_items)
             ids = [token for key in history for token in self.codes_to_token_ids(self._codes[self._check_key(key)])]
             sequences.append(self.build_inputs_with_special_tokens(ids))
         width = max(map(len, sequences))
@@ -260,35 +283,45 @@ class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
         ids = torch.as_tensor(token_ids).reshape(-1).tolist()
         outside = [i for i in ids if not 0 <= i < len(self._id_to_token)]
         if outside:
-            raise ValueError(f"token ids {outside[:5]} are outside this tokenizer's vocabulary [0, {len(self._id_to_token)})")
-        ids = [i for i in ids if i >= len(SPECIAL_TOKENS)]
+            raise ValueError(
+                f"token ids {outside[:5]} are outside this tokenizer's vocabulary [0, {len(self._id_to_token)})"
+            )
+        ids = [i for i in ids if i >= self.layout.num_special_tokens]
         if len(ids) % self.tokens_per_item:
             raise ValueError(f"{len(ids)} concept tokens do not split into items of {self.tokens_per_item} tokens")
         keys = []
         for start in range(0, len(ids), self.tokens_per_item):
-            codes = tuple(i - offset for i, offset in zip(ids[start : start + self.tokens_per_item], self._level_offsets))
+            codes = self.layout.codes(ids[start : start + self.tokens_per_item])
             if codes not in self._key_by_codes:
-                raise ValueError(f"tokens {self.convert_ids_to_tokens(ids[start : start + self.tokens_per_item])} "
-                                 "spell no indexed item")
+                raise ValueError(
+                    f"tokens {self.convert_ids_to_tokens(ids[start : start + self.tokens_per_item])} "
+                    "spell no indexed item"
+                )
             keys.append(self._key_by_codes[codes])
         return keys
 
     def _check_key(self, key: str) -> str:
         if not isinstance(key, str) or key not in self._codes:
-            raise ValueError(f"unknown item key {key!r} (keys look like '<domain>/<item_id>'; "
-                             f"{len(self._codes)} items of {sorted(self.domains)} are indexed)")
+            raise ValueError(
+                f"unknown item key {key!r} (keys look like '<domain>/<item_id>'; "
+                f"{len(self._codes)} items of {sorted(self.domains)} are indexed)"
+            )
         return key
 
     def set_items(self, codes: Mapping[str, Sequence[int]], texts: Mapping[str, str]) -> None:
         """Add items whose IDs are already decided (e.g. by fitting); IDs must be unique and in range."""
         for key, item_codes in codes.items():
             item_codes = tuple(int(c) for c in item_codes)
-            if len(item_codes) != self.tokens_per_item or any(not 0 <= c < n for c, n in zip(item_codes, self._level_sizes)):
-                raise ValueError(f"item {key!r}: codes {item_codes} do not fit the layout {self._level_sizes}")
+            if not self.layout.fits(item_codes):
+                raise ValueError(
+                    f"item {key!r}: codes {item_codes} do not fit the layout {list(self.layout.level_sizes)}"
+                )
             if key in self._codes:
                 raise ValueError(f"item {key!r} is already indexed")
             if item_codes in self._key_by_codes:
-                raise ValueError(f"item {key!r} would share the ID {item_codes} with {self._key_by_codes[item_codes]!r}")
+                raise ValueError(
+                    f"item {key!r} would share the ID {item_codes} with {self._key_by_codes[item_codes]!r}"
+                )
             self._codes[key] = item_codes
             self._key_by_codes[item_codes] = key
             self._texts[key] = texts.get(key, "")
@@ -300,7 +333,7 @@ class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
             self._key_by_codes.pop(self._codes.pop(self._check_key(key)))
             for table in (self._texts, self._counts, self._vectors):
                 table.pop(key, None)
-        for domain in {key.split("/", 1)[0] for key in keys} - self.domains:
+        for domain in {item_domain(key) for key in keys} - self.domains:
             self._alignments.pop(domain, None)
         self._sorted_counts = None
         self._domain_centres.clear()
@@ -313,14 +346,16 @@ class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
         if self._quantizer is None:
             raise ValueError("this tokenizer has no quantizer, so it has no code vectors")
         table = torch.zeros(vocab_size, self._quantizer.config["latent_dim"])
-        for offset, codebook in zip(self._level_offsets, self._quantizer.codebooks):
+        for offset, codebook in zip(self.layout.level_offsets, self._quantizer.codebooks):
             table[offset : offset + len(codebook)] = codebook.detach().float()
         return table
 
     def set_quantizer(self, quantizer: ResidualQuantizer, alignments: Mapping[str, dict[str, torch.Tensor]]) -> None:
         """The frozen quantizer and each known domain's alignment (``fit_domain_alignment``)."""
         if list(quantizer.config["codebook_sizes"]) != self.codebook_sizes:
-            raise ValueError(f"quantizer codebooks {quantizer.config['codebook_sizes']} != tokenizer's {self.codebook_sizes}")
+            raise ValueError(
+                f"quantizer codebooks {quantizer.config['codebook_sizes']} != tokenizer's {self.codebook_sizes}"
+            )
         self._quantizer = quantizer.eval()
         self._alignments = dict(alignments)
 
@@ -338,89 +373,32 @@ class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
         """Raise a ValueError naming ``where`` unless a model ``config`` has this tokenizer's concept vocabulary."""
         check_model_config(self, config, where)
 
-    def item_text_from_fields(self, fields: Mapping) -> str:
-        """An item's unified text from its fields (``title``, ``brand``, ``categories``, ``description``,
-        ``year``, ``price``, ``item_type``), with this tokenizer's saved template settings."""
-        return unified_item_text(fields, self.item_text_field_limits, self.item_text_max_categories)
-
-    def embed_texts(self, texts: Sequence[str], progress: bool = False) -> torch.Tensor:
-        """Embed item texts with the tokenizer's text encoder (loaded on first use)."""
-        if self._encoder is None:
-            self._encoder = TextEncoder(self.text_encoder, max_length=self.text_max_length)
-        return self._encoder.encode(list(texts), progress=progress)
-
-    def add_items(
-        self, keys: Sequence[str], texts: Sequence[str | Mapping] | None = None, embeddings: torch.Tensor | None = None,
-        counts: Sequence[int] | None = None,
-    ) -> dict[str, tuple[int, ...]]:
-        """Cold start: index new items with the frozen quantizer, unique against every existing ID.
-
-        Args:
-            keys: new item keys ``"<domain>/<item_id>"``.
-            texts: their unified texts, or their fields (``{"title": ..., "categories": [...], "item_type": "book"}``,
-                written with ``item_text_from_fields``); embedded with ``text_encoder`` unless ``embeddings`` are
-                given; kept for ``item_text``.
-            embeddings: (len(keys), input_dim) precomputed text embeddings.
-            counts: optional catalogue counts (interactions per item in its domain's log), see ``set_item_counts``.
-        Returns:
-            key -> code tuple for the new items.
-        """
-        if self._quantizer is None:
-            raise ValueError("this tokenizer has no quantizer, so it cannot index new items")
-        keys = list(keys)
-        for name, values in (("texts", texts), ("counts", counts)):
-            if values is not None and len(values) != len(keys):
-                raise ValueError(f"{len(keys)} keys but {len(values)} {name}")
-        for index, key in enumerate(keys):
-            if not isinstance(key, str) or not all(key.partition("/")[::2]):
-                raise ValueError(f"item key #{index} {key!r} is not of the form '<domain>/<item_id>'")
-        if texts is not None:
-            texts = [self.item_text_from_fields(text) if isinstance(text, Mapping) else text for text in texts]
-        for key, text in zip(keys, texts or []):
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"item {key!r} has an empty text: nothing to embed")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as error:
-                raise ValueError(f"item {key!r}: its text is not valid Unicode ({error.reason} at "
-                                 f"character {error.start})") from error
-        duplicates = sorted({key for key, count in Counter(keys).items() if count > 1 or key in self._codes})
-        if duplicates:
-            raise ValueError(f"items already indexed or repeated: {duplicates[:5]}")
-        if embeddings is None:
-            if texts is None:
-                raise ValueError("add_items needs texts or embeddings")
-            embeddings = self.embed_texts(texts, progress=len(texts) >= 256)  # a bar when it takes seconds
-        if embeddings.shape != (len(keys), self._quantizer.config["input_dim"]):
-            raise ValueError(f"embeddings of shape {tuple(embeddings.shape)}, expected "
-                             f"({len(keys)}, {self._quantizer.config['input_dim']})")
-        # Each item in its domain's frame; a domain seen for the first time is aligned on these items.
-        aligned = align_by_domain(embeddings, [key.split("/", 1)[0] for key in keys], self._alignments)
-        codes, distances = self._quantizer.encode_to_codes(aligned)
-        new_codes = assign_unique_codes(codes, distances, set(self._key_by_codes), self.disambiguation_size)
-        self.set_items(dict(zip(keys, new_codes)), dict(zip(keys, texts or [""] * len(keys))))
-        self.set_item_vectors(dict(zip(keys, aligned)))
-        if counts is not None:
-            self.set_item_counts(dict(zip(keys, counts)))
-        return dict(zip(keys, new_codes))
-
     # ----- files -----
     def _load_item_table(self, path: str) -> None:
         try:
             table = json.loads(Path(path).read_text(encoding="utf-8"))["items"]
         except (OSError, ValueError, KeyError) as error:
             raise ValueError(f"{path}: not a RecBase item table ({error})") from error
-        self.set_items({key: item["codes"] for key, item in table.items()},
-                       {key: item.get("text", "") for key, item in table.items()})
+        self.set_items(
+            {key: item["codes"] for key, item in table.items()},
+            {key: item.get("text", "") for key, item in table.items()},
+        )
         self.set_item_counts({key: item["count"] for key, item in table.items() if "count" in item})
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
         """Write the item table and the quantizer (atomically: temp file, then rename)."""
         prefix = f"{filename_prefix}-" if filename_prefix else ""
         table_path = os.path.join(save_directory, prefix + self.vocab_files_names["item_table_file"])
-        table = {"items": {key: {"codes": list(codes), "text": self._texts[key],
-                                 **({"count": self._counts[key]} if key in self._counts else {})}
-                           for key, codes in self._codes.items()}}
+        table = {
+            "items": {
+                key: {
+                    "codes": list(codes),
+                    "text": self._texts[key],
+                    **({"count": self._counts[key]} if key in self._counts else {}),
+                }
+                for key, codes in self._codes.items()
+            }
+        }
         _atomic_write(table_path, lambda f: f.write(json.dumps(table, ensure_ascii=False).encode("utf-8")))
         paths = [table_path]
         if self._quantizer is not None:
@@ -437,10 +415,16 @@ class RecBaseTokenizer(ItemSignalsMixin, PreTrainedTokenizer):
 
 
 def _atomic_write(path: str, write) -> None:
+    """``write(handle)`` fills a temporary file beside ``path``, which then replaces ``path``; on failure the
+    temporary file is removed and ``path`` is unchanged."""
     temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "wb") as handle:
-        write(handle)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 __all__ = ["RecBaseTokenizer", "check_model_config"]

@@ -18,14 +18,13 @@ give each adapter's file size and trainable-parameter share.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from peft import AutoPeftModelForCausalLM
 
 from training import pretrain
 from training.arguments import (
-    LORA_TARGET_MODULES,
+    AdaptArguments,
     DataArguments,
     EvaluationArguments,
     ModelArguments,
@@ -33,32 +32,15 @@ from training.arguments import (
     parse_arguments,
 )
 from training.checkpoint import write_json_atomically, write_text_atomically
-from training.embedding import DEFAULT_CACHE_DIR
 from training.evaluate import evaluate
 from training.protocols import RECBASE, results_markdown
 
-RECBASE_ZERO_SHOT, RECBASE_LORA, RECBASE_FULL = f"{RECBASE} zero-shot", f"{RECBASE} + LoRA", f"{RECBASE} full fine-tune"
-
-
-@dataclass
-class AdaptArguments:
-    base: str = field(metadata={"help": "the pretrained checkpoint (its tokenizer indexes the domains)"})
-    corpus_dir: str
-    domains: list[str]
-    output_dir: str = "outputs/adapt"
-    lora_rank: int = 8
-    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGET_MODULES))
-    merge_lora: bool = False
-    num_epochs: float = 3.0
-    lora_learning_rate: float = 2e-3
-    full_learning_rate: float = 5e-4
-    per_device_batch_size: int = 64
-    warmup_steps: int = 20
-    eval_max_users: int = 2000
-    negatives: int = field(default=20, metadata={"help": "sampled negatives per user for candidate scoring"})
-    eval_batch_size: int = 16
-    cache_dir: str = str(DEFAULT_CACHE_DIR)
-    seed: int = 0
+RECBASE_ZERO_SHOT, RECBASE_LORA, RECBASE_FULL = (
+    f"{RECBASE} zero-shot",
+    f"{RECBASE} + LoRA",
+    f"{RECBASE} full fine-tune",
+)
+ADAPT_DEFAULTS = {"eval_max_users": 2000}  # test users sampled per domain (--eval_max_users 0: all)
 
 
 def trainable_share(adapter_dir: Path) -> dict:
@@ -66,40 +48,80 @@ def trainable_share(adapter_dir: Path) -> dict:
     model = AutoPeftModelForCausalLM.from_pretrained(adapter_dir, trust_remote_code=True)
     adapter = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
     total = sum(p.numel() for p in model.parameters())
-    return {"adapter_parameters": adapter, "base_parameters": total - adapter, "trainable_share": adapter / (total - adapter),
-            "adapter_bytes": (adapter_dir / "adapter_model.safetensors").stat().st_size}
+    return {
+        "adapter_parameters": adapter,
+        "base_parameters": total - adapter,
+        "trainable_share": adapter / (total - adapter),
+        "adapter_bytes": (adapter_dir / "adapter_model.safetensors").stat().st_size,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_arguments((AdaptArguments,), argv, __doc__)
+    args, evaluation_args = parse_arguments(
+        (AdaptArguments, (EvaluationArguments, "eval_")), argv, __doc__, defaults=ADAPT_DEFAULTS
+    )
     output_dir = Path(args.output_dir)
-    results = {"base": str(args.base), "domains": {}, "adapters": {}, "run": vars(args)}
+    results = {
+        "base": str(args.base),
+        "domains": {},
+        "adapters": {},
+        "run": vars(args),
+        "evaluation": vars(evaluation_args),
+    }
     for domain in args.domains:
-        evaluation = EvaluationArguments(
-            checkpoint=args.base, corpus_dir=args.corpus_dir, domains=[domain], zero_shot=args.domains,
-            max_users=args.eval_max_users, negatives=args.negatives, batch_size=args.eval_batch_size,
-            cache_dir=args.cache_dir, seed=args.seed, model_name=RECBASE_ZERO_SHOT)
+        evaluation = dataclasses.replace(
+            evaluation_args,
+            checkpoint=args.base,
+            corpus_dir=args.corpus_dir,
+            domains=[domain],
+            zero_shot=args.domains,
+            model_name=RECBASE_ZERO_SHOT,
+        )
         entry = {**evaluate(evaluation)["domains"][domain], "role": "new domain"}
         data = DataArguments(corpus_dir=args.corpus_dir, domains=[domain])
         runs = {
-            RECBASE_LORA: (output_dir / domain / "lora", ModelArguments(
-                init_from=args.base, lora_rank=args.lora_rank, lora_target_modules=args.lora_target_modules,
-                merge_lora=args.merge_lora), args.lora_learning_rate),
+            RECBASE_LORA: (
+                output_dir / domain / "lora",
+                ModelArguments(
+                    init_from=args.base,
+                    lora_rank=args.lora_rank,
+                    lora_target_modules=args.lora_target_modules,
+                    merge_lora=args.merge_lora,
+                ),
+                args.lora_learning_rate,
+            ),
             RECBASE_FULL: (output_dir / domain / "full", ModelArguments(init_from=args.base), args.full_learning_rate),
         }
         for name, (run_dir, model_args, learning_rate) in runs.items():
-            pretrain.train(data, model_args, PretrainingArguments(
-                output_dir=str(run_dir), num_epochs=args.num_epochs, per_device_batch_size=args.per_device_batch_size,
-                learning_rate=learning_rate, warmup_steps=args.warmup_steps, seed=args.seed))
-            adapted = evaluate(dataclasses.replace(evaluation, checkpoint=str(run_dir), model_name=name, baselines=False))
+            pretrain.train(
+                data,
+                model_args,
+                PretrainingArguments(
+                    output_dir=str(run_dir),
+                    num_epochs=args.num_epochs,
+                    per_device_batch_size=args.per_device_batch_size,
+                    learning_rate=learning_rate,
+                    warmup_steps=args.warmup_steps,
+                    seed=args.seed,
+                ),
+            )
+            adapted = evaluate(
+                dataclasses.replace(evaluation, checkpoint=str(run_dir), model_name=name, baselines=False)
+            )
             entry["models"][name] = adapted["domains"][domain]["models"][name]
         if not args.merge_lora:
             results["adapters"][domain] = trainable_share(runs[RECBASE_LORA][0])
         results["domains"][domain] = entry
     write_json_atomically(output_dir / "adapt_results.json", results)
-    markdown = results_markdown(results) + "\n\n| domain | LoRA parameters | share of base | adapter file |\n|---|---|---|---|\n"
-    markdown += "".join(f"| {domain} | {a['adapter_parameters']:,} | {a['trainable_share']:.2%} | {a['adapter_bytes'] / 1024:.0f} KiB |\n"
-                        for domain, a in results["adapters"].items())
+    markdown = (
+        results_markdown(results)
+        + "\n\n| domain | LoRA parameters | share of base | adapter file |\n|---|---|---|---|\n"
+    )
+    markdown += "".join(
+        f"| {domain} | {a['adapter_parameters']:,} | {a['trainable_share']:.2%} "
+        f"| {a['adapter_bytes'] / 1024:.0f} KiB |\n"
+        for domain, a in results["adapters"].items()
+    )
     write_text_atomically(output_dir / "adapt_results.md", markdown)
     print(markdown)
     return results

@@ -22,8 +22,14 @@ class RandomRecommender:
 
     def rank(self, data: EvaluationSet, k: int, exclude_history: bool) -> list[list[str]]:
         rng = random.Random(self.seed)
-        return [[key for key in rng.sample(data.items, min(len(data.items), k + len(history)))
-                 if not (exclude_history and key in history)][:k] for history in data.histories]
+        return [
+            [
+                key
+                for key in rng.sample(data.items, min(len(data.items), k + len(history)))
+                if not (exclude_history and key in history)
+            ][:k]
+            for history in data.histories
+        ]
 
     def score(self, data: EvaluationSet) -> list[list[float]]:
         rng = random.Random(self.seed)
@@ -36,8 +42,10 @@ class PopularityRecommender:
     def rank(self, data: EvaluationSet, k: int, exclude_history: bool) -> list[list[str]]:
         counts = data.training_counts()
         top = sorted(data.items, key=lambda key: -counts[key])
-        return [[key for key in top[: k + len(history)] if not (exclude_history and key in history)][:k]
-                for history in data.histories]
+        return [
+            [key for key in top[: k + len(history)] if not (exclude_history and key in history)][:k]
+            for history in data.histories
+        ]
 
     def score(self, data: EvaluationSet) -> list[list[float]]:
         counts = data.training_counts()
@@ -53,13 +61,17 @@ class TextSimilarityRecommender:
         self.tokenizer, self.cache, self.last_items = tokenizer, cache, last_items
 
     def _embeddings(self, keys: list[str]) -> torch.Tensor:
-        return torch.nn.functional.normalize(self.cache.embed([self.tokenizer.item_text(k) for k in keys], progress=False), dim=-1)
+        return torch.nn.functional.normalize(
+            self.cache.embed([self.tokenizer.item_text(k) for k in keys], progress=False), dim=-1
+        )
 
     def _queries(self, data: EvaluationSet) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
         """(users, dim) queries, (items, dim) unit item embeddings, and each item key's row."""
         index = {key: i for i, key in enumerate(data.items)}
         items = self._embeddings(data.items)
-        queries = torch.stack([items[[index[k] for k in history[-self.last_items:]]].mean(0) for history in data.histories])
+        queries = torch.stack(
+            [items[[index[k] for k in history[-self.last_items :]]].mean(0) for history in data.histories]
+        )
         return queries, items, index
 
     def rank(self, data: EvaluationSet, k: int, exclude_history: bool) -> list[list[str]]:

@@ -63,8 +63,6 @@ def _p5_events(path: Path, known_items: set[str]) -> list[tuple[str, str, int]]:
     return events
 
 
-
-
 def read_p5_beauty(folder: str | Path, domain: str = "amazon14_beauty") -> tuple[Dataset, Dataset]:
     """Read the P5 Amazon Beauty split from ``folder``.
 
@@ -128,9 +126,7 @@ def read_p5_yelp(folder: str | Path, domain: str = "yelp_p5") -> tuple[Dataset, 
     return domain_tables(items, domain, events, sequences_path)
 
 
-def read_lcrec(
-    folder: str | Path, name: str, domain: str, item_type: str
-) -> tuple[Dataset, Dataset]:
+def read_lcrec(folder: str | Path, name: str, domain: str, item_type: str) -> tuple[Dataset, Dataset]:
     """Read the LC-Rec format: ``{name}.item.json`` and ``{name}.inter.json``.
 
     ``item.json`` is ``{"<id>": {title, description, brand, categories}}`` (categories a comma
@@ -357,11 +353,6 @@ def read_foursquare(folder: str | Path, domain: str = "foursquare_nyc") -> tuple
                 items.append(item_row(domain, "venue", item_id, title=row["POI_catname"].strip()))
             events.append((user_id, item_id, timestamp))
     return domain_tables(items, domain, grouped_by_user(events), folder)
-
-
-
-
-
 
 
 @dataclass(frozen=True)

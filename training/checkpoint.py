@@ -22,13 +22,18 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modeling_recbase import NextItemGenerationPipeline, RecBaseForCausalLM
+from modeling_recbase import NextItemGenerationPipeline, RankingPolicy, RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer, check_model_config
 
 # A run's files that travel with the weights in the Hub folder (the model card reads them); a run without
 # checkpoint selection has no validation.json.
-HUB_RUN_FILES = ("eval_results.json", "eval_results.md", "item_tokenizer_report.json", "logs/train_log.jsonl",
-                 "validation.json")
+HUB_RUN_FILES = (
+    "eval_results.json",
+    "eval_results.md",
+    "item_tokenizer_report.json",
+    "logs/train_log.jsonl",
+    "validation.json",
+)
 OPTIONAL_RUN_FILES = ("validation.json",)
 RENAME_EXCHANGE = 2  # renameat2 flag (Linux >= 3.15): swap two paths in one step
 
@@ -83,8 +88,13 @@ def replace_folder(staging: Path, target: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
-def write_hub_folder(model, tokenizer: RecBaseTokenizer, output_dir: str | Path, run_dir: str | Path | None = None,
-                     finish: Callable[[Path], None] | None = None) -> Path:
+def write_hub_folder(
+    model,
+    tokenizer: RecBaseTokenizer,
+    output_dir: str | Path,
+    run_dir: str | Path | None = None,
+    finish: Callable[[Path], None] | None = None,
+) -> Path:
     """Write the folder one uploads, as a whole: weights, config (with ``auto_map`` and ``custom_pipelines``),
     generation config, tokenizer and every shipped file (for a LoRA ``PeftModel``: the adapter and the
     tokenizer), then the ``HUB_RUN_FILES`` found in ``run_dir`` (default: ``output_dir`` itself, so a run's
@@ -96,6 +106,7 @@ def write_hub_folder(model, tokenizer: RecBaseTokenizer, output_dir: str | Path,
         shutil.rmtree(staging)
     if hasattr(model, "peft_config"):
         model.save_pretrained(staging)
+        model.get_base_model().ranking_policy.save_pretrained(staging)  # the adapted model's, beside the adapter
         tokenizer.save_pretrained(staging)
     else:  # through the pipeline: the model, the tokenizer, all shipped code and custom_pipelines
         NextItemGenerationPipeline(model=model, tokenizer=tokenizer).save_pretrained(staging)
@@ -144,6 +155,8 @@ def load_checkpoint(checkpoint: str | Path) -> tuple[RecBaseForCausalLM, RecBase
         from peft import AutoPeftModelForCausalLM  # only adapters need peft
 
         model = AutoPeftModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True)
+        base = model.get_base_model()
+        base.ranking_policy = RankingPolicy.from_pretrained(checkpoint, base.config)
     else:
         model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)

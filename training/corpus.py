@@ -33,7 +33,9 @@ class OwnDomain:
 
 
 def build_corpus(
-    domains: list[str], out_dir: str | Path, data_dir: str | Path = DEFAULT_DATA_DIR,
+    domains: list[str],
+    out_dir: str | Path,
+    data_dir: str | Path = DEFAULT_DATA_DIR,
     own_domains: Mapping[str, OwnDomain] | None = None,
 ) -> Path:
     """Read the bundled ``domains`` and the user's ``own_domains`` (name -> files, see ``read_generic``);
@@ -45,8 +47,11 @@ def build_corpus(
         raise ValueError(f"expected a non-empty list of distinct domains, got {names}")
     parts = [read_domain(name, data_dir) for name in domains]
     parts += [read_generic(own.interactions, own.items, name, own.item_type) for name, own in own_domains.items()]
-    return write_corpus(datasets.concatenate_datasets([items for items, _ in parts]),
-                        datasets.concatenate_datasets([interactions for _, interactions in parts]), out_dir)
+    return write_corpus(
+        datasets.concatenate_datasets([items for items, _ in parts]),
+        datasets.concatenate_datasets([interactions for _, interactions in parts]),
+        out_dir,
+    )
 
 
 def write_corpus(items: Dataset, interactions: Dataset, out_dir: str | Path) -> Path:
@@ -76,31 +81,41 @@ def load_corpus(out_dir: str | Path, streaming: bool = False) -> dict[str, Datas
     (each user's training items), ``validation`` and ``test`` (each user's history and held-out target)."""
     missing = [name for name in CORPUS_FEATURES if not (Path(out_dir) / f"{name}.parquet").is_file()]
     if missing:
-        raise FileNotFoundError(f"{out_dir}: {', '.join(f'{name}.parquet' for name in missing)} missing; a corpus "
-                                "folder is written by python -m training.corpus (rebuild one made before its splits "
-                                "were saved with it)")
+        raise FileNotFoundError(
+            f"{out_dir}: {', '.join(f'{name}.parquet' for name in missing)} missing; a corpus "
+            "folder is written by python -m training.corpus (rebuild one made before its splits "
+            "were saved with it)"
+        )
     return {
-        name: datasets.load_dataset("parquet", data_files=str(Path(out_dir) / f"{name}.parquet"), features=features,
-                                    split="train", streaming=streaming)
+        name: datasets.load_dataset(
+            "parquet",
+            data_files=str(Path(out_dir) / f"{name}.parquet"),
+            features=features,
+            split="train",
+            streaming=streaming,
+        )
         for name, features in CORPUS_FEATURES.items()
     }
 
 
 def main(argv: list[str] | None = None) -> Path:
     """``python -m training.corpus``: a corpus from bundled domains and your own files."""
-    parser = argparse.ArgumentParser(description="""Build a corpus (items, interactions and their splits, as Parquet).
+    parser = argparse.ArgumentParser(
+        description="""Build a corpus (items, interactions and their splits, as Parquet).
 
     python -m training.corpus --output_dir outputs/my-corpus \\
         --own my_movies data/examples/my_movies/interactions.csv data/examples/my_movies/items.csv movie
 
 --own NAME INTERACTIONS ITEMS ITEM_TYPE adds your own domain: interactions (user_id, item_id, optional timestamp)
 and items (item_id and any of title, categories, brand, description, year, price) as CSV, JSONL or Parquet.""",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--domains", nargs="*", default=[], help=f"bundled domains: {sorted(BUNDLED_DOMAINS)}")
     parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR))
-    parser.add_argument("--own", nargs=4, action="append", default=[],
-                        metavar=("NAME", "INTERACTIONS", "ITEMS", "ITEM_TYPE"))
+    parser.add_argument(
+        "--own", nargs=4, action="append", default=[], metavar=("NAME", "INTERACTIONS", "ITEMS", "ITEM_TYPE")
+    )
     args = parser.parse_args(argv)
     own = {name: OwnDomain(interactions, items, item_type) for name, interactions, items, item_type in args.own}
     out_dir = build_corpus(args.domains, args.output_dir, args.data_dir, own)

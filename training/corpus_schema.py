@@ -15,14 +15,13 @@ from __future__ import annotations
 import ast
 import contextlib
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from datasets import Dataset, Features, List, Value
-
 
 ITEM_FEATURES = Features(
     {
@@ -46,9 +45,7 @@ INTERACTION_FEATURES = Features(
         "timestamp": Value("int64"),
     }
 )
-SEQUENCE_FEATURES = Features(
-    {"domain": Value("string"), "user_id": Value("string"), "items": List(Value("string"))}
-)
+SEQUENCE_FEATURES = Features({"domain": Value("string"), "user_id": Value("string"), "items": List(Value("string"))})
 EVALUATION_FEATURES = Features(
     {
         "domain": Value("string"),
@@ -58,8 +55,13 @@ EVALUATION_FEATURES = Features(
     }
 )
 # The files of a corpus folder: the two tables, then the leave-one-out splits computed from them.
-CORPUS_FEATURES = {"items": ITEM_FEATURES, "interactions": INTERACTION_FEATURES, "train": SEQUENCE_FEATURES,
-                   "validation": EVALUATION_FEATURES, "test": EVALUATION_FEATURES}
+CORPUS_FEATURES = {
+    "items": ITEM_FEATURES,
+    "interactions": INTERACTION_FEATURES,
+    "train": SEQUENCE_FEATURES,
+    "validation": EVALUATION_FEATURES,
+    "test": EVALUATION_FEATURES,
+}
 
 
 class CorpusError(ValueError):
@@ -78,10 +80,6 @@ def arrow_dataset(columns: dict[str, list[Any]], features: Features) -> Dataset:
 def item_key(domain: str, item_id: str) -> str:
     """The corpus-wide key of an item: ``"<domain>/<item_id>"``."""
     return f"{domain}/{item_id}"
-
-
-
-
 
 
 def is_integer_id(value: str) -> bool:
@@ -203,12 +201,8 @@ def unix_seconds(text: str, path: Path, where: str, field: str) -> int:
     except ValueError:
         raise corpus_error(path, where, f"{field} is not a date and time: {text!r}") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp())
-
-
-
-
 
 
 def item_row(
@@ -266,8 +260,4 @@ def grouped_by_user(events: list[tuple[str, str, int]]) -> list[tuple[str, str, 
     by_user: dict[str, list[tuple[str, str, int]]] = {}
     for event in events:
         by_user.setdefault(event[0], []).append(event)
-    return [
-        event
-        for user_events in by_user.values()
-        for event in sorted(user_events, key=itemgetter(2))
-    ]
+    return [event for user_events in by_user.values() for event in sorted(user_events, key=itemgetter(2))]

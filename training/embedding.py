@@ -25,8 +25,12 @@ class EmbeddingCache:
     Every write goes to a temp file renamed into place, so a run killed mid-way keeps all finished shards.
     """
 
-    def __init__(self, encoder: str = DEFAULT_TEXT_ENCODER, cache_dir: str | Path = DEFAULT_CACHE_DIR,
-                 max_length: int = TEXT_MAX_LENGTH) -> None:
+    def __init__(
+        self,
+        encoder: str = DEFAULT_TEXT_ENCODER,
+        cache_dir: str | Path = DEFAULT_CACHE_DIR,
+        max_length: int = TEXT_MAX_LENGTH,
+    ) -> None:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{encoder}-len{max_length}").strip("_")
         self.folder = Path(cache_dir) / slug
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -48,7 +52,9 @@ class EmbeddingCache:
         if missing:
             encoder = TextEncoder(self.encoder, max_length=self.max_length)
             items = list(missing.items())
-            bar = tqdm(total=len(items), desc="embedding items", unit="text", disable=not progress)  # one bar, real total
+            bar = tqdm(
+                total=len(items), desc="embedding items", unit="text", disable=not progress
+            )  # one bar, real total
             for start in range(0, len(items), SHARD_SIZE):
                 chunk = items[start : start + SHARD_SIZE]
                 vectors = encoder.encode([t for _, t in chunk], batch_size=batch_size, bar=bar)

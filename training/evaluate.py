@@ -2,8 +2,9 @@
 
 The protocols (full ranking: Recall@K, NDCG@K; candidate scoring: AUC, GAUC) are in ``training.protocols``, the
 baselines (random, popularity, zero-shot text similarity) in ``training.baselines``; every model is measured
-on the same users in the same run. RecBase ranks by beam search constrained to the domain's item IDs (or its
-dense head) and scores candidates as the pipeline does.
+on the same users in the same run. RecBase ranks and scores candidates as the pipeline does (its
+``ItemRanker`` with the checkpoint's ranking policy), and beside it, with baselines, "RecBase prior (no training)":
+the same model with nothing learned in the ranking (``RankingPolicy.prior_only``).
 
     python -m training.evaluate --checkpoint outputs/recbase-tiny --corpus_dir outputs/recbase-tiny-work/corpus \
         --domains amazon14_beauty amazon18_office ml-100k
@@ -11,14 +12,13 @@ dense head) and scores candidates as the pipeline does.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from modeling_recbase import RecBaseForCausalLM
-from modeling_recbase.pipeline_recbase import rank_items, score_candidates
-from tokenization_recbase import RecBaseTokenizer
+from modeling_recbase import ItemRanker
 from training.arguments import EvaluationArguments, parse_arguments
 from training.baselines import PopularityRecommender, RandomRecommender, TextSimilarityRecommender
 from training.checkpoint import load_checkpoint, write_json_atomically, write_text_atomically
@@ -27,6 +27,7 @@ from training.embedding import EmbeddingCache
 from training.protocols import (
     PROTOCOLS,
     RECBASE,
+    RECBASE_PRIOR,
     EvaluationSet,
     build_evaluation_set,
     evaluate_recommender,
@@ -35,66 +36,81 @@ from training.protocols import (
 
 
 class RecBaseRecommender:
-    """RecBase as a recommender: constrained beam search for ranking, code log-likelihood for scoring."""
+    """RecBase as a recommender: ``ItemRanker.rank`` for the full ranking, ``ItemRanker.score`` for candidates."""
 
-    def __init__(self, model: RecBaseForCausalLM, tokenizer: RecBaseTokenizer, max_history_items: int | None = None,
-                 num_beams: int = 20, batch_size: int = 16, name: str = RECBASE) -> None:
-        self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
-        self.max_history_items = max_history_items or model.config.max_history_items
-        self.num_beams, self.batch_size = num_beams, batch_size
+    def __init__(self, ranker: ItemRanker, batch_size: int = 16, name: str = RECBASE) -> None:
+        self.ranker, self.batch_size, self.name = ranker, batch_size, name
+        ranker.model.eval()
 
     def rank(self, data: EvaluationSet, k: int, exclude_history: bool) -> list[list[str]]:
         ranked = []
-        for start in tqdm(range(0, len(data.histories), self.batch_size), desc=f"{data.domain} beam search", leave=False):
-            batch = data.histories[start : start + self.batch_size]
-            rows = rank_items(self.model, self.tokenizer, batch, data.items, max(self.num_beams, k), self.max_history_items,
-                              exclude_history)
-            ranked += [[key for key, _ in row[:k]] for row in rows]
+        for start in tqdm(range(0, len(data.histories), self.batch_size), desc=f"{data.domain} ranking", leave=False):
+            rows = self.ranker.rank(data.histories[start : start + self.batch_size], data.items, k, exclude_history)
+            ranked += [[key for key, _ in row] for row in rows]
         return ranked
 
     def score(self, data: EvaluationSet) -> list[list[float]]:
-        """Sum of log-probabilities of each candidate's code tokens after the history: (users, candidates)."""
+        """Each candidate's score after the history: (users, candidates)."""
         scores = []
         for start in tqdm(range(0, len(data.histories), self.batch_size), desc=f"{data.domain} scoring", leave=False):
-            scores += score_candidates(self.model, self.tokenizer, data.histories[start : start + self.batch_size],
-                                       data.candidates[start : start + self.batch_size], self.max_history_items)
+            end = start + self.batch_size
+            scores += self.ranker.score(data.histories[start:end], data.candidates[start:end])
         return scores
 
 
-def evaluate(args: EvaluationArguments, score_overrides: dict | None = None) -> dict:
+def evaluate(args: EvaluationArguments, ranking: dict | None = None) -> dict:
     """Evaluate ``args.checkpoint`` (named ``args.model_name`` in the results) and, with ``args.baselines``, the
     baselines on ``args.domains``; returns the results dict.
 
     ``catalogue_counts``: the model is given each evaluated domain's item counts from that domain's training
-    part (what popularity counts), the "zero-shot + catalogue counts" setting. ``score_overrides``: model config
-    fields that only change scoring (``code_score_weight``, ``calibrated_code_score``, ``popularity_buckets`` 0 to
-    leave out the popularity bias) set for this run; ``args.code_score_weight`` is one of them.
-    ``exclude_history``: full rankings (of every model) leave out the items of the user's history."""
+    part (what popularity counts), the "zero-shot + catalogue counts" setting. The checkpoint ranks with its own
+    ranking policy, changed for this run by ``args.ranking_overrides()`` and by ``ranking`` (``RankingPolicy``
+    fields). ``exclude_history``: full rankings (of every model) leave out the items of the user's history."""
+    if not (args.checkpoint and args.corpus_dir and args.domains):
+        raise ValueError("evaluation needs a checkpoint, a corpus_dir and domains")
     model, tokenizer = load_checkpoint(args.checkpoint)
-    overrides = {**({} if args.code_score_weight is None else {"code_score_weight": args.code_score_weight}),
-                 **(score_overrides or {})}
-    model.config.update(overrides)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
+    policy = dataclasses.replace(model.ranking_policy, **{**args.ranking_overrides(), **(ranking or {})})
     corpus = load_corpus(args.corpus_dir)
-    recommenders = [RecBaseRecommender(model, tokenizer, args.max_history_items, args.num_beams, args.batch_size,
-                                       args.model_name)]
+    recommenders = [RecBaseRecommender(ItemRanker(model, tokenizer, policy), args.batch_size, args.model_name)]
+    if args.baselines and model.config.dense_head:  # the training-free prior, which a learned part must beat
+        recommenders.append(
+            RecBaseRecommender(ItemRanker(model, tokenizer, policy.prior_only()), args.batch_size, RECBASE_PRIOR)
+        )
     if args.baselines:
         recommenders += [
-            TextSimilarityRecommender(tokenizer, EmbeddingCache(tokenizer.text_encoder, args.cache_dir),
-                                      args.text_similarity_items),
-            PopularityRecommender(), RandomRecommender(args.seed),
+            TextSimilarityRecommender(
+                tokenizer, EmbeddingCache(tokenizer.text_encoder, args.cache_dir), args.text_similarity_items
+            ),
+            PopularityRecommender(),
+            RandomRecommender(args.seed),
         ]
-    results = {"protocols": PROTOCOLS, "split": args.split, "negatives": args.negatives, "num_beams": args.num_beams,
-               "seed": args.seed, "exclude_history": args.exclude_history, "domains": {}}
+    results = {
+        "protocols": PROTOCOLS,
+        "split": args.split,
+        "negatives": args.negatives,
+        "num_beams": policy.num_beams,
+        "seed": args.seed,
+        "exclude_history": args.exclude_history,
+        "ranking_policy": dataclasses.asdict(policy),
+        "domains": {},
+    }
     for domain in args.domains:
-        data = build_evaluation_set(corpus, domain, tokenizer.domain_items(domain), args.split, args.max_users,
-                                    args.negatives, args.seed)
+        data = build_evaluation_set(
+            corpus, domain, tokenizer.domain_items(domain), args.split, args.max_users, args.negatives, args.seed
+        )
         if args.catalogue_counts:
             counts = data.training_counts()
             tokenizer.set_item_counts({key: counts[key] for key in data.items})
-        entry = {"role": "zero-shot" if domain in args.zero_shot else "in-domain", "users": len(data.targets), "models": {}}
+        entry = {
+            "role": "zero-shot" if domain in args.zero_shot else "in-domain",
+            "users": len(data.targets),
+            "models": {},
+        }
         for recommender in recommenders:
-            entry["models"][recommender.name] = evaluate_recommender(recommender, data, exclude_history=args.exclude_history)
+            entry["models"][recommender.name] = evaluate_recommender(
+                recommender, data, exclude_history=args.exclude_history
+            )
         results["domains"][domain] = entry
     return results
 

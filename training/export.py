@@ -28,25 +28,32 @@ def export_folder(checkpoint: str | Path, output_dir: str | Path, model_id: str 
     checkpoint = Path(checkpoint)
     missing = [name for name in HUB_RUN_FILES if name not in OPTIONAL_RUN_FILES and not (checkpoint / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{checkpoint}: {', '.join(missing)} missing; export a folder written by "
-                                "python -m training.main")
+        raise FileNotFoundError(
+            f"{checkpoint}: {', '.join(missing)} missing; export a folder written by python -m training.main"
+        )
     model, tokenizer = load_checkpoint(checkpoint)
-    return write_hub_folder(model, tokenizer, output_dir, run_dir=checkpoint,
-                            finish=lambda staging: write_model_card(staging, model_id))
+    return write_hub_folder(
+        model, tokenizer, output_dir, run_dir=checkpoint, finish=lambda staging: write_model_card(staging, model_id)
+    )
 
 
 def push_folder(folder: Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
     """Create the model repo if needed and upload the folder; returns the commit URL."""
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    return str(api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                                 commit_message="Upload RecBase model"))
+    return str(
+        api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="Upload RecBase model"
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a folder written by python -m training.main")
-    parser.add_argument("--output_dir", default=None, help="default: outputs/hub/<NAME of --push_to_hub, or checkpoint name>")
+    parser.add_argument(
+        "--output_dir", default=None, help="default: outputs/hub/<NAME of --push_to_hub, or checkpoint name>"
+    )
     parser.add_argument("--push_to_hub", metavar="ORG/NAME", default=None)
     parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the cached login)")
     parser.add_argument("--private", action="store_true")
@@ -58,8 +65,10 @@ def main(argv: list[str] | None = None) -> Path:
         try:
             url = push_folder(folder, args.push_to_hub, args.token, args.private)
         except Exception as error:  # offline mode, no network, bad token: all leave the folder as it is
-            sys.exit(f"could not upload to {args.push_to_hub} ({type(error).__name__}: {error}). The folder {folder} is "
-                     f"ready; upload it later with: hf upload {args.push_to_hub} {folder}")
+            sys.exit(
+                f"could not upload to {args.push_to_hub} ({type(error).__name__}: {error}). The folder {folder} is "
+                f"ready; upload it later with: hf upload {args.push_to_hub} {folder}"
+            )
         print(f"uploaded: {url}")
     return folder
 

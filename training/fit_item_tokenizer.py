@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -36,29 +36,11 @@ from tokenization_recbase import (
     assign_unique_codes,
     unified_item_text,
 )
-from training.arguments import ItemTokenizerArguments, parse_arguments
+from training.arguments import FitArguments, ItemTokenizerArguments, QuantizerFitConfig, parse_arguments
 from training.checkpoint import write_json_atomically
-from training.bundled_domains import BUNDLED_DOMAINS, DEFAULT_DATA_DIR, DEFAULT_ZERO_SHOT_DOMAINS
 from training.corpus import build_corpus, load_corpus
-from training.splits import split_domains
 from training.embedding import DEFAULT_CACHE_DIR, EmbeddingCache
-
-
-@dataclass
-class QuantizerFitConfig:
-    """How the CL-VAE is shaped and trained."""
-
-    codebook_sizes: list[int]  # the vocabulary's: training.arguments.ItemTokenizerArguments has the default
-    hidden_dims: list[int] = field(default_factory=lambda: [512, 256])
-    latent_dim: int = 64
-    epochs_per_level: int = 8  # curriculum: a new level is switched on every this many epochs
-    final_epochs: int = 8  # epochs with every level on, after the curriculum
-    batch_size: int = 512
-    learning_rate: float = 1e-3
-    commitment_weight: float = 0.25
-    dead_code_every: int = 2  # epochs between re-initialisations of unused codes
-    kmeans_iterations: int = 25
-    seed: int = 0
+from training.splits import split_domains
 
 
 def kmeans(points: torch.Tensor, k: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
@@ -87,8 +69,11 @@ def quantizer_loss(
     codebook_loss = latent.new_zeros(())
     for level, residual in enumerate(residuals):
         chosen = quantizer.codebooks[level][codes[:, level]]
-        codebook_loss = codebook_loss + F.mse_loss(chosen, residual.detach()) \
+        codebook_loss = (
+            codebook_loss
+            + F.mse_loss(chosen, residual.detach())
             + commitment_weight * F.mse_loss(residual, chosen.detach())
+        )
         quantized = quantized + chosen
     # Straight-through: the decoder sees the quantized latent, gradients flow to the encoder unchanged.
     reconstruction = quantizer.decoder(latent + (quantized - latent).detach())
@@ -111,9 +96,9 @@ def fit_quantizer(
     """Train the CL-VAE on (N, input_dim) embeddings; returns it (eval mode) and a per-epoch history.
 
     It runs on one CPU thread: with several, float sums come out in a different order from run to run, one item's
-    nearest code flips, and the change cascades through k-means and training until no item keeps its ID (measured:
-    two 2-thread fits of the same 7,771 items shared no ID). One thread makes the IDs a function of the data and
-    the seed, and was not slower on this 2-core machine (28.6 s against 63.7 s on the same fit, machine busy)."""
+    nearest code flips, and the change cascades through k-means and training until no item keeps its ID
+    (``benchmarks/results/restructure_identity.md``). One thread makes the IDs a function of the data and the seed.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -137,13 +122,15 @@ def _fit_quantizer(embeddings: torch.Tensor, config: QuantizerFitConfig, log) ->
             # A level is switched on: start its codebook at k-means centroids of the residuals it will see.
             residuals = _residuals_at(quantizer, embeddings, levels - 1)
             quantizer.codebooks[levels - 1].data.copy_(
-                kmeans(residuals, config.codebook_sizes[levels - 1], config.kmeans_iterations, generator))
+                kmeans(residuals, config.codebook_sizes[levels - 1], config.kmeans_iterations, generator)
+            )
         quantizer.train()
         order = torch.randperm(embeddings.shape[0], generator=generator)
         total = 0.0
         for start in range(0, len(order), config.batch_size):
-            loss, _ = quantizer_loss(quantizer, embeddings[order[start : start + config.batch_size]], levels,
-                                     config.commitment_weight)
+            loss, _ = quantizer_loss(
+                quantizer, embeddings[order[start : start + config.batch_size]], levels, config.commitment_weight
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -152,8 +139,10 @@ def _fit_quantizer(embeddings: torch.Tensor, config: QuantizerFitConfig, log) ->
         if (epoch + 1) % config.dead_code_every == 0 and epoch + 1 < total_epochs:
             reinitialised = reinitialise_dead_codes(quantizer, embeddings, levels, generator)
         history.append({"epoch": epoch, "levels": levels, "loss": total / len(order), "reinitialised": reinitialised})
-        log(f"quantizer epoch {epoch + 1}/{total_epochs} levels={levels} loss={total / len(order):.5f} "
-            f"reinitialised={reinitialised}")
+        log(
+            f"quantizer epoch {epoch + 1}/{total_epochs} levels={levels} loss={total / len(order):.5f} "
+            f"reinitialised={reinitialised}"
+        )
     return quantizer.eval(), history
 
 
@@ -170,7 +159,9 @@ def reinitialise_dead_codes(
         dead = (~used).nonzero().squeeze(-1)
         if len(dead):
             donors = torch.randint(residuals.shape[0], (len(dead),), generator=generator)
-            codebook.data[dead] = residuals[donors] + 1e-4 * torch.randn(len(dead), residuals.shape[1], generator=generator)
+            codebook.data[dead] = residuals[donors] + 1e-4 * torch.randn(
+                len(dead), residuals.shape[1], generator=generator
+            )
             moved += len(dead)
     return moved
 
@@ -193,8 +184,15 @@ def code_usage(codes: torch.Tensor, codebook_sizes: list[int]) -> list[dict[str,
         counts = torch.bincount(codes[:, level], minlength=size).float()
         probabilities = counts[counts > 0] / counts.sum()
         entropy = -(probabilities * probabilities.log()).sum().item()
-        report.append({"level": level + 1, "used": int((counts > 0).sum()), "size": size,
-                       "usage": float((counts > 0).sum() / size), "perplexity": math.exp(entropy)})
+        report.append(
+            {
+                "level": level + 1,
+                "used": int((counts > 0).sum()),
+                "size": size,
+                "usage": float((counts > 0).sum() / size),
+                "perplexity": math.exp(entropy),
+            }
+        )
     return report
 
 
@@ -242,12 +240,14 @@ def fit_item_tokenizer(
     log(f"fitting the quantizer on {len(distinct)} distinct embeddings of {int(pretrain.sum())} pretraining items")
     quantizer, history = fit_quantizer(distinct, fit_config, log=log)
 
-    tokenizer = RecBaseTokenizer(codebook_sizes=fit_config.codebook_sizes, disambiguation_size=disambiguation_size,
-                                 text_encoder=text_encoder)
+    tokenizer = RecBaseTokenizer(
+        codebook_sizes=fit_config.codebook_sizes, disambiguation_size=disambiguation_size, text_encoder=text_encoder
+    )
     tokenizer.set_quantizer(quantizer, alignments)
     ids = assign_unique_codes(*quantizer.encode_to_codes(aligned[index]), set(), disambiguation_size)
-    tokenizer.set_items({keys[i]: ident for i, ident in zip(index.tolist(), ids)},
-                        {keys[i]: texts[i] for i in index.tolist()})
+    tokenizer.set_items(
+        {keys[i]: ident for i, ident in zip(index.tolist(), ids)}, {keys[i]: texts[i] for i in index.tolist()}
+    )
     tokenizer.set_item_vectors(dict(zip((keys[i] for i in index.tolist()), aligned[index])))
     for domain in zero_shot_domains:  # cold start: the frozen quantizer alone, as a user would do it
         rows = rows_of[domain]
@@ -265,7 +265,11 @@ def fit_item_tokenizer(
 
 
 def quality_report(
-    tokenizer: RecBaseTokenizer, keys: list[str], domains: list[str], raw_codes: torch.Tensor, pretrain_domains: list[str]
+    tokenizer: RecBaseTokenizer,
+    keys: list[str],
+    domains: list[str],
+    raw_codes: torch.Tensor,
+    pretrain_domains: list[str],
 ) -> dict:
     """Per-level usage, collisions before/after, shared vocabulary across domains, for the corpus and per domain."""
     levels = len(tokenizer.codebook_sizes)
@@ -294,19 +298,22 @@ def quality_report(
             "items": len(rows),
             "unique_ids": len({final[i] for i in rows}) == len(rows),
             "collision_rate_raw": sum(raw_counts[raw[i]] > 1 for i in rows) / len(rows),
-            "collision_rate_before_disambiguation": sum(before_counts[before_disambiguation[i]] > 1 for i in rows) / len(rows),
+            "collision_rate_before_disambiguation": sum(before_counts[before_disambiguation[i]] > 1 for i in rows)
+            / len(rows),
             "levels": code_usage(level_codes[rows], tokenizer.codebook_sizes),
         }
     report["codes_shared_by_domains"] = []
     for level, codes in enumerate(domains_of_code):
         pretraining = {code: users & set(pretrain_domains) for code, users in codes.items()}
         pretraining = {code: users for code, users in pretraining.items() if users}
-        report["codes_shared_by_domains"].append({
-            "level": level + 1,
-            "share_used_by_more_than_one_domain": sum(len(d) > 1 for d in codes.values()) / max(len(codes), 1),
-            "share_used_by_more_than_one_pretraining_domain":
-                sum(len(d) > 1 for d in pretraining.values()) / max(len(pretraining), 1),
-        })
+        report["codes_shared_by_domains"].append(
+            {
+                "level": level + 1,
+                "share_used_by_more_than_one_domain": sum(len(d) > 1 for d in codes.values()) / max(len(codes), 1),
+                "share_used_by_more_than_one_pretraining_domain": sum(len(d) > 1 for d in pretraining.values())
+                / max(len(pretraining), 1),
+            }
+        )
     return report
 
 
@@ -314,32 +321,29 @@ def report_markdown(report: dict) -> str:
     """The report as a Markdown table: one row per domain, then the shared-vocabulary line."""
     levels = len(report["levels"])
     header = ["domain", "role", "items", "collide (raw)", "collide (before disamb.)", "unique IDs"] + [
-        f"L{level + 1} used" for level in range(levels)]
+        f"L{level + 1} used" for level in range(levels)
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = list(report["domains"].items()) + [("all", {**report, "role": "-"})]
     for domain, stats in rows:
         usage = [f"{lv['used']}/{lv['size']} (ppl {lv['perplexity']:.0f})" for lv in stats["levels"]]
-        lines.append(f"| {domain} | {stats['role']} | {stats['items']} | {stats['collision_rate_raw']:.1%} | "
-                     f"{stats['collision_rate_before_disambiguation']:.1%} | {stats['unique_ids']} | " + " | ".join(usage) + " |")
-    shared = ", ".join(f"L{s['level']} {s['share_used_by_more_than_one_domain']:.0%} "
-                       f"({s['share_used_by_more_than_one_pretraining_domain']:.0%})" for s in report["codes_shared_by_domains"])
-    lines.append(f"\nCodes used by more than one domain (by more than one pretraining domain): {shared}. "
-                 f"Reconstruction MSE {report['reconstruction']['mse']:.2e} "
-                 f"(relative {report['reconstruction']['relative_mse']:.2f}).")
+        lines.append(
+            f"| {domain} | {stats['role']} | {stats['items']} | {stats['collision_rate_raw']:.1%} | "
+            f"{stats['collision_rate_before_disambiguation']:.1%} | {stats['unique_ids']} | "
+            + " | ".join(usage)
+            + " |"
+        )
+    shared = ", ".join(
+        f"L{s['level']} {s['share_used_by_more_than_one_domain']:.0%} "
+        f"({s['share_used_by_more_than_one_pretraining_domain']:.0%})"
+        for s in report["codes_shared_by_domains"]
+    )
+    lines.append(
+        f"\nCodes used by more than one domain (by more than one pretraining domain): {shared}. "
+        f"Reconstruction MSE {report['reconstruction']['mse']:.2e} "
+        f"(relative {report['reconstruction']['relative_mse']:.2f})."
+    )
     return "\n".join(lines)
-
-
-@dataclass
-class FitArguments:
-    """Where the corpus comes from and where the tokenizer goes."""
-
-    output_dir: str = "outputs/item-tokenizer"
-    data_dir: str = str(DEFAULT_DATA_DIR)
-    domains: list[str] = field(default_factory=lambda: list(BUNDLED_DOMAINS))
-    zero_shot: list[str] = field(default_factory=lambda: list(DEFAULT_ZERO_SHOT_DOMAINS), metadata={
-        "help": "domains that get IDs through add_items only (never fitted on)"})
-    cache_dir: str = str(DEFAULT_CACHE_DIR)
-    seed: int = 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -348,8 +352,15 @@ def main(argv: list[str] | None = None) -> None:
     output_dir = Path(args.output_dir)
     corpus = load_corpus(build_corpus(args.domains, output_dir / "corpus", data_dir=args.data_dir))
     fit_config = QuantizerFitConfig(codebook_sizes=vocabulary.codebook_sizes, seed=args.seed)
-    tokenizer, report = fit_item_tokenizer(corpus["items"], pretrain_domains, zero_shot_domains, fit_config,
-                                           vocabulary.disambiguation_size, vocabulary.text_encoder, args.cache_dir)
+    tokenizer, report = fit_item_tokenizer(
+        corpus["items"],
+        pretrain_domains,
+        zero_shot_domains,
+        fit_config,
+        vocabulary.disambiguation_size,
+        vocabulary.text_encoder,
+        args.cache_dir,
+    )
     tokenizer.save_pretrained(output_dir)
     write_json_atomically(output_dir / "item_tokenizer_report.json", report)
     print(report_markdown(report))

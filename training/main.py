@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,42 +29,25 @@ import torch
 from model_cards.generate import write_model_card
 from training import pretrain
 from training.arguments import (
-    MAX_HISTORY_ITEMS,
     DataArguments,
     EvaluationArguments,
     ItemTokenizerArguments,
+    MainJobArguments,
     ModelArguments,
     PretrainingArguments,
+    QuantizerFitConfig,
     parse_arguments,
 )
 from training.checkpoint import write_json_atomically, write_text_atomically
-from training.bundled_domains import BUNDLED_DOMAINS, DEFAULT_DATA_DIR, DEFAULT_ZERO_SHOT_DOMAINS
 from training.corpus import build_corpus, load_corpus
-from training.splits import split_domains
-from training.embedding import DEFAULT_CACHE_DIR
 from training.evaluate import evaluate
-from training.fit_item_tokenizer import QuantizerFitConfig, fit_item_tokenizer, report_markdown
+from training.fit_item_tokenizer import fit_item_tokenizer, report_markdown
 from training.protocols import RECBASE_WITH_COUNTS, all_results_markdown
+from training.splits import split_domains
 
 DEFAULT_OUTPUT_DIR = "outputs/recbase-tiny"
-
-
-@dataclass
-class MainJobArguments:
-    """The job's data and evaluation; the tokenizer, model and training settings are the stages' own."""
-
-    data_dir: str = str(DEFAULT_DATA_DIR)
-    work_dir: str | None = field(default=None, metadata={"help": "corpus and tokenizer staging (default: <output_dir>-work)"})
-    cache_dir: str = str(DEFAULT_CACHE_DIR)
-    domains: list[str] = field(default_factory=lambda: list(BUNDLED_DOMAINS))
-    zero_shot: list[str] = field(default_factory=lambda: list(DEFAULT_ZERO_SHOT_DOMAINS))
-    in_domain_eval: list[str] = field(default_factory=lambda: ["amazon14_beauty"])
-    max_history_items: int = MAX_HISTORY_ITEMS
-    eval_max_users: int = field(default=2000, metadata={"help": "users sampled per domain (0: all)"})
-    eval_batch_size: int = field(default=16, metadata={"help": "users per beam-search batch"})
-    num_beams: int = 20
-    exclude_history: bool = field(default=True, metadata={
-        "help": "full rankings leave out the user's history items (as the pipeline does)"})
+# The main job's own defaults: the evaluation samples 2,000 users per domain (--eval_max_users 0: all).
+MAIN_JOB_DEFAULTS = {"output_dir": DEFAULT_OUTPUT_DIR, "eval_max_users": 2000}
 
 
 def stage(number: int, title: str) -> None:
@@ -80,9 +62,18 @@ def hardware_description() -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    job, vocabulary, model_args, train_args = parse_arguments(
-        (MainJobArguments, ItemTokenizerArguments, ModelArguments, PretrainingArguments), argv, __doc__,
-        defaults={"output_dir": DEFAULT_OUTPUT_DIR})
+    job, vocabulary, model_args, train_args, evaluation = parse_arguments(
+        (
+            MainJobArguments,
+            ItemTokenizerArguments,
+            ModelArguments,
+            PretrainingArguments,
+            (EvaluationArguments, "eval_"),
+        ),
+        argv,
+        __doc__,
+        defaults=MAIN_JOB_DEFAULTS,
+    )
     started = time.perf_counter()
     output_dir = Path(train_args.output_dir)
     work_dir = Path(job.work_dir or f"{output_dir}-work")
@@ -90,11 +81,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     stage(1, f"corpus of {len(job.domains)} domains from {job.data_dir}")
     corpus_dir = build_corpus(job.domains, work_dir / "corpus", data_dir=job.data_dir)
-    stage(2, f"item tokenizer: embedding, quantizer fit on {len(pretrain_domains)} domains, IDs for {zero_shot_domains}")
+    stage(
+        2, f"item tokenizer: embedding, quantizer fit on {len(pretrain_domains)} domains, IDs for {zero_shot_domains}"
+    )
     tokenizer, report = fit_item_tokenizer(
-        load_corpus(corpus_dir)["items"], pretrain_domains, zero_shot_domains,
+        load_corpus(corpus_dir)["items"],
+        pretrain_domains,
+        zero_shot_domains,
         QuantizerFitConfig(codebook_sizes=vocabulary.codebook_sizes, seed=train_args.seed),
-        vocabulary.disambiguation_size, vocabulary.text_encoder, cache_dir=job.cache_dir,
+        vocabulary.disambiguation_size,
+        vocabulary.text_encoder,
+        cache_dir=job.cache_dir,
     )
     tokenizer_dir = work_dir / "item-tokenizer"
     tokenizer.save_pretrained(tokenizer_dir)
@@ -104,26 +101,43 @@ def main(argv: list[str] | None = None) -> dict:
     # Checkpoint selection on the pretraining domains' own validation users (their validation split is never
     # trained on), unless the command line names other validation domains.
     train_args.validation_domains = train_args.validation_domains or pretrain_domains
-    data = DataArguments(corpus_dir=str(corpus_dir), domains=pretrain_domains, tokenizer_dir=str(tokenizer_dir),
-                         max_history_items=job.max_history_items)
+    data = DataArguments(
+        corpus_dir=str(corpus_dir),
+        domains=pretrain_domains,
+        tokenizer_dir=str(tokenizer_dir),
+        max_history_items=job.max_history_items,
+    )
     pretrain.train(data, model_args, train_args)
     write_json_atomically(output_dir / "item_tokenizer_report.json", report)
 
     stage(4, f"evaluation: {job.in_domain_eval} in-domain, {zero_shot_domains} zero-shot, with the baselines")
-    evaluation = EvaluationArguments(
-        checkpoint=str(output_dir), corpus_dir=str(corpus_dir), domains=job.in_domain_eval + zero_shot_domains,
-        zero_shot=zero_shot_domains, max_users=job.eval_max_users, num_beams=job.num_beams,
-        batch_size=job.eval_batch_size, max_history_items=job.max_history_items, cache_dir=job.cache_dir,
-        seed=train_args.seed, exclude_history=job.exclude_history)
+    evaluation = dataclasses.replace(
+        evaluation,
+        checkpoint=str(output_dir),
+        corpus_dir=str(corpus_dir),
+        cache_dir=job.cache_dir,
+        domains=job.in_domain_eval + zero_shot_domains,
+        zero_shot=zero_shot_domains,
+    )
     results = evaluate(evaluation)
     if zero_shot_domains and model_args.popularity_buckets and model_args.dense_head:
         # A separate setting, never mixed into the pure zero-shot rows: the model is given each zero-shot
         # domain's item counts (from that domain's training part, as popularity is), with no training.
-        results["with_catalogue_counts"] = evaluate(dataclasses.replace(
-            evaluation, domains=zero_shot_domains, model_name=RECBASE_WITH_COUNTS, catalogue_counts=True))
-    results["run"] = {**vars(job), **vars(vocabulary), **vars(model_args), **vars(train_args),
-                      "pretrain_domains": pretrain_domains, "hardware": hardware_description(),
-                      "seconds": time.perf_counter() - started}
+        results["with_catalogue_counts"] = evaluate(
+            dataclasses.replace(
+                evaluation, domains=zero_shot_domains, model_name=RECBASE_WITH_COUNTS, catalogue_counts=True
+            )
+        )
+    results["run"] = {
+        **vars(job),
+        **vars(vocabulary),
+        **vars(model_args),
+        **vars(train_args),
+        "evaluation": vars(evaluation),
+        "pretrain_domains": pretrain_domains,
+        "hardware": hardware_description(),
+        "seconds": time.perf_counter() - started,
+    }
     write_json_atomically(output_dir / "eval_results.json", results)
     write_text_atomically(output_dir / "eval_results.md", all_results_markdown(results) + "\n")
     write_model_card(output_dir)

@@ -11,7 +11,8 @@ prediction over every concept token. The same script runs unchanged:
 ``--init_from CHECKPOINT`` fine-tunes a saved model instead of starting from scratch, and ``--lora_rank R``
 trains a LoRA adapter on it instead (PEFT; the output folder then holds the adapter and the tokenizer, or
 the merged model with ``--merge_lora True``). The settings are the dataclasses of ``training.arguments``;
-``--config file.json`` sets any of them, and flags given on the command line win. Checkpoints (model, optimizer, scheduler, RNG and step) go to ``--checkpoint_dir`` (default
+``--config file.json`` sets any of them, and flags given on the command line win. Checkpoints (model, optimizer,
+scheduler, RNG and step) go to ``--checkpoint_dir`` (default
 ``<output_dir>-checkpoints``, outside the folder one uploads: they hold pickled optimizer state) as ``step_<n>``
 every ``--checkpointing_steps``; ``--resume_from_checkpoint latest`` continues exactly where the last one stopped.
 """
@@ -37,11 +38,17 @@ from transformers import get_cosine_schedule_with_warmup
 
 from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer, check_model_config
-from training.arguments import DataArguments, ModelArguments, PretrainingArguments, parse_arguments
+from training.arguments import (
+    MODEL_CONFIG_FIELDS,
+    DataArguments,
+    ModelArguments,
+    PretrainingArguments,
+    parse_arguments,
+)
 from training.checkpoint import latest_training_state, save_training_state, write_hub_folder, write_json_atomically
 from training.corpus import load_corpus
-from training.protocols import build_evaluation_set
 from training.pretraining_data import LengthGroupedSampler, PretrainingCollator, training_windows
+from training.protocols import build_evaluation_set
 from training.validation import CheckpointSelector, validation_metrics
 
 
@@ -82,45 +89,68 @@ class TrainingProgress:
 
 
 @torch.no_grad()
-def build_model(data: DataArguments, args: ModelArguments, tokenizer: RecBaseTokenizer, seed: int = 0) -> torch.nn.Module:
-    """A new model of ``preset``, or the ``init_from`` checkpoint, wrapped in LoRA when ``lora_rank`` > 0."""
+def build_model(
+    data: DataArguments, args: ModelArguments, tokenizer: RecBaseTokenizer, seed: int = 0
+) -> torch.nn.Module:
+    """A new model of ``preset``, or the ``init_from`` checkpoint, wrapped in LoRA when ``lora_rank`` > 0. Its ranking
+    policy gives the code head's score (where it has weight) to the domains it is trained on."""
     if args.init_from:
         model = RecBaseForCausalLM.from_pretrained(args.init_from)
         check_model_config(tokenizer, model.config, data.tokenizer_dir or args.init_from)
-        if model.config.code_score_domains is not None:  # trained on these domains now too
-            model.config.code_score_domains = sorted(set(model.config.code_score_domains) | set(data.domains))
+        known = model.ranking_policy.code_score_domains  # None: every domain, and so still every domain
+        trained_on = None if known is None else set(known) | set(data.domains)
     else:
         content = args.content_inputs or args.dense_head
-        popularity_buckets = args.popularity_buckets * args.dense_head  # the buckets bias the dense head's scores
         if content and tokenizer.quantizer is None:
-            raise ValueError(f"{data.tokenizer_dir}: --content_inputs and --dense_head need a tokenizer with its quantizer")
+            raise ValueError(
+                f"{data.tokenizer_dir}: --content_inputs and --dense_head need a tokenizer with its quantizer"
+            )
         config = RecBaseConfig.from_preset(
-            args.preset, codebook_sizes=tokenizer.codebook_sizes, disambiguation_size=tokenizer.disambiguation_size,
-            latent_dim=tokenizer.quantizer.config["latent_dim"] if content else 0, content_inputs=args.content_inputs,
+            args.preset,
+            codebook_sizes=tokenizer.codebook_sizes,
+            disambiguation_size=tokenizer.disambiguation_size,
+            latent_dim=tokenizer.quantizer.config["latent_dim"] if content else 0,
             item_vector_size=tokenizer.item_vector_size if args.dense_head else 0,
-            dense_head=args.dense_head, dense_loss_weight=args.dense_loss_weight,
-            code_score_weight=float(not args.dense_head) if args.code_score_weight is None else args.code_score_weight,
-            code_score_domains=list(data.domains), dense_temperature=args.dense_temperature,
-            dense_history_items=args.dense_history_items,
-            dense_history_decay=args.dense_history_decay,
-            calibrated_code_score=args.calibrated_code_score, popularity_buckets=popularity_buckets,
-            max_history_items=data.max_history_items, embedding_dropout=args.embedding_dropout, residual_dropout=args.residual_dropout,
-            attention_dropout=args.attention_dropout)
+            max_history_items=data.max_history_items,
+            **{name: getattr(args, name) for name in MODEL_CONFIG_FIELDS},
+        )
         check_model_config(tokenizer, config, data.tokenizer_dir)
         model = RecBaseForCausalLM(config)
         if content:
             model.model.code_latents.weight.copy_(tokenizer.code_latent_table(config.vocab_size))
         if args.embedding_init == "codebooks":
             init_concept_embeddings_from_codebooks(model, tokenizer, seed)
+        trained_on = set(data.domains)
+    # The code head and the dense head's residual count on the domains the model is trained on; elsewhere the dense
+    # head's training-free prior ranks (``train`` narrows the residual's domains to those validation says it helps).
+    trained_on = None if trained_on is None else sorted(trained_on)
+    ranking = {"code_score_domains": trained_on, "residual_domains": trained_on}
+    if args.calibrated_code_score:
+        ranking["calibrated_code_score"] = True
+    if args.code_score_weight is not None:
+        ranking["code_score_weight"] = args.code_score_weight
+    model.ranking_policy = dataclasses.replace(model.ranking_policy, **ranking)
+    model.ranking_policy.check(model.config)
     if args.freeze_concept_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)  # tied: the output head stays fixed too
-    model.generation_config.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                                   eos_token_id=tokenizer.eos_token_id, max_new_tokens=tokenizer.tokens_per_item)
+    model.generation_config.update(
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        max_new_tokens=tokenizer.tokens_per_item,
+    )
     if args.lora_rank:
         # task_type makes the adapter record a transformers class, so AutoPeftModelForCausalLM can load it.
-        model = get_peft_model(model, LoraConfig(
-            task_type="CAUSAL_LM", r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank,
-            lora_dropout=args.lora_dropout, target_modules=list(args.lora_target_modules)))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                task_type="CAUSAL_LM",
+                r=args.lora_rank,
+                lora_alpha=args.lora_alpha or 2 * args.lora_rank,
+                lora_dropout=args.lora_dropout,
+                target_modules=list(args.lora_target_modules),
+            ),
+        )
     return model
 
 
@@ -132,8 +162,7 @@ def init_concept_embeddings_from_codebooks(model: RecBaseForCausalLM, tokenizer:
     Codes that are close in the quantizer's latent space then start close for the model, and that geometry is
     the same in every domain, new ones included: with tied embeddings, "the next item resembles the last
     ones" becomes a rule the model can carry into a domain it never saw. Disambiguation codes stay random.
-    Measured (recbase-small, 4 epochs, ``benchmarks/results/gpu/embedding-init-*.md``): zero-shot AUC +0.006
-    on Office and +0.005 on ML-100k, in-domain Recall@10 -0.010 on Beauty; so it is off by default.
+    Off by default: measured in ``benchmarks/results/gpu/embedding-init-*.md``.
     """
     if tokenizer.quantizer is None:
         raise ValueError("--embedding_init codebooks needs a tokenizer that holds its quantizer")
@@ -148,6 +177,22 @@ def init_concept_embeddings_from_codebooks(model: RecBaseForCausalLM, tokenizer:
         vectors = codebook.detach().float() @ projection.T  # (codes, hidden)
         first = tokenizer.codes_to_token_ids([0] * (level + 1))[level]
         weight[first : first + len(vectors)] = (vectors * row_norm / vectors.norm(dim=-1).mean()).to(weight.dtype)
+
+
+def helped_domains(history: list[dict], kept_step: int, metric: str, domains: list[str]) -> list[str]:
+    """Of ``domains``, those where validation did not show the kept step below the run's start (step 0: for a new
+    model, the dense head's training-free prior): a domain validated at both steps stays only if ``metric`` rose
+    there; a domain not validated stays."""
+    by_step = {entry["step"]: entry for entry in history}
+    start, kept = by_step.get(0), by_step.get(kept_step)
+    if start is None or kept is None:
+        return sorted(domains)
+    key = f"{metric}_{{}}".format
+    return sorted(
+        domain
+        for domain in domains
+        if key(domain) not in start or key(domain) not in kept or kept[key(domain)] > start[key(domain)]
+    )
 
 
 def train(data: DataArguments, model_args: ModelArguments, args: PretrainingArguments) -> Path:
@@ -184,11 +229,20 @@ def train(data: DataArguments, model_args: ModelArguments, args: PretrainingArgu
         train_dataset = training_windows(tokenizer, histories, data.max_history_items, popularity_buckets)
     # Windows range from 2 items to --max_history_items: batches of similar lengths waste little on padding
     # (on the bundled corpus, shuffled batches of 64 were 65% padding).
-    sampler = LengthGroupedSampler([len(ids) for ids in train_dataset["input_ids"]], args.per_device_batch_size, args.seed)
+    sampler = LengthGroupedSampler(
+        [len(ids) for ids in train_dataset["input_ids"]], args.per_device_batch_size, args.seed
+    )
     dense = model.config.dense_head
-    collator = PretrainingCollator(tokenizer, args.relabel_share, args.num_negatives if dense else 0, popularity_buckets,
-                                   seed=args.seed + accelerator.process_index)
-    train_dataloader = DataLoader(train_dataset, batch_size=args.per_device_batch_size, sampler=sampler, collate_fn=collator)
+    collator = PretrainingCollator(
+        tokenizer,
+        args.relabel_share,
+        args.num_negatives if dense else 0,
+        popularity_buckets,
+        seed=args.seed + accelerator.process_index,
+    )
+    train_dataloader = DataLoader(
+        train_dataset, batch_size=args.per_device_batch_size, sampler=sampler, collate_fn=collator
+    )
 
     # Decay only the projection matrices: norms, biases and the (tied) concept-token embeddings are left
     # alone, since decaying rarely seen codes' embeddings pulls them to zero between their updates.
@@ -201,47 +255,92 @@ def train(data: DataArguments, model_args: ModelArguments, args: PretrainingArgu
     no_decay = [p for name, p in trainable if name in no_decay_names]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if dense_head_params:
-        groups.append({"params": dense_head_params, "weight_decay": args.weight_decay,
-                       "lr": args.dense_head_learning_rate or args.learning_rate})
+        groups.append(
+            {
+                "params": dense_head_params,
+                "weight_decay": args.weight_decay,
+                "lr": args.dense_head_learning_rate or args.learning_rate,
+            }
+        )
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.98))
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
     # Recompute after prepare: sharding across processes changes the number of batches per epoch.
     steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     max_steps = args.max_steps or math.ceil(args.num_epochs * steps_per_epoch)
-    scheduler = accelerator.prepare(get_cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, max_steps // 10 + 1), max_steps))
+    scheduler = accelerator.prepare(
+        get_cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, max_steps // 10 + 1), max_steps)
+    )
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
     # Trackers such as TensorBoard take scalars only: lists (domains, LoRA modules) are logged as text.
     # How the run was distributed goes into the train log with the settings (a multi-process test reads it).
-    settings = {**vars(data), **vars(model_args), **vars(args), "distributed_type": accelerator.distributed_type.value,
-                "num_processes": accelerator.num_processes, "backend": accelerator.state.backend or "none"}
-    accelerator.init_trackers("recbase_pretrain", config={
-        k: v if isinstance(v, (int, float, str, bool)) else " ".join(map(str, v)) for k, v in settings.items() if v is not None})
+    settings = {
+        **vars(data),
+        **vars(model_args),
+        **vars(args),
+        "distributed_type": accelerator.distributed_type.value,
+        "num_processes": accelerator.num_processes,
+        "backend": accelerator.state.backend or "none",
+    }
+    accelerator.init_trackers(
+        "recbase_pretrain",
+        config={
+            k: v if isinstance(v, (int, float, str, bool)) else " ".join(map(str, v))
+            for k, v in settings.items()
+            if v is not None
+        },
+    )
 
-    resume_path = latest_training_state(checkpoint_dir) if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
+    resume_path = (
+        latest_training_state(checkpoint_dir)
+        if args.resume_from_checkpoint == "latest"
+        else args.resume_from_checkpoint
+    )
     if resume_path:
         accelerator.load_state(str(resume_path))
         accelerator.print(f"resumed from {resume_path} at step {progress.completed_steps}")
 
-    validation_sets = [build_evaluation_set(corpus, domain, tokenizer.domain_items(domain), "validation",
-                                            args.validation_users, args.validation_negatives, args.seed) for domain in args.validation_domains]
+    validation_sets = [
+        build_evaluation_set(
+            corpus,
+            domain,
+            tokenizer.domain_items(domain),
+            "validation",
+            args.validation_users,
+            args.validation_negatives,
+            args.seed,
+        )
+        for domain in args.validation_domains
+    ]
     selector = CheckpointSelector(args.validation_metric, args.early_stopping_patience)
 
     def validate() -> None:
         """Score the validation users; keep a copy of the weights when they are the best so far."""
         unwrapped = accelerator.unwrap_model(model)
-        scores = validation_metrics(unwrapped, tokenizer, validation_sets, data.max_history_items,
-                                    full_ranking=args.validation_metric in ("ndcg@10", "recall@10"))
+        scores = validation_metrics(
+            unwrapped,
+            tokenizer,
+            validation_sets,
+            data.max_history_items,
+            full_ranking=args.validation_metric in ("ndcg@10", "recall@10"),
+        )
         selector.update(progress.completed_steps, scores, unwrapped)
         accelerator.log({f"validation_{name}": value for name, value in scores.items()}, step=progress.completed_steps)
-        accelerator.print(f"step {progress.completed_steps}: validation {args.validation_metric} "
-                          f"{scores[args.validation_metric]:.4f} (best {selector.best_score:.4f} at step {selector.best_step})")
+        accelerator.print(
+            f"step {progress.completed_steps}: validation {args.validation_metric} "
+            f"{scores[args.validation_metric]:.4f} (best {selector.best_score:.4f} at step {selector.best_step})"
+        )
         model.train()
 
     if validation_sets and progress.completed_steps == 0:
         validate()  # step 0: with zero-initialised dense head, the prior itself
     model.train()
-    bar = tqdm(total=max_steps, initial=progress.completed_steps, disable=not accelerator.is_local_main_process, desc="pretraining")
+    bar = tqdm(
+        total=max_steps,
+        initial=progress.completed_steps,
+        disable=not accelerator.is_local_main_process,
+        desc="pretraining",
+    )
     window_tokens, window_start = 0, time.perf_counter()
     while progress.completed_steps < max_steps:
         # Accumulation syncs at the end of every epoch, so an epoch is steps_per_epoch optimizer steps.
@@ -266,21 +365,41 @@ def train(data: DataArguments, model_args: ModelArguments, args: PretrainingArgu
             bar.update(1)
             if progress.completed_steps % args.log_every == 0 or progress.completed_steps == max_steps:
                 elapsed = time.perf_counter() - window_start
-                tokens = accelerator.reduce(torch.tensor(window_tokens, device=accelerator.device), reduction="sum").item()
-                parts = {name: value.item() for name in ("code_loss", "dense_loss") if (value := getattr(output, name)) is not None}
-                accelerator.log({"loss": loss.item(), **parts, "learning_rate": scheduler.get_last_lr()[0],
-                                 "tokens_per_second": tokens / elapsed, "epoch": epoch}, step=progress.completed_steps)
+                tokens = accelerator.reduce(
+                    torch.tensor(window_tokens, device=accelerator.device), reduction="sum"
+                ).item()
+                parts = {
+                    name: value.item()
+                    for name in ("code_loss", "dense_loss")
+                    if (value := getattr(output, name)) is not None
+                }
+                accelerator.log(
+                    {
+                        "loss": loss.item(),
+                        **parts,
+                        "learning_rate": scheduler.get_last_lr()[0],
+                        "tokens_per_second": tokens / elapsed,
+                        "epoch": epoch,
+                    },
+                    step=progress.completed_steps,
+                )
                 bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens / elapsed:.0f}")
                 window_tokens, window_start = 0, time.perf_counter()
-            if validation_sets and (progress.completed_steps % args.validate_every == 0 or progress.completed_steps == max_steps):
+            if validation_sets and (
+                progress.completed_steps % args.validate_every == 0 or progress.completed_steps == max_steps
+            ):
                 validate()
             if progress.completed_steps % args.checkpointing_steps == 0 or progress.completed_steps == max_steps:
-                save_training_state(accelerator, checkpoint_dir, progress.completed_steps, args.checkpoints_total_limit)
+                save_training_state(
+                    accelerator, checkpoint_dir, progress.completed_steps, args.checkpoints_total_limit
+                )
             if progress.completed_steps >= max_steps or selector.should_stop:
                 break
         if selector.should_stop:
-            accelerator.print(f"early stopping at step {progress.completed_steps}: {selector.patience} validations "
-                              f"without a better {args.validation_metric}")
+            accelerator.print(
+                f"early stopping at step {progress.completed_steps}: {selector.patience} validations "
+                f"without a better {args.validation_metric}"
+            )
             break
     bar.close()
 
@@ -289,10 +408,28 @@ def train(data: DataArguments, model_args: ModelArguments, args: PretrainingArgu
         final = accelerator.unwrap_model(model)
         if validation_sets:
             final.load_state_dict(selector.best_state)
+            if final.config.dense_head:
+                policy = final.ranking_policy
+                kept = helped_domains(
+                    selector.history,
+                    selector.best_step,
+                    args.validation_metric,
+                    policy.residual_domains or data.domains,
+                )
+                final.ranking_policy = dataclasses.replace(policy, residual_domains=kept)
+                accelerator.print(
+                    f"the dense head's residual counts on {kept} (validation {args.validation_metric} "
+                    "above the run's start there)"
+                )
             write_json_atomically(output_dir / "validation.json", selector.summary())
-            accelerator.print(f"kept step {selector.best_step} (validation {args.validation_metric} {selector.best_score:.4f})")
-        write_hub_folder(final.merge_and_unload() if model_args.merge_lora and model_args.lora_rank else final, tokenizer,
-                         output_dir)
+            accelerator.print(
+                f"kept step {selector.best_step} (validation {args.validation_metric} {selector.best_score:.4f})"
+            )
+        write_hub_folder(
+            final.merge_and_unload() if model_args.merge_lora and model_args.lora_rank else final,
+            tokenizer,
+            output_dir,
+        )
     accelerator.end_training()
     return output_dir
 

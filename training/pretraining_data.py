@@ -9,16 +9,18 @@ negatives and content vectors).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 
 import torch
 from datasets import Dataset
 from torch.utils.data import Sampler
 
-from tokenization_recbase import RecBaseTokenizer
+from tokenization_recbase import RecBaseTokenizer, item_domain
 
 
-def training_windows(tokenizer: RecBaseTokenizer, histories: list[list[str]], max_history_items: int,
-                     popularity_buckets: int = 0) -> Dataset:
+def training_windows(
+    tokenizer: RecBaseTokenizer, histories: list[list[str]], max_history_items: int, popularity_buckets: int = 0
+) -> Dataset:
     """Histories of item keys -> token windows ``<bos> item ... item`` of at most ``max_history_items`` items.
 
     A long history is cut from its end backwards, so the most recent items are always in one window and
@@ -32,7 +34,7 @@ def training_windows(tokenizer: RecBaseTokenizer, histories: list[list[str]], ma
             window = history[max(0, end - max_history_items) : end]
             if len(window) > 1:
                 rows["input_ids"].append(tokenizer.encode_history(window)["input_ids"])
-                rows["domain"].append(window[0].split("/", 1)[0])
+                rows["domain"].append(item_domain(window[0]))
                 if popularity_buckets:
                     buckets = tokenizer.popularity_buckets(window, popularity_buckets).tolist()
                     rows["bucket_ids"].append([0] + [b for b in buckets for _ in range(tokenizer.tokens_per_item)])
@@ -89,8 +91,9 @@ def collate_right_padded(batch: list[dict], pad_token_id: int) -> dict[str, torc
     return collated
 
 
-def relabel_codes(input_ids: torch.LongTensor, level_offsets: list[int], level_sizes: list[int],
-                  generator: torch.Generator) -> tuple[torch.LongTensor, list[torch.LongTensor]]:
+def relabel_codes(
+    input_ids: torch.LongTensor, level_offsets: Sequence[int], level_sizes: Sequence[int], generator: torch.Generator
+) -> tuple[torch.LongTensor, list[torch.LongTensor]]:
     """Identity-free training: one window's codes of each level mapped through a random permutation of that
     level's codes (fixed within the window). Which positions share a code, and so repeats and shared
     prefixes, is kept; what a code means in a domain is not, so only the window itself can tell what comes
@@ -120,12 +123,20 @@ class PretrainingCollator:
       ``(j + 1) * tokens_per_item``).
     """
 
-    def __init__(self, tokenizer: RecBaseTokenizer, relabel_share: float = 0.0, num_negatives: int = 0,
-                 popularity_buckets: int = 0, seed: int = 0) -> None:
-        self.pad_token_id, self.relabel_share, self.num_negatives = tokenizer.pad_token_id, relabel_share, num_negatives
-        sizes = tokenizer.codebook_sizes + ([tokenizer.disambiguation_size] if tokenizer.disambiguation_size else [])
-        self.level_sizes = sizes
-        self.level_offsets = [tokenizer.codes_to_token_ids([0] * len(sizes))[level] for level in range(len(sizes))]
+    def __init__(
+        self,
+        tokenizer: RecBaseTokenizer,
+        relabel_share: float = 0.0,
+        num_negatives: int = 0,
+        popularity_buckets: int = 0,
+        seed: int = 0,
+    ) -> None:
+        self.pad_token_id, self.relabel_share, self.num_negatives = (
+            tokenizer.pad_token_id,
+            relabel_share,
+            num_negatives,
+        )
+        self.level_sizes, self.level_offsets = tokenizer.layout.level_sizes, tokenizer.layout.level_offsets
         self.tokenizer = tokenizer
         self.domain_items: dict[str, torch.LongTensor] = {}
         self.domain_vectors: dict[str, torch.Tensor] = {}
@@ -143,7 +154,8 @@ class PretrainingCollator:
         collated = collate_right_padded(batch, self.pad_token_id)
         # Random draws depend only on (seed, batch): a resumed run, which replays the same batches, draws the same.
         generator = torch.Generator().manual_seed(
-            self.seed * 2**32 + zlib.crc32(collated["input_ids"].numpy().tobytes()))
+            self.seed * 2**32 + zlib.crc32(collated["input_ids"].numpy().tobytes())
+        )
         if self.relabel_share:
             collated["content_ids"] = collated["input_ids"]
             relabelled = collated["input_ids"].clone()
@@ -155,19 +167,23 @@ class PretrainingCollator:
         if self.num_negatives:
             tokens_per_item = self.tokenizer.tokens_per_item
             negatives, vectors, buckets = [], [], []
-            item_vectors = torch.zeros(*collated["input_ids"].shape, next(iter(self.domain_vectors.values())).shape[-1])
+            item_vectors = torch.zeros(
+                *collated["input_ids"].shape, next(iter(self.domain_vectors.values())).shape[-1]
+            )
             for row, example in enumerate(batch):
                 keys = self.tokenizer.decode_items(example["input_ids"])
-                item_vectors[row, tokens_per_item : tokens_per_item * (len(keys) + 1) : tokens_per_item] = \
+                item_vectors[row, tokens_per_item : tokens_per_item * (len(keys) + 1) : tokens_per_item] = (
                     self.tokenizer.item_vectors(keys)
+                )
                 items = self.domain_items[example["domain"]]
                 drawn = torch.randint(len(items), (self.num_negatives,), generator=generator)
                 negatives.append(items[drawn])
                 vectors.append(self.domain_vectors[example["domain"]][drawn])
                 if self.domain_buckets:
                     buckets.append(self.domain_buckets[example["domain"]][drawn])
-            collated.update(item_vectors=item_vectors, negative_ids=torch.stack(negatives),
-                            negative_vectors=torch.stack(vectors))
+            collated.update(
+                item_vectors=item_vectors, negative_ids=torch.stack(negatives), negative_vectors=torch.stack(vectors)
+            )
             if buckets:
                 collated["negative_buckets"] = torch.stack(buckets)
         return collated

@@ -24,6 +24,8 @@ from training.ranking_metrics.ranking_metrics import candidate_metrics, ranking_
 # Model names in results (and so in tables, the model card and plots).
 RECBASE = "RecBase"
 RECBASE_WITH_COUNTS = "RecBase + catalogue counts"
+# The model's dense head with nothing learned: the recency-weighted cosine to the history's content vectors.
+RECBASE_PRIOR = "RecBase prior (no training)"
 TEXT_SIMILARITY = "text similarity (zero-shot)"
 POPULARITY = "popularity (in-domain counts)"
 RANDOM = "random"
@@ -51,8 +53,13 @@ class EvaluationSet:
 
 
 def build_evaluation_set(
-    corpus: Mapping[str, Dataset], domain: str, domain_items: list[str], split: str = "test", max_users: int = 0,
-    negatives: int = 20, seed: int = 0,
+    corpus: Mapping[str, Dataset],
+    domain: str,
+    domain_items: list[str],
+    split: str = "test",
+    max_users: int = 0,
+    negatives: int = 20,
+    seed: int = 0,
 ) -> EvaluationSet:
     """The ``split`` users of ``domain`` in a loaded corpus (all, or ``max_users`` sampled with ``seed``), each with
     the held-out target and sampled candidates."""
@@ -61,7 +68,11 @@ def build_evaluation_set(
         raise ValueError(f"domain {domain!r} has no interactions to evaluate")
     evaluation = splits[split]
     rng = random.Random(seed)
-    chosen = sorted(rng.sample(range(len(evaluation)), max_users)) if 0 < max_users < len(evaluation) else range(len(evaluation))
+    chosen = (
+        sorted(rng.sample(range(len(evaluation)), max_users))
+        if 0 < max_users < len(evaluation)
+        else range(len(evaluation))
+    )
     histories = [evaluation[i]["history"] for i in chosen]
     targets = [evaluation[i]["target"] for i in chosen]
     if negatives >= len(domain_items):
@@ -70,8 +81,10 @@ def build_evaluation_set(
     for user, (history, target) in enumerate(zip(histories, targets)):
         seen = set(history) | {target}
         if len(domain_items) - len(seen & item_set) < negatives:
-            raise ValueError(f"domain {domain!r}: evaluation user #{user} has seen all but "
-                             f"{len(domain_items) - len(seen & item_set)} items, too few for {negatives} negatives")
+            raise ValueError(
+                f"domain {domain!r}: evaluation user #{user} has seen all but "
+                f"{len(domain_items) - len(seen & item_set)} items, too few for {negatives} negatives"
+            )
         pool: list[str] = []
         while len(pool) < negatives:
             item = domain_items[rng.randrange(len(domain_items))]
@@ -81,8 +94,13 @@ def build_evaluation_set(
     return EvaluationSet(domain, domain_items, histories, targets, candidates, splits["train"]["items"])
 
 
-def evaluate_recommender(recommender, data: EvaluationSet, ks: tuple[int, ...] = (5, 10),
-                         protocols: tuple[str, ...] = tuple(PROTOCOLS), exclude_history: bool = True) -> dict[str, float]:
+def evaluate_recommender(
+    recommender,
+    data: EvaluationSet,
+    ks: tuple[int, ...] = (5, 10),
+    protocols: tuple[str, ...] = tuple(PROTOCOLS),
+    exclude_history: bool = True,
+) -> dict[str, float]:
     """The ``protocols`` (both by default) for one recommender on one domain's users; with ``exclude_history``
     the full ranking never holds an item of the user's history (the pipeline's default)."""
     metrics: dict[str, float] = {}
@@ -102,17 +120,25 @@ def evaluate_recommender(recommender, data: EvaluationSet, ks: tuple[int, ...] =
 def results_markdown(results: dict) -> str:
     """One table per protocol: a row per (domain, model)."""
     lines = []
-    for protocol, columns in (("full_ranking", ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]),
-                              ("candidate_scoring", ["auc", "gauc"])):
+    for protocol, columns in (
+        ("full_ranking", ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]),
+        ("candidate_scoring", ["auc", "gauc"]),
+    ):
         note = ""
         if protocol == "full_ranking" and "exclude_history" in results:
             note = "; history items " + ("excluded" if results["exclude_history"] else "allowed")
-        lines += [f"\n**{protocol}** ({PROTOCOLS[protocol]}{note})\n", "| domain | users | model | " + " | ".join(columns) + " |",
-                  "|---|---|---|" + "---|" * len(columns)]
+        lines += [
+            f"\n**{protocol}** ({PROTOCOLS[protocol]}{note})\n",
+            "| domain | users | model | " + " | ".join(columns) + " |",
+            "|---|---|---|" + "---|" * len(columns),
+        ]
         for domain, entry in results["domains"].items():
             for model_name, metrics in entry["models"].items():
-                lines.append(f"| {domain} ({entry['role']}) | {entry['users']} | {model_name} | "
-                             + " | ".join(f"{metrics[c]:.4f}" for c in columns) + " |")
+                lines.append(
+                    f"| {domain} ({entry['role']}) | {entry['users']} | {model_name} | "
+                    + " | ".join(f"{metrics[c]:.4f}" for c in columns)
+                    + " |"
+                )
     return "\n".join(lines)
 
 
@@ -120,6 +146,9 @@ def all_results_markdown(results: dict) -> str:
     """The pure results, then (when present) the "zero-shot + catalogue counts" ones under their own heading."""
     text = results_markdown(results)
     if "with_catalogue_counts" in results:
-        text += ("\n\n### Zero-shot + catalogue counts (a separate setting: each zero-shot domain's item counts "
-                 "from its training part are given to the model, with no training)\n" + results_markdown(results["with_catalogue_counts"]))
+        text += (
+            "\n\n### Zero-shot + catalogue counts (a separate setting: each zero-shot domain's item counts "
+            "from its training part are given to the model, with no training)\n"
+            + results_markdown(results["with_catalogue_counts"])
+        )
     return text

@@ -19,7 +19,17 @@ from typing import Any
 import pyarrow.parquet as pq
 from datasets import Dataset
 
-from training.corpus_schema import CorpusError, corpus_error, domain_tables, grouped_by_user, item_row, parse_categories, parse_timestamp, required_id, text_field
+from training.corpus_schema import (
+    CorpusError,
+    corpus_error,
+    domain_tables,
+    grouped_by_user,
+    item_row,
+    parse_categories,
+    parse_timestamp,
+    required_id,
+    text_field,
+)
 
 
 def data_file(folder: Path, name: str) -> Path:
@@ -47,7 +57,7 @@ def _decode(raw: bytes, path: Path) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
-        raise corpus_error(path, f"line {line}", f"not valid UTF-8: {raw[err.start:err.end]!r}") from None
+        raise corpus_error(path, f"line {line}", f"not valid UTF-8: {raw[err.start : err.end]!r}") from None
 
 
 def zip_texts(path: Path, names: Iterable[str]) -> dict[str, str]:
@@ -63,9 +73,7 @@ def zip_texts(path: Path, names: Iterable[str]) -> dict[str, str]:
                     raw = archive.read(name)
                 except KeyError:
                     held = archive.namelist()
-                    raise CorpusError(
-                        f"{path}: the zip file has no member {name!r}, only {held}"
-                    ) from None
+                    raise CorpusError(f"{path}: the zip file has no member {name!r}, only {held}") from None
                 texts[name] = _decode(raw, path / name)
     except (zipfile.BadZipFile, EOFError, zlib.error) as err:
         raise CorpusError(f"{path}: not a valid zip file ({err})") from None
@@ -143,8 +151,6 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             yield f"row {number}", record
     else:
         raise CorpusError(f"{path}: unsupported file type, expected .jsonl, .csv or .parquet")
-
-
 
 
 def read_generic(

@@ -11,8 +11,8 @@
    (in-domain), next to text similarity, popularity and random on the same users, and write one table
    (``selection.md`` and ``selection.json``).
 
-A recipe is a set of ``training.arguments`` model and training settings, plus options of the evaluation (model fields that change only
-how items are scored, or catalogue counts), so that recipes differing only there share one trained model. A
+A recipe is a set of ``training.arguments`` model and training settings, plus options of the evaluation (ranking
+policy fields, or catalogue counts), so that recipes differing only there share one trained model. A
 second run in the same ``--output_dir`` keeps the rows already there and the fitted item tokenizer.
 """
 
@@ -22,7 +22,6 @@ import dataclasses
 import json
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from training import pretrain
@@ -32,33 +31,36 @@ from training.arguments import (
     ItemTokenizerArguments,
     ModelArguments,
     PretrainingArguments,
+    QuantizerFitConfig,
+    SelectionArguments,
     parse_arguments,
 )
 from training.checkpoint import write_json_atomically, write_text_atomically
-from training.bundled_domains import BUNDLED_DOMAINS, DEFAULT_DATA_DIR, DEFAULT_ZERO_SHOT_DOMAINS
 from training.corpus import build_corpus, load_corpus
-from training.embedding import DEFAULT_CACHE_DIR
 from training.evaluate import evaluate
-from training.fit_item_tokenizer import QuantizerFitConfig, fit_item_tokenizer
+from training.fit_item_tokenizer import fit_item_tokenizer
 
-DEFAULT_VALIDATION_DOMAINS = ("amazon18_scientific", "xwines")
 ORIGINAL_DOMAINS = ("amazon14_beauty", "yelp_p5", "amazon18_scientific")  # the first release's pretraining set
 # Rows spell out every setting that differs from training.arguments' defaults (the recipe chosen here: dense head,
 # content inputs, dense head learning rate 2e-4, popularity buckets). The screened dense models are scored by
 # the dense head alone, Beauty included (code_score_weight 0), and have no popularity buckets unless a row
 # says so; on a held-out domain the code head never counts (``code_score_domains``).
-CODE_HEAD = {"dense_head": False, "content_inputs": False}
+CODE_HEAD = {"dense_head": False, "content_inputs": False, "popularity_buckets": 0}
 POPULARITY_BUCKETS = {"code_score_weight": 0.0}  # the default buckets
 RECIPE = {**POPULARITY_BUCKETS, "popularity_buckets": 0}
 # name -> (pretraining domains: "original" or "all", ModelArguments / PretrainingArguments fields,
-# keyword arguments of training.evaluate.evaluate: EvaluationArguments fields and score_overrides)
+# evaluation options: EvaluationArguments fields, and "ranking": RankingPolicy fields for this evaluation)
 RECIPES: dict[str, tuple[str, dict, dict]] = {
     "code head, original domains": ("original", CODE_HEAD, {}),
     "code head, all domains": ("all", CODE_HEAD, {}),
-    "code head, PMI scoring": ("all", CODE_HEAD, {"score_overrides": {"calibrated_code_score": True}}),
+    "code head, PMI scoring": ("all", CODE_HEAD, {"ranking": {"calibrated_code_score": True}}),
     "code head, relabelled windows 50%": ("all", {**CODE_HEAD, "relabel_share": 0.5}, {}),
     "dense head + content inputs": ("all", {**RECIPE, "dense_head_learning_rate": 0.0}, {}),
-    "dense head + content inputs, dense head learning rate 2e-5": ("all", {**RECIPE, "dense_head_learning_rate": 2e-5}, {}),
+    "dense head + content inputs, dense head learning rate 2e-5": (
+        "all",
+        {**RECIPE, "dense_head_learning_rate": 2e-5},
+        {},
+    ),
     "dense head + content inputs, dense head learning rate 2e-4": ("all", RECIPE, {}),
     "recipe, original domains": ("original", RECIPE, {}),
     "recipe without content inputs": ("all", {**RECIPE, "content_inputs": False}, {}),
@@ -72,30 +74,13 @@ RECIPES: dict[str, tuple[str, dict, dict]] = {
 }
 
 
-@dataclass
-class SelectionArguments:
-    output_dir: str = "outputs/selection"
-    data_dir: str = str(DEFAULT_DATA_DIR)
-    corpus_dir: str | None = field(default=None, metadata={"help": "a corpus already built (default: build one)"})
-    cache_dir: str = str(DEFAULT_CACHE_DIR)
-    domains: list[str] = field(default_factory=lambda: list(BUNDLED_DOMAINS))
-    test_domains: list[str] = field(default_factory=lambda: list(DEFAULT_ZERO_SHOT_DOMAINS), metadata={
-        "help": "never trained on, never evaluated here"})
-    validation_domains: list[str] = field(default_factory=lambda: list(DEFAULT_VALIDATION_DOMAINS))
-    in_domain: str = "amazon14_beauty"
-    recipes: list[str] = field(default_factory=lambda: list(RECIPES), metadata={"choices": list(RECIPES)})
-    max_steps: int = 600
-    validate_every: int = 150
-    eval_users: int = field(default=500, metadata={"help": "validation users sampled per domain"})
-    negatives: int = field(default=20, metadata={"help": "sampled negatives per user (candidate scoring)"})
-    seed: int = 0
-
-
 def recipe_arguments(settings: dict) -> tuple[ModelArguments, dict]:
     """A recipe's settings split into the model's (as ``ModelArguments``) and the training's (field -> value)."""
     model_fields = {f.name for f in dataclasses.fields(ModelArguments)}
-    return (ModelArguments(**{k: v for k, v in settings.items() if k in model_fields}),
-            {k: v for k, v in settings.items() if k not in model_fields})
+    return (
+        ModelArguments(**{k: v for k, v in settings.items() if k in model_fields}),
+        {k: v for k, v in settings.items() if k not in model_fields},
+    )
 
 
 def slug(name: str) -> str:
@@ -106,23 +91,31 @@ def selection_markdown(results: dict) -> str:
     """One row per recipe and baseline: each validation domain's AUC / GAUC / NDCG@10 / Recall@10, Beauty
     Recall@10 and CPU minutes."""
     domains = results["validation_domains"]
-    header = ["recipe", "best step"] + [f"{d} AUC / GAUC / NDCG@10 / R@10" for d in domains] + [
-        "mean AUC", "Beauty R@10 (in-domain)", "CPU minutes"]
+    header = (
+        ["recipe", "best step"]
+        + [f"{d} AUC / GAUC / NDCG@10 / R@10" for d in domains]
+        + ["mean AUC", "Beauty R@10 (in-domain)", "CPU minutes"]
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in results["rows"].items():
         cells = [name, str(row.get("best_step", "-"))]
         for domain in domains:
             m = row["domains"][domain]
             cells.append(f"{m['auc']:.4f} / {m['gauc']:.4f} / {m['ndcg@10']:.4f} / {m['recall@10']:.4f}")
-        cells += [f"{sum(row['domains'][d]['auc'] for d in domains) / len(domains):.4f}",
-                  f"{row['domains'][results['in_domain']]['recall@10']:.4f}",
-                  f"{row['minutes']:.1f}" if "minutes" in row else "-"]
+        cells += [
+            f"{sum(row['domains'][d]['auc'] for d in domains) / len(domains):.4f}",
+            f"{row['domains'][results['in_domain']]['recall@10']:.4f}",
+            f"{row['minutes']:.1f}" if "minutes" in row else "-",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args, vocabulary = parse_arguments((SelectionArguments, ItemTokenizerArguments), argv, __doc__)
+    unknown = sorted(set(args.recipes) - set(RECIPES))
+    if unknown:
+        raise ValueError(f"unknown recipes {unknown}; known: {list(RECIPES)}")
     output_dir = Path(args.output_dir)
     held_out = set(args.test_domains) | set(args.validation_domains)
     train_domains = [d for d in args.domains if d not in held_out]
@@ -132,48 +125,91 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer_dir = output_dir / "item-tokenizer"
     if not (tokenizer_dir / "tokenizer_config.json").is_file():
         tokenizer, _ = fit_item_tokenizer(
-            load_corpus(corpus_dir)["items"], train_domains, [d for d in args.domains if d in held_out],
-            QuantizerFitConfig(codebook_sizes=vocabulary.codebook_sizes, seed=args.seed), vocabulary.disambiguation_size,
-            vocabulary.text_encoder, cache_dir=args.cache_dir)
+            load_corpus(corpus_dir)["items"],
+            train_domains,
+            [d for d in args.domains if d in held_out],
+            QuantizerFitConfig(codebook_sizes=vocabulary.codebook_sizes, seed=args.seed),
+            vocabulary.disambiguation_size,
+            vocabulary.text_encoder,
+            cache_dir=args.cache_dir,
+        )
         tokenizer.save_pretrained(tokenizer_dir)
 
     results_path = output_dir / "selection.json"
-    results: dict = {"validation_domains": args.validation_domains, "in_domain": args.in_domain,
-                     "train_domains": train_domains, "test_domains": args.test_domains, "split": "validation",
-                     "settings": vars(args), "rows": {}}
+    results: dict = {
+        "validation_domains": args.validation_domains,
+        "in_domain": args.in_domain,
+        "train_domains": train_domains,
+        "test_domains": args.test_domains,
+        "split": "validation",
+        "settings": vars(args),
+        "rows": {},
+    }
     if results_path.is_file():
         results["rows"] = json.loads(results_path.read_text())["rows"]
     eval_domains = args.validation_domains + [args.in_domain]
-    for name in [name for name in args.recipes if name not in results["rows"]]:
+    for name in [name for name in args.recipes or RECIPES if name not in results["rows"]]:
         domain_choice, settings, evaluation_options = RECIPES[name]
-        domains = [d for d in (ORIGINAL_DOMAINS if domain_choice == "original" else train_domains) if d in train_domains]
+        domains = [
+            d for d in (ORIGINAL_DOMAINS if domain_choice == "original" else train_domains) if d in train_domains
+        ]
         started = time.process_time()
         # Named by what is trained, so recipes that differ only in evaluation share one model.
-        run_dir = output_dir / "runs" / slug(" ".join([domain_choice, *(f"{k} {v}" for k, v in sorted(settings.items()))]))
+        run_dir = (
+            output_dir / "runs" / slug(" ".join([domain_choice, *(f"{k} {v}" for k, v in sorted(settings.items()))]))
+        )
         if not (run_dir / "config.json").is_file():
             model_args, training_settings = recipe_arguments(settings)
             pretrain.train(
-                DataArguments(corpus_dir=str(corpus_dir), domains=domains, tokenizer_dir=str(tokenizer_dir)), model_args,
-                PretrainingArguments(**{
-                    "output_dir": str(run_dir), "max_steps": args.max_steps, "seed": args.seed,
-                    "checkpointing_steps": 10**9, "validation_domains": args.validation_domains,
-                    "validation_users": args.eval_users, "validation_negatives": args.negatives,
-                    "validation_metric": "auc", "early_stopping_patience": 0, "validate_every": args.validate_every,
-                    **training_settings}))
-        overrides = {key: value for key, value in evaluation_options.items() if key != "score_overrides"}
-        evaluated = evaluate(EvaluationArguments(
-            checkpoint=str(run_dir), corpus_dir=str(corpus_dir), domains=eval_domains, zero_shot=args.validation_domains,
-            split="validation", max_users=args.eval_users, negatives=args.negatives, cache_dir=args.cache_dir,
-            seed=args.seed, model_name=name, baselines=not results["rows"], **overrides),
-            evaluation_options.get("score_overrides"))
-        validation = (run_dir / "validation.json")
+                DataArguments(corpus_dir=str(corpus_dir), domains=domains, tokenizer_dir=str(tokenizer_dir)),
+                model_args,
+                PretrainingArguments(
+                    **{
+                        "output_dir": str(run_dir),
+                        "max_steps": args.max_steps,
+                        "seed": args.seed,
+                        "checkpointing_steps": 10**9,
+                        "validation_domains": args.validation_domains,
+                        "validation_users": args.eval_users,
+                        "validation_negatives": args.negatives,
+                        "validation_metric": "auc",
+                        "early_stopping_patience": 0,
+                        "validate_every": args.validate_every,
+                        **training_settings,
+                    }
+                ),
+            )
+        overrides = {key: value for key, value in evaluation_options.items() if key != "ranking"}
+        evaluated = evaluate(
+            EvaluationArguments(
+                checkpoint=str(run_dir),
+                corpus_dir=str(corpus_dir),
+                domains=eval_domains,
+                zero_shot=args.validation_domains,
+                split="validation",
+                max_users=args.eval_users,
+                negatives=args.negatives,
+                cache_dir=args.cache_dir,
+                seed=args.seed,
+                model_name=name,
+                baselines=not results["rows"],
+                **overrides,
+            ),
+            {"residual_domains": None, **evaluation_options.get("ranking", {})},
+        )  # the residual on held-out domains
+        validation = run_dir / "validation.json"
         best_step = json.loads(validation.read_text())["best"]["step"] if validation.is_file() else None
         for model_name in evaluated["domains"][args.in_domain]["models"]:
             row = results["rows"].setdefault(model_name, {"domains": {}})
             for domain in eval_domains:
                 row["domains"][domain] = evaluated["domains"][domain]["models"][model_name]
-        results["rows"][name].update(best_step=best_step, minutes=(time.process_time() - started) / 60,
-                                     settings=settings, evaluation=evaluation_options, pretraining_domains=domains)
+        results["rows"][name].update(
+            best_step=best_step,
+            minutes=(time.process_time() - started) / 60,
+            settings=settings,
+            evaluation=evaluation_options,
+            pretraining_domains=domains,
+        )
         write_json_atomically(results_path, results)
         write_text_atomically(output_dir / "selection.md", selection_markdown(results) + "\n")
         print(selection_markdown(results), flush=True)

@@ -27,10 +27,6 @@ def split_domains(domains: list[str], zero_shot: list[str]) -> tuple[list[str], 
     return pretraining, [name for name in domains if name in held_out]
 
 
-
-
-
-
 def to_sequences(interactions: Dataset) -> Dataset:
     """One row per (domain, user): item keys in time order.
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
+from modeling_recbase import ItemRanker
 from tokenization_recbase import RecBaseTokenizer
 from training.arguments import VALIDATION_METRICS
 from training.evaluate import RecBaseRecommender
@@ -11,18 +14,30 @@ from training.protocols import EvaluationSet, evaluate_recommender
 
 
 @torch.no_grad()
-def validation_metrics(model: torch.nn.Module, tokenizer: RecBaseTokenizer, validation_sets: list[EvaluationSet],
-                       max_history_items: int, full_ranking: bool = True) -> dict[str, float]:
+def validation_metrics(
+    model: torch.nn.Module,
+    tokenizer: RecBaseTokenizer,
+    validation_sets: list[EvaluationSet],
+    max_history_items: int,
+    full_ranking: bool = True,
+) -> dict[str, float]:
     """Each of ``VALIDATION_METRICS`` averaged over the validation sets, and each domain's metrics. The full
     ranking (Recall@10 / NDCG@10, history excluded, as in evaluation) runs when ``full_ranking`` or when it is
     cheap (the dense head alone ranks, no beam search)."""
-    recommender = RecBaseRecommender(model.eval(), tokenizer, max_history_items, batch_size=32)
-    cheap_ranking = model.config.dense_head and not any(model.config.code_score_weights([d.items[0] for d in validation_sets]))
+    # The learned residual is measured on every validation domain, held-out ones included.
+    policy = dataclasses.replace(model.ranking_policy, max_history_items=max_history_items, residual_domains=None)
+    recommender = RecBaseRecommender(ItemRanker(model, tokenizer, policy), batch_size=32)
+    first_items = [data.items[0] for data in validation_sets]
+    cheap_ranking = model.config.dense_head and not any(policy.code_weights(first_items, dense_head=True))
     protocols = ("candidate_scoring", "full_ranking") if full_ranking or cheap_ranking else ("candidate_scoring",)
-    per_domain = {data.domain: evaluate_recommender(recommender, data, ks=(10,), protocols=protocols)
-                  for data in validation_sets}
-    means = {name: sum(m[name] for m in per_domain.values()) / len(per_domain)
-             for name in VALIDATION_METRICS if name in next(iter(per_domain.values()))}
+    per_domain = {
+        data.domain: evaluate_recommender(recommender, data, ks=(10,), protocols=protocols) for data in validation_sets
+    }
+    means = {
+        name: sum(m[name] for m in per_domain.values()) / len(per_domain)
+        for name in VALIDATION_METRICS
+        if name in next(iter(per_domain.values()))
+    }
     return {**means, **{f"{name}_{domain}": value for domain, m in per_domain.items() for name, value in m.items()}}
 
 
@@ -51,5 +66,9 @@ class CheckpointSelector:
 
     def summary(self) -> dict:
         """What ``validation.json`` holds: the kept step and its score, and every validation."""
-        return {"best": {"step": self.best_step, "metric": self.metric, self.metric: self.best_score},
-                "patience": self.patience, "stopped_early": self.should_stop, "history": self.history}
+        return {
+            "best": {"step": self.best_step, "metric": self.metric, self.metric: self.best_score},
+            "patience": self.patience,
+            "stopped_early": self.should_stop,
+            "history": self.history,
+        }

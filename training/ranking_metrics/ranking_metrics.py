@@ -90,8 +90,10 @@ def ranking_means(ranked: Sequence[Sequence[str]], targets: Sequence[str], ks: S
 
 def candidate_metrics(scores: Sequence[Sequence[float]], labels: Sequence[Sequence[int]]) -> dict[str, float]:
     """Pooled AUC over every (user, candidate) row, and per-user GAUC."""
-    return {"auc": auc([s for row in scores for s in row], [y for row in labels for y in row]),
-            "gauc": gauc(list(zip(scores, labels)))}
+    return {
+        "auc": auc([s for row in scores for s in row], [y for row in labels for y in row]),
+        "gauc": gauc(list(zip(scores, labels))),
+    }
 
 
 class RankingMetrics(evaluate.Metric):
@@ -99,17 +101,25 @@ class RankingMetrics(evaluate.Metric):
 
     def _info(self) -> evaluate.MetricInfo:
         if self.config_name == CANDIDATE_SCORING:
-            features = datasets.Features({"predictions": datasets.Sequence(datasets.Value("float64")),
-                                          "references": datasets.Sequence(datasets.Value("int64"))})
+            features = datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Value("float64")),
+                    "references": datasets.Sequence(datasets.Value("int64")),
+                }
+            )
         elif self.config_name in (FULL_RANKING, "default"):
-            features = datasets.Features({"predictions": datasets.Sequence(datasets.Value("string")),
-                                          "references": datasets.Value("string")})
+            features = datasets.Features(
+                {"predictions": datasets.Sequence(datasets.Value("string")), "references": datasets.Value("string")}
+            )
         else:
             raise ValueError(f"unknown configuration {self.config_name!r}: {FULL_RANKING!r} or {CANDIDATE_SCORING!r}")
         return evaluate.MetricInfo(
-            description=__doc__, citation="", features=features,
+            description=__doc__,
+            citation="",
+            features=features,
             inputs_description="predictions: per user, ranked item keys (full_ranking) or candidate scores "
-                               "(candidate_scoring); references: the held-out item key, or the candidates' 0/1 labels.")
+            "(candidate_scoring); references: the held-out item key, or the candidates' 0/1 labels.",
+        )
 
     def _compute(self, predictions, references, ks: Sequence[int] = (5, 10)) -> dict[str, float]:
         if self.config_name == CANDIDATE_SCORING:

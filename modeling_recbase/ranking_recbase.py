@@ -1,0 +1,322 @@
+"""How a RecBase model ranks items: the ``RankingPolicy`` saved beside the weights, and ``ItemRanker``, the one
+component that ranks and scores with it (the pipeline, evaluation, validation and adaptation all rank through it).
+
+The policy is to ranking what ``GenerationConfig`` is to decoding: the model's config describes the network, the
+policy which heads score which domains and with what weights, how much of a history is read, and how large the
+shortlist is. ``model.save_pretrained`` writes it as ``ranking_config.json``; ``from_pretrained`` reads it back
+(a folder without one gets the policy its config implies).
+
+Shipped beside the weights: imports only torch, transformers, the standard library and same-folder files.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import cached_file
+
+from .generation_recbase import CACHE_FIELD, constrained_beam_search
+from .vocabulary_recbase import item_domain
+
+RANKING_CONFIG_NAME = "ranking_config.json"
+SCORING_ROWS = 1024  # (user, candidate) rows scored at once by the code head: bounds score's memory
+# Ranking fields that an older release kept in config.json, and their names here.
+OLD_CONFIG_FIELDS = {
+    "code_score_weight": "code_score_weight",
+    "code_score_domains": "code_score_domains",
+    "calibrated_code_score": "calibrated_code_score",
+    "rerank_candidates": "shortlist_size",
+}
+
+
+@dataclass
+class RankingPolicy:
+    """Which heads score items, where, and with what weights.
+
+    Args:
+        residual_domains: the domains where the dense head's learned residual counts (``None``: all). Elsewhere the
+            dense head ranks by its prior alone (the recency-weighted cosine to the history's content vectors), so a
+            domain the model never saw is never ranked below that training-free prior.
+        code_score_weight: weight of the code head's log-likelihood in an item's score (0: the dense head alone).
+        code_score_domains: with a dense head, the domains whose items get the code head's score (``None``: all).
+            Items of other domains are scored by the dense head alone: on a domain the model never saw, the
+            code head's log-likelihood pulls the ranking towards noise. A model without a dense head is scored
+            by its code head on every domain.
+        calibrated_code_score: score the code head by pointwise mutual information: the log-likelihood after the
+            history minus the log-likelihood after an empty history.
+        popularity_bias: add the learned popularity bias to the dense score of items with catalogue counts.
+        shortlist_size: items the dense head shortlists, next to the beam's, for scoring by both heads.
+        num_beams: beams of the constrained beam search that proposes the code head's candidates.
+        exclude_history: never recommend an item of the history (a call may override it).
+        max_history_items: the most recent history items read (``None``: the model config's).
+    """
+
+    residual_domains: list[str] | None = None
+    code_score_weight: float = 0.0
+    code_score_domains: list[str] | None = None
+    calibrated_code_score: bool = False
+    popularity_bias: bool = True
+    shortlist_size: int = 100
+    num_beams: int = 20
+    exclude_history: bool = True
+    max_history_items: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.code_score_domains is not None:
+            self.code_score_domains = sorted(self.code_score_domains)
+        if self.residual_domains is not None:
+            self.residual_domains = sorted(self.residual_domains)
+        if self.code_score_weight < 0 or self.shortlist_size < 0 or self.num_beams < 1:
+            raise ValueError(
+                f"a ranking policy needs code_score_weight >= 0, shortlist_size >= 0, num_beams >= 1: {self}"
+            )
+        if self.max_history_items is not None and self.max_history_items < 1:
+            raise ValueError(f"max_history_items must be at least 1 or None, got {self.max_history_items}")
+
+    def code_weights(self, keys: Sequence[str], dense_head: bool) -> list[float]:
+        """The code head's weight in the score of each item key."""
+        if not dense_head or self.code_score_domains is None:
+            return [self.code_score_weight] * len(keys)
+        domains = set(self.code_score_domains)
+        return [self.code_score_weight if item_domain(key) in domains else 0.0 for key in keys]
+
+    def residual_weights(self, keys: Sequence[str]) -> torch.Tensor:
+        """(len(keys),): 1 where the dense head's residual counts for the domain of ``keys[i]``, else 0."""
+        if self.residual_domains is None:
+            return torch.ones(len(keys))
+        domains = set(self.residual_domains)
+        return torch.tensor([float(item_domain(key) in domains) for key in keys])
+
+    def prior_only(self) -> RankingPolicy:
+        """This policy with nothing learned in the ranking: the dense head's training-free prior alone."""
+        return dataclasses.replace(self, residual_domains=[], code_score_weight=0.0, popularity_bias=False)
+
+    def check(self, config) -> None:
+        """Raise a ValueError unless this policy can rank with a model of ``config``."""
+        if not config.dense_head and self.code_score_weight == 0:
+            raise ValueError("this model has no dense head, so its ranking policy needs code_score_weight > 0")
+
+    @classmethod
+    def from_model_config(cls, config) -> RankingPolicy:
+        """The policy a config implies: the ranking fields of an older release's config where it has them, a
+        model without a dense head ranked by its code head, the defaults otherwise."""
+        values = {new: getattr(config, old) for old, new in OLD_CONFIG_FIELDS.items() if hasattr(config, old)}
+        if not config.dense_head:
+            values.setdefault("code_score_weight", 1.0)
+        return cls(**values)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        os.makedirs(save_directory, exist_ok=True)
+        with open(os.path.join(save_directory, RANKING_CONFIG_NAME), "w", encoding="utf-8") as handle:
+            json.dump(dataclasses.asdict(self), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, config, **hub_kwargs) -> RankingPolicy:
+        """The policy saved in a folder (or Hub repository), else the one ``config`` implies."""
+        path = cached_file(
+            name_or_path,
+            RANKING_CONFIG_NAME,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **hub_kwargs,
+        )
+        if path is None:
+            return cls.from_model_config(config)
+        try:
+            values = json.loads(open(path, encoding="utf-8").read())
+            return cls(**values)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{path}: not a RecBase ranking policy ({error})") from error
+
+
+class ItemRanker:
+    """Ranks and scores items for histories with a model, its tokenizer and a ``RankingPolicy``.
+
+    With a dense head, every allowed item is scored by the cosine between the predicted next-item content vector
+    and its own (plus its popularity bias given catalogue counts). Where the policy gives the code head weight, the
+    beam's items (constrained beam search) and the dense head's best ``shortlist_size`` are scored by both heads
+    (``score``). Without a dense head, the constrained beam search ranks. A user's dense query holds the learned
+    residual where the policy's ``residual_domains`` holds the domain ranked (of ``item_keys``, or of the user's
+    first candidate).
+
+    Example:
+        >>> ranker = ItemRanker(model, tokenizer)  # the model's own policy
+        >>> ranker.rank([["ml-100k/50", "ml-100k/172"]], tokenizer.domain_items("ml-100k"), top_k=10)
+    """
+
+    def __init__(self, model, tokenizer, policy: RankingPolicy | None = None) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.policy = policy if policy is not None else model.ranking_policy
+        self.policy.check(model.config)
+
+    @property
+    def max_history_items(self) -> int:
+        """Items of a history the model reads: the policy's (else what it was trained to read), at most what its
+        context holds with room for one more item."""
+        config = self.model.config
+        wanted = self.policy.max_history_items or config.max_history_items
+        return min(wanted, (config.max_position_embeddings - 1) // config.tokens_per_item - 1)
+
+    @torch.no_grad()
+    def rank(
+        self,
+        histories: Sequence[Sequence[str]],
+        item_keys: Sequence[str],
+        top_k: int,
+        exclude_history: bool | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """For each history, up to ``top_k`` distinct items of ``item_keys``, best first, with their scores; with
+        ``exclude_history`` (default: the policy's), never an item of that history."""
+        model, tokenizer, policy = self.model, self.tokenizer, self.policy
+        exclude_history = policy.exclude_history if exclude_history is None else exclude_history
+        num_beams = max(policy.num_beams, top_k)
+        if not model.config.dense_head:
+            ranked = constrained_beam_search(
+                model, tokenizer, histories, item_keys, num_beams, self.max_history_items, exclude_history
+            )
+            return [row[:top_k] for row in ranked]
+        dense = self.dense_scores(histories, item_keys)  # (users, items)
+        positions = {key: i for i, key in enumerate(item_keys)}
+        if exclude_history:
+            for row, history in enumerate(histories):
+                dense[row, [positions[key] for key in set(history) if key in positions]] = float("-inf")
+        if not any(policy.code_weights(item_keys, dense_head=True)):
+            top = dense.topk(min(num_beams, len(item_keys)), dim=-1)
+            return [
+                [(item_keys[i], score) for i, score in zip(rows, values) if score != float("-inf")][:top_k]
+                for rows, values in zip(top.indices.tolist(), top.values.tolist())
+            ]
+        # Score a shortlist per user by both heads: the beam's items (the code head's best), then the dense head's
+        # best. Excluded items are -inf in ``dense`` (so last in its order); every shortlist has the same length,
+        # as ``score`` needs.
+        shortlist_size = min(policy.shortlist_size + num_beams, int((dense > float("-inf")).sum(-1).min()))
+        beams = constrained_beam_search(model, tokenizer, histories, item_keys, num_beams, self.max_history_items)
+        order = dense.argsort(dim=-1, descending=True)[:, :shortlist_size].tolist()
+        shortlists = []
+        for row, (beam, best) in enumerate(zip(beams, order)):
+            chosen = dict.fromkeys(key for key, _ in beam if dense[row, positions[key]] > float("-inf"))
+            for position in best:
+                if len(chosen) >= shortlist_size:
+                    break
+                chosen.setdefault(item_keys[position])
+            shortlists.append(list(chosen)[:shortlist_size])
+        scores = self.score(histories, shortlists)
+        return [sorted(zip(keys, row), key=lambda pair: -pair[1])[:top_k] for keys, row in zip(shortlists, scores)]
+
+    @torch.no_grad()
+    def dense_scores(self, histories: Sequence[Sequence[str]], item_keys: Sequence[str]) -> torch.Tensor:
+        """(users, items): the dense head's score of every item of ``item_keys`` after each history."""
+        model, tokenizer = self.model, self.tokenizer
+        encoded = tokenizer.encode_history(
+            list(histories), max_history_items=self.max_history_items, return_tensors="pt", return_item_vectors=True
+        ).to(model.device)
+        weights = self._residual_weights([item_keys[0]] * len(histories))
+        queries = model(
+            **encoded, use_cache=False, logits_to_keep=1, return_dense_queries=True, residual_weights=weights
+        ).dense_queries[:, -1]
+        buckets = self._buckets(item_keys)
+        return model.dense_scores(queries, tokenizer.item_vectors(item_keys).to(model.device), buckets)
+
+    def _residual_weights(self, keys: Sequence[str]) -> torch.Tensor | None:
+        """Per user (the domain of ``keys[user]``), the residual's weight; None where it counts everywhere."""
+        if self.policy.residual_domains is None:
+            return None
+        return self.policy.residual_weights(keys).to(self.model.device)
+
+    def _buckets(self, keys: Sequence[str]) -> torch.LongTensor | None:
+        buckets = self.model.config.popularity_buckets if self.policy.popularity_bias else 0
+        return self.tokenizer.popularity_buckets(keys, buckets).to(self.model.device) if buckets else None
+
+    @torch.no_grad()
+    def score(self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        """The score of each candidate after its history: (users, candidates per user).
+
+        ``code_score_weight`` (for a domain of ``code_score_domains``) x the log-probability of the candidate's code
+        tokens (minus its empty-history log-probability with ``calibrated_code_score``), plus, with a dense head,
+        the cosine between the predicted and the candidate's content vector over ``dense_temperature``, less the
+        mean of that cosine over the candidate's domain (a user's ranking is unchanged, users become comparable),
+        plus its popularity bias given catalogue counts. The history runs once; its cache is then repeated for the
+        candidates, ``SCORING_ROWS`` (user, candidate) rows at a time."""
+        model, tokenizer, config = self.model, self.tokenizer, self.model.config
+        per_user = len(candidates[0])
+        if any(len(row) != per_user for row in candidates):
+            raise ValueError("every history needs the same number of candidates")
+        flat = [key for row in candidates for key in row]
+        encoded = tokenizer.encode_history(
+            list(histories),
+            max_history_items=self.max_history_items,
+            return_tensors="pt",
+            return_item_vectors=config.dense_head,
+        ).to(model.device)
+        candidate_ids = tokenizer.item_token_ids(flat).to(model.device)  # (users * per_user, T)
+        weights = torch.tensor(self.policy.code_weights(flat, config.dense_head), device=model.device)
+        code_head = bool(weights.any())
+        residual_weights = self._residual_weights([row[0] for row in candidates]) if config.dense_head else None
+        prefix = model(
+            **encoded, use_cache=code_head, return_dense_queries=config.dense_head, residual_weights=residual_weights
+        )
+        users = len(histories)
+        scores = torch.zeros(users, per_user, device=model.device)
+        if code_head:
+            code = self._code_scores(prefix, encoded["attention_mask"], candidate_ids.view(users, per_user, -1))
+            scores += weights.view(users, per_user) * code
+        if config.dense_head:
+            vectors = tokenizer.item_vectors(flat).to(model.device).view(users, per_user, -1)
+            centres = tokenizer.domain_centres(flat).to(model.device).view(users, per_user, -1)
+            buckets = self._buckets(flat)
+            buckets = buckets.view(users, per_user) if buckets is not None else None
+            scores += model.dense_scores(prefix.dense_queries[:, -1], vectors, buckets, centres)
+        return scores.tolist()
+
+    def _code_scores(self, prefix, attention_mask: torch.Tensor, candidate_ids: torch.LongTensor) -> torch.Tensor:
+        """(users, per_user): each candidate's code log-likelihood after its history, whose forward pass (with its
+        cache) is ``prefix``; candidate_ids (users, per_user, tokens_per_item)."""
+        model = self.model
+        users, per_user, _ = candidate_ids.shape
+        # The history's cache is repeated for at most SCORING_ROWS (user, candidate) rows at a time, so memory
+        # stays bounded whatever the number of candidates.
+        history_cache = getattr(prefix, CACHE_FIELD)
+        width = max(1, SCORING_ROWS // users)
+        code = torch.empty(users, per_user, device=model.device)
+        for start in range(0, per_user, width):
+            ids = candidate_ids[:, start : start + width].reshape(-1, candidate_ids.shape[-1])  # (users * chunk, T)
+            chunk = ids.shape[0] // users
+            cache = copy.deepcopy(history_cache) if start + width < per_user else history_cache
+            cache.batch_repeat_interleave(chunk)
+            mask = torch.cat([attention_mask.repeat_interleave(chunk, 0), torch.ones_like(ids)], 1)
+            continuation = model(ids, attention_mask=mask, cache=cache)
+            last = prefix.logits[:, -1].repeat_interleave(chunk, 0)
+            likelihood = code_log_likelihood(last, continuation.logits, ids)
+            if self.policy.calibrated_code_score:
+                likelihood = likelihood - empty_history_log_likelihood(model, ids, self.tokenizer.bos_token_id)
+            code[:, start : start + chunk] = likelihood.view(users, chunk)
+            del cache, continuation  # free this chunk's repeated cache before the next one is made
+        return code
+
+
+def code_log_likelihood(
+    last_logits: torch.Tensor, continuation_logits: torch.Tensor, candidate_ids: torch.LongTensor
+) -> torch.Tensor:
+    """Summed log-probability of each candidate's codes: the first is predicted by ``last_logits`` (N, vocab),
+    each later one by the candidate's previous code, ``continuation_logits`` (N, tokens_per_item, vocab)."""
+    logits = torch.cat([last_logits[:, None], continuation_logits[:, :-1]], 1)
+    return logits.float().log_softmax(-1).gather(-1, candidate_ids.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+
+@torch.no_grad()
+def empty_history_log_likelihood(model, candidate_ids: torch.LongTensor, bos_token_id: int) -> torch.Tensor:
+    """(N, tokens_per_item) -> (N,): the log-probability of each item's codes after ``<bos>`` alone, the item's
+    prior under the model (what pointwise-mutual-information scoring subtracts)."""
+    bos = torch.full((len(candidate_ids), 1), bos_token_id, dtype=torch.long, device=candidate_ids.device)
+    logits = model(torch.cat([bos, candidate_ids], 1), use_cache=False).logits  # (N, 1 + T, vocab)
+    return code_log_likelihood(logits[:, 0], logits[:, 1:], candidate_ids)
+
+
+__all__ = ["RANKING_CONFIG_NAME", "ItemRanker", "RankingPolicy", "code_log_likelihood", "empty_history_log_likelihood"]

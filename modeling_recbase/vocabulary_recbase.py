@@ -1,0 +1,1 @@
+../tokenization_recbase/vocabulary_recbase.py

@@ -1,0 +1,98 @@
+"""Cold start: new items (even a whole new domain) get concept IDs from their text, with no retraining.
+
+``ItemIndexingMixin`` is part of ``RecBaseTokenizer``: it uses the tokenizer's item table (``set_items``,
+``_codes``, ``_key_by_codes``), its quantizer and domain alignments, and its item signals (``set_item_vectors``,
+``set_item_counts``).
+
+Shipped beside the weights (with the tokenizer): imports only torch, the standard library and same-folder files.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from .item_text_recbase import TextEncoder, unified_item_text
+from .quantization_recbase import align_by_domain, assign_unique_codes
+from .vocabulary_recbase import is_item_key, item_domain
+
+
+class ItemIndexingMixin:
+    """Item texts from fields, their embeddings, and ``add_items``."""
+
+    def item_text_from_fields(self, fields: Mapping) -> str:
+        """An item's unified text from its fields (``title``, ``brand``, ``categories``, ``description``,
+        ``year``, ``price``, ``item_type``), with this tokenizer's saved template settings."""
+        return unified_item_text(fields, self.item_text_field_limits, self.item_text_max_categories)
+
+    def embed_texts(self, texts: Sequence[str], progress: bool = False) -> torch.Tensor:
+        """Embed item texts with the tokenizer's text encoder (loaded on first use)."""
+        if self._encoder is None:
+            self._encoder = TextEncoder(self.text_encoder, max_length=self.text_max_length)
+        return self._encoder.encode(list(texts), progress=progress)
+
+    def add_items(
+        self,
+        keys: Sequence[str],
+        texts: Sequence[str | Mapping] | None = None,
+        embeddings: torch.Tensor | None = None,
+        counts: Sequence[int] | None = None,
+    ) -> dict[str, tuple[int, ...]]:
+        """Cold start: index new items with the frozen quantizer, unique against every existing ID.
+
+        Args:
+            keys: new item keys ``"<domain>/<item_id>"``.
+            texts: their unified texts, or their fields (``{"title": ..., "categories": [...], "item_type": "book"}``,
+                written with ``item_text_from_fields``); embedded with ``text_encoder`` unless ``embeddings`` are
+                given; kept for ``item_text``.
+            embeddings: (len(keys), input_dim) precomputed text embeddings.
+            counts: optional catalogue counts (interactions per item in its domain's log), see ``set_item_counts``.
+        Returns:
+            key -> code tuple for the new items.
+        """
+        if self._quantizer is None:
+            raise ValueError("this tokenizer has no quantizer, so it cannot index new items")
+        keys = list(keys)
+        for name, values in (("texts", texts), ("counts", counts)):
+            if values is not None and len(values) != len(keys):
+                raise ValueError(f"{len(keys)} keys but {len(values)} {name}")
+        for index, key in enumerate(keys):
+            if not is_item_key(key):
+                raise ValueError(f"item key #{index} {key!r} is not of the form '<domain>/<item_id>'")
+        if texts is not None:
+            texts = [self.item_text_from_fields(text) if isinstance(text, Mapping) else text for text in texts]
+        for key, text in zip(keys, texts or []):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"item {key!r} has an empty text: nothing to embed")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(
+                    f"item {key!r}: its text is not valid Unicode ({error.reason} at character {error.start})"
+                ) from error
+        duplicates = sorted({key for key, count in Counter(keys).items() if count > 1 or key in self._codes})
+        if duplicates:
+            raise ValueError(f"items already indexed or repeated: {duplicates[:5]}")
+        if embeddings is None:
+            if texts is None:
+                raise ValueError("add_items needs texts or embeddings")
+            embeddings = self.embed_texts(texts, progress=len(texts) >= 256)  # a bar when it takes seconds
+        if embeddings.shape != (len(keys), self._quantizer.config["input_dim"]):
+            raise ValueError(
+                f"embeddings of shape {tuple(embeddings.shape)}, expected "
+                f"({len(keys)}, {self._quantizer.config['input_dim']})"
+            )
+        # Each item in its domain's frame; a domain seen for the first time is aligned on these items.
+        aligned = align_by_domain(embeddings, [item_domain(key) for key in keys], self._alignments)
+        codes, distances = self._quantizer.encode_to_codes(aligned)
+        new_codes = assign_unique_codes(codes, distances, set(self._key_by_codes), self.disambiguation_size)
+        self.set_items(dict(zip(keys, new_codes)), dict(zip(keys, texts or [""] * len(keys))))
+        self.set_item_vectors(dict(zip(keys, aligned)))
+        if counts is not None:
+            self.set_item_counts(dict(zip(keys, counts)))
+        return dict(zip(keys, new_codes))
+
+
+__all__ = ["ItemIndexingMixin"]
