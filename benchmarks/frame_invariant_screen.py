@@ -11,9 +11,8 @@ one domain per batch) on every pretraining domain but one, then measured on the 
 (never the test domains, never a test split). Each fold rotates the held-out domain; the table gives the learned
 part minus the prior in every metric, so a part earns its place only where the worst fold's gain is positive.
 
-- ``history weights``: each history item's weight is ``decay ** k * exp(g(features))``, ``g`` a small MLP (zero
-  at init) of the item's position, its cosine to the last item, its mean cosine to the other history items,
-  whether it repeats, and its distance to the domain's centre relative to the domain's mean;
+- ``history weights``: the model's ``RecBaseHistoryWeights`` (each history item's weight is
+  ``decay ** k * exp(g(features))``, ``g`` a small MLP, zero at init, of frame-invariant features);
 - ``axis weights``: one learned weight per principal axis of the aligned frame (axes are ordered by variance in
   every domain), applied to query and items before the cosine;
 - both together.
@@ -22,7 +21,6 @@ part minus the prior in every metric, so a part earns its place only where the w
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
@@ -31,69 +29,55 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modeling_recbase import RecBaseConfig
+from modeling_recbase.dense_head_recbase import RecBaseHistoryWeights
 from tokenization_recbase import RecBaseTokenizer
 from training.checkpoint import write_json_atomically, write_text_atomically
 from training.corpus import load_corpus
 from training.protocols import build_evaluation_set
 from training.ranking_metrics.ranking_metrics import candidate_metrics, ranking_means
 
-HISTORY_ITEMS, DECAY, TEMPERATURE = 10, 0.5, 0.1
-FEATURES = HISTORY_ITEMS + 4  # position (one-hot), cosine to the last item, mean cosine to the others, repeat, distance
+HISTORY_ITEMS, DECAY, TEMPERATURE = 10, 0.5, 0.1  # the dense head's defaults (RecBaseConfig)
 RESULTS = Path(__file__).parent / "results" / "frame_invariant_screen"
 
 
 class DomainTable:
-    """One domain's items: keys, unit content vectors, their mean (the centre) and the mean vector norm."""
+    """One domain's items: keys, content vectors and unit vectors."""
 
     def __init__(self, tokenizer: RecBaseTokenizer, domain: str) -> None:
         self.keys = tokenizer.domain_items(domain)
         self.row = {key: i for i, key in enumerate(self.keys)}
-        vectors = tokenizer.item_vectors(self.keys).float()
-        self.norms = vectors.norm(dim=-1)
-        self.unit = F.normalize(vectors, dim=-1)
-        self.mean_norm = self.norms.mean()
+        self.vectors = tokenizer.item_vectors(self.keys).float()
+        self.unit = F.normalize(self.vectors, dim=-1)
 
-    def history_tensors(self, histories: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Unit vectors (B, K, D) of the last K items, newest first, zero-padded; features (B, K, FEATURES); mask."""
-        batch = len(histories)
-        rows = torch.full((batch, HISTORY_ITEMS), -1, dtype=torch.long)
+    def history_vectors(self, histories: list[list[str]]) -> torch.Tensor:
+        """(B, K, D): the content vectors of each history's last K items, newest first, zero where none."""
+        vectors = torch.zeros(len(histories), HISTORY_ITEMS, self.vectors.shape[1])
         for b, history in enumerate(histories):
             recent = [self.row[key] for key in history[-HISTORY_ITEMS:]][::-1]
-            rows[b, : len(recent)] = torch.tensor(recent)
-        mask = rows >= 0
-        unit = self.unit[rows.clamp(min=0)] * mask[..., None]
-        cosines = unit @ unit.transpose(1, 2)  # (B, K, K)
-        to_last = cosines[:, :, 0]
-        others = mask.sum(-1, keepdim=True) - 1
-        to_others = (cosines * mask[:, None, :]).sum(-1) - mask.float()  # minus each item's cosine with itself
-        to_others = to_others / others.clamp(min=1)
-        repeats = ((rows[:, :, None] == rows[:, None, :]) & mask[:, None, :]).sum(-1) > 1
-        distance = torch.log(self.norms[rows.clamp(min=0)] / self.mean_norm) * mask
-        position = torch.eye(HISTORY_ITEMS).expand(batch, -1, -1)
-        features = torch.cat([position, to_last[..., None], to_others[..., None], repeats[..., None].float(),
-                              distance[..., None]], -1)
-        return unit, features * mask[..., None], mask
+            vectors[b, : len(recent)] = self.vectors[recent]
+        return vectors
 
 
 class FrameInvariantHead(nn.Module):
-    """The prior, with optional learned history weights and axis weights, both the identity at init."""
+    """The prior, with the model's learned history weights and/or per-axis weights, both the identity at init."""
 
     def __init__(self, history_weights: bool, axis_weights: bool, dim: int) -> None:
         super().__init__()
-        self.weights_mlp = None
-        if history_weights:
-            self.weights_mlp = nn.Sequential(nn.Linear(FEATURES, 32), nn.GELU(), nn.Linear(32, 1))
-            nn.init.zeros_(self.weights_mlp[-1].weight)
-            nn.init.zeros_(self.weights_mlp[-1].bias)
+        config = RecBaseConfig(dense_history_items=HISTORY_ITEMS, dense_history_decay=DECAY, history_weights=True)
+        self.history_weights = RecBaseHistoryWeights(config) if history_weights else None
+        if self.history_weights is not None:  # the output layer starts at zero, as in the model
+            nn.init.zeros_(self.history_weights.fc_out.weight)
+            nn.init.zeros_(self.history_weights.fc_out.bias)
         self.log_axis = nn.Parameter(torch.zeros(dim)) if axis_weights else None
         self.register_buffer("decay", DECAY ** torch.arange(HISTORY_ITEMS, dtype=torch.float))
 
-    def query(self, unit: torch.Tensor, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, K, D), (B, K, F), (B, K) -> (B, D): the weighted sum of the history's unit vectors."""
-        weights = self.decay * mask
-        if self.weights_mlp is not None:
-            weights = weights * torch.exp(self.weights_mlp(features).squeeze(-1))
-        return (weights[..., None] * unit).sum(1)
+    def query(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(B, K, D) history vectors -> (B, D): the weighted sum of their unit vectors."""
+        weights = self.decay.expand(vectors.shape[:2])
+        if self.history_weights is not None:
+            weights = weights * torch.exp(self.history_weights(vectors))
+        return (weights[..., None] * F.normalize(vectors, dim=-1)).sum(1)
 
     def transform(self, vectors: torch.Tensor) -> torch.Tensor:
         return F.normalize(vectors * torch.exp(self.log_axis), dim=-1) if self.log_axis is not None else vectors
@@ -126,12 +110,12 @@ def train(head: FrameInvariantHead, tables: dict, pairs: dict, steps: int, seed:
     for _ in range(steps):
         domain = domains[int(torch.multinomial(sizes, 1, generator=generator))]
         table, batch = tables[domain], rng.sample(pairs[domain], min(256, len(pairs[domain])))
-        unit, features, mask = table.history_tensors([history for history, _ in batch])
+        vectors = table.history_vectors([history for history, _ in batch])
         targets = torch.tensor([table.row[target] for _, target in batch])
         negatives = torch.randint(len(table.keys), (len(batch), 128), generator=generator)
         candidates = table.unit[torch.cat([targets[:, None], negatives], 1)]  # (B, 1 + 128, D)
         # No centring: it shifts every candidate of a row alike, which the softmax ignores.
-        scores = head.scores(head.query(unit, features, mask), candidates, torch.zeros(candidates.shape[-1]))
+        scores = head.scores(head.query(vectors), candidates, torch.zeros(candidates.shape[-1]))
         scores = scores.masked_fill(F.pad(negatives == targets[:, None], (1, 0), value=False), float("-inf"))
         loss = F.cross_entropy(scores, torch.zeros(len(batch), dtype=torch.long))
         optimizer.zero_grad()
@@ -145,12 +129,13 @@ def measure(head: FrameInvariantHead, table: DomainTable, data) -> dict[str, flo
     centre, ranked, scored = head.centre(table), [], []
     for start in range(0, len(data.histories), 256):
         histories = data.histories[start : start + 256]
-        query = head.query(*table.history_tensors(histories))
+        query = head.query(table.history_vectors(histories))
         scores = head.scores(query, table.unit, centre)
         for row, history in enumerate(histories):
             scores[row, [table.row[key] for key in set(history)]] = float("-inf")
         ranked += [[table.keys[i] for i in row] for row in scores.topk(10, dim=-1).indices.tolist()]
-        candidates = table.unit[torch.tensor([[table.row[k] for k in row] for row in data.candidates[start:][:256]])]
+        rows = [[table.row[k] for k in row] for row in data.candidates[start : start + 256]]
+        candidates = table.unit[torch.tensor(rows)]
         scored += head.scores(query, candidates, centre).tolist()
     labels = [[1] + [0] * (len(row) - 1) for row in data.candidates]
     return {**ranking_means(ranked, data.targets, (10,)), **candidate_metrics(scored, labels)}
@@ -163,10 +148,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer_dir", required=True)
     parser.add_argument("--corpus_dir", required=True)
-    parser.add_argument("--pretraining_domains", nargs="+", default=[
-        "amazon14_beauty", "yelp_p5", "amazon18_scientific", "microlens_50k", "xwines", "foursquare_nyc"])
-    parser.add_argument("--held_out", nargs="+", default=["amazon18_scientific", "xwines", "amazon14_beauty", "yelp_p5"],
-                        help="each is held out in turn (a fold)")
+    parser.add_argument(
+        "--pretraining_domains",
+        nargs="+",
+        default=["amazon14_beauty", "yelp_p5", "amazon18_scientific", "microlens_50k", "xwines", "foursquare_nyc"],
+    )
+    parser.add_argument(
+        "--held_out",
+        nargs="+",
+        default=["amazon18_scientific", "xwines", "amazon14_beauty", "yelp_p5"],
+        help="each is held out in turn (a fold)",
+    )
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--users", type=int, default=2000, help="validation users per held-out domain")
     parser.add_argument("--seed", type=int, default=0)
@@ -185,8 +177,14 @@ def main() -> None:
             head = FrameInvariantHead(history_weights, axis_weights, 384)
             train(head, tables, {d: p for d, p in pairs.items() if d != held_out}, args.steps, args.seed)
             fold[name] = {**measure(head, tables[held_out], data), "train_seconds": time.perf_counter() - started}
-            print(held_out, name, {k: round(v, 4) for k, v in fold[name].items()}, "prior",
-                  {k: round(v, 4) for k, v in fold["prior"].items()}, flush=True)
+            print(
+                held_out,
+                name,
+                {k: round(v, 4) for k, v in fold[name].items()},
+                "prior",
+                {k: round(v, 4) for k, v in fold["prior"].items()},
+                flush=True,
+            )
         results["folds"][held_out] = fold
     write_json_atomically(RESULTS.with_suffix(".json"), results)
     write_text_atomically(RESULTS.with_suffix(".md"), markdown(results) + "\n")
@@ -195,19 +193,31 @@ def main() -> None:
 
 def markdown(results: dict) -> str:
     metrics = ("ndcg@10", "recall@10", "auc", "gauc")
-    lines = ["| held-out domain | part | " + " | ".join(f"{m} (gain over the prior)" for m in metrics) + " |",
-             "|---|---|" + "---|" * len(metrics)]
+    lines = [
+        "| held-out domain | part | " + " | ".join(f"{m} (gain over the prior)" for m in metrics) + " |",
+        "|---|---|" + "---|" * len(metrics),
+    ]
     for domain, fold in results["folds"].items():
         prior = fold["prior"]
         lines.append(f"| {domain} | prior (no training) | " + " | ".join(f"{prior[m]:.4f}" for m in metrics) + " |")
         for name in PARTS:
             row = fold[name]
-            lines.append(f"| {domain} | {name} | "
-                         + " | ".join(f"{row[m]:.4f} ({row[m] - prior[m]:+.4f})" for m in metrics) + " |")
-    worst = {name: {m: min(f[name][m] - f["prior"][m] for f in results["folds"].values()) for m in metrics}
-             for name in PARTS}
-    lines += ["", "Worst fold's gain over the prior:", "", "| part | " + " | ".join(metrics) + " |",
-              "|---|" + "---|" * len(metrics)]
+            lines.append(
+                f"| {domain} | {name} | "
+                + " | ".join(f"{row[m]:.4f} ({row[m] - prior[m]:+.4f})" for m in metrics)
+                + " |"
+            )
+    worst = {
+        name: {m: min(f[name][m] - f["prior"][m] for f in results["folds"].values()) for m in metrics}
+        for name in PARTS
+    }
+    lines += [
+        "",
+        "Worst fold's gain over the prior:",
+        "",
+        "| part | " + " | ".join(metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
     lines += [f"| {name} | " + " | ".join(f"{worst[name][m]:+.4f}" for m in metrics) + " |" for name in PARTS]
     return "\n".join(lines)
 

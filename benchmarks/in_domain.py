@@ -43,11 +43,11 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     args = parser.parse_args()
     corpus_dir = args.corpus_dir or f"{args.checkpoint}-work/corpus"
-    # (label, scoring overrides, exclude_history, beams, baselines too, split)
+    # (label, ranking policy fields, exclude_history, beams, baselines too, split)
     settings = [
         ("defaults (dense head ranks, history excluded)", {}, True, 20, True, "validation"),
         ("history items allowed", {}, False, 20, True, "validation"),
-        ("no popularity bias", {"popularity_buckets": 0}, True, 20, False, "validation"),
+        ("no popularity bias", {"popularity_bias": False}, True, 20, False, "validation"),
     ]
     settings += [
         (f"code head weight 1, {beams} beams", {"code_score_weight": 1.0}, True, beams, False, "validation")
@@ -59,7 +59,7 @@ def main() -> None:
     ]
     settings += [
         ("defaults, test split", {}, True, 20, True, "test"),
-        ("no popularity bias, test split", {"popularity_buckets": 0}, True, 20, False, "test"),
+        ("no popularity bias, test split", {"popularity_bias": False}, True, 20, False, "test"),
     ]
     rows = []
     for label, overrides, exclude, beams, baselines, split in settings:
@@ -75,7 +75,7 @@ def main() -> None:
                 split=split,
                 max_users=args.users,
             ),
-            score_overrides=overrides,
+            ranking=overrides,
         )
         rows += rows_of(results, label, time.perf_counter() - started)
     run_lines, run_results = [], []

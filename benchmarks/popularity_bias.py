@@ -37,8 +37,8 @@ def main() -> None:
         baselines=False,
     )
     runs = {
-        label: evaluate(settings, score_overrides=overrides)
-        for label, overrides in (("with the bias", {}), ("without", {"popularity_buckets": 0}))
+        label: evaluate(settings, ranking=overrides)
+        for label, overrides in (("with the bias", {}), ("without", {"popularity_bias": False}))
     }
     lines = [
         "| domain | Recall@10 with / without | NDCG@10 with / without | AUC with / without |",

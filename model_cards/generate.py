@@ -22,7 +22,7 @@ from safetensors import safe_open
 from model_cards.plots import plot_training_loss, plot_zero_shot
 from tokenization_recbase import RecBaseTokenizer
 from training.checkpoint import write_text_atomically
-from training.protocols import RECBASE, TEXT_SIMILARITY, all_results_markdown
+from training.protocols import RECBASE, RECBASE_PRIOR, TEXT_SIMILARITY, all_results_markdown
 
 TEMPLATE = Path(__file__).with_name("recbase_card.md.j2")
 TRAINING_LOSS_PLOT, ZERO_SHOT_PLOT = "training_loss.svg", "zero_shot.svg"
@@ -44,10 +44,13 @@ def summary_lines(eval_results: dict) -> list[str]:
     lines = []
     for domain, entry in eval_results["domains"].items():
         ours, text = entry["models"][RECBASE], entry["models"].get(TEXT_SIMILARITY)
+        prior = entry["models"].get(RECBASE_PRIOR)
         line = (
             f"{domain} ({entry['role']}, {entry['users']} test users): NDCG@10 {ours['ndcg@10']:.4f}, "
             f"Recall@10 {ours['recall@10']:.4f}, AUC {ours['auc']:.3f}"
         )
+        if prior:
+            line += f"; its training-free prior has NDCG@10 {prior['ndcg@10']:.4f} and AUC {prior['auc']:.3f}"
         if text:
             line += (
                 f"; text similarity has NDCG@10 {text['ndcg@10']:.4f} and AUC {text['auc']:.3f}, so RecBase is "

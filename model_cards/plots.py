@@ -17,11 +17,11 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
 from training.checkpoint import write_atomically  # noqa: E402
-from training.protocols import RANDOM, RECBASE, TEXT_SIMILARITY  # noqa: E402
+from training.protocols import RANDOM, RECBASE, RECBASE_PRIOR, TEXT_SIMILARITY  # noqa: E402
 
 # Fixed SVG element ids and no timestamp, so equal figures give byte-equal files.
 SVG_OPTIONS = {"format": "svg", "metadata": {"Date": None}}
-MODELS = ((RECBASE, "#1f77b4"), (TEXT_SIMILARITY, "#ff7f0e"), (RANDOM, "#7f7f7f"))
+MODELS = ((RECBASE, "#1f77b4"), (RECBASE_PRIOR, "#9ecae1"), (TEXT_SIMILARITY, "#ff7f0e"), (RANDOM, "#7f7f7f"))
 ZERO_SHOT_METRICS = (("auc", "AUC (1 positive + negatives)"), ("ndcg@10", "NDCG@10 (full ranking)"))
 
 
@@ -68,11 +68,12 @@ def plot_zero_shot(eval_results: dict, path: Path) -> bool:
     if not domains:
         return False
     figure, axes = plt.subplots(1, len(ZERO_SHOT_METRICS), figsize=(6.4, 3.0), layout="constrained")
-    width = 0.8 / len(MODELS)
+    shown = [(model, colour) for model, colour in MODELS if model in eval_results["domains"][domains[0]]["models"]]
+    width = 0.8 / len(shown)
     for axis, (metric, label) in zip(axes, ZERO_SHOT_METRICS):
-        for index, (model, colour) in enumerate(MODELS):
+        for index, (model, colour) in enumerate(shown):
             values = [eval_results["domains"][domain]["models"][model][metric] for domain in domains]
-            positions = [position + (index - (len(MODELS) - 1) / 2) * width for position in range(len(domains))]
+            positions = [position + (index - (len(shown) - 1) / 2) * width for position in range(len(domains))]
             axis.bar(positions, values, width, label=model, color=colour)
         axis.set_xticks(range(len(domains)), domains, fontsize=8)
         axis.set_title(label, fontsize=9)

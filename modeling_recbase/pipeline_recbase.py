@@ -54,7 +54,12 @@ class NextItemGenerationPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         # A tokenizer of another layout would only show up later as token ids outside the vocabulary.
         self.tokenizer.check_model_config(self.model.config, "pipeline")
-        self.ranker = ItemRanker(self.model, self.tokenizer)
+        self.model.ranking_policy.check(self.model.config)
+
+    @property
+    def ranker(self) -> ItemRanker:
+        """The one ranking component, with the model's ranking policy as it is now."""
+        return ItemRanker(self.model, self.tokenizer)
 
     def _sanitize_parameters(
         self,

@@ -50,6 +50,8 @@ class RankingPolicy:
             by its code head on every domain.
         calibrated_code_score: score the code head by pointwise mutual information: the log-likelihood after the
             history minus the log-likelihood after an empty history.
+        history_weights: weigh the prior's history items with the model's learned ``history_weights`` (where it has
+            them; False: the decay formula).
         popularity_bias: add the learned popularity bias to the dense score of items with catalogue counts.
         shortlist_size: items the dense head shortlists, next to the beam's, for scoring by both heads.
         num_beams: beams of the constrained beam search that proposes the code head's candidates.
@@ -61,6 +63,7 @@ class RankingPolicy:
     code_score_weight: float = 0.0
     code_score_domains: list[str] | None = None
     calibrated_code_score: bool = False
+    history_weights: bool = True
     popularity_bias: bool = True
     shortlist_size: int = 100
     num_beams: int = 20
@@ -95,7 +98,9 @@ class RankingPolicy:
 
     def prior_only(self) -> RankingPolicy:
         """This policy with nothing learned in the ranking: the dense head's training-free prior alone."""
-        return dataclasses.replace(self, residual_domains=[], code_score_weight=0.0, popularity_bias=False)
+        return dataclasses.replace(
+            self, residual_domains=[], code_score_weight=0.0, popularity_bias=False, history_weights=False
+        )
 
     def check(self, config) -> None:
         """Raise a ValueError unless this policy can rank with a model of ``config``."""
@@ -219,7 +224,12 @@ class ItemRanker:
         ).to(model.device)
         weights = self._residual_weights([item_keys[0]] * len(histories))
         queries = model(
-            **encoded, use_cache=False, logits_to_keep=1, return_dense_queries=True, residual_weights=weights
+            **encoded,
+            use_cache=False,
+            logits_to_keep=1,
+            return_dense_queries=True,
+            residual_weights=weights,
+            learned_history_weights=self.policy.history_weights,
         ).dense_queries[:, -1]
         buckets = self._buckets(item_keys)
         return model.dense_scores(queries, tokenizer.item_vectors(item_keys).to(model.device), buckets)
@@ -260,7 +270,11 @@ class ItemRanker:
         code_head = bool(weights.any())
         residual_weights = self._residual_weights([row[0] for row in candidates]) if config.dense_head else None
         prefix = model(
-            **encoded, use_cache=code_head, return_dense_queries=config.dense_head, residual_weights=residual_weights
+            **encoded,
+            use_cache=code_head,
+            return_dense_queries=config.dense_head,
+            residual_weights=residual_weights,
+            learned_history_weights=self.policy.history_weights,
         )
         users = len(histories)
         scores = torch.zeros(users, per_user, device=model.device)
