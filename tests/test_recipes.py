@@ -14,7 +14,7 @@ from modeling_recbase.ranking_recbase import empty_history_log_likelihood
 from tests.conftest import TINY_SIZE
 from tokenization_recbase import RecBaseTokenizer
 from training.pretraining_data import PretrainingCollator, relabel_codes, training_windows
-from training.protocols import RANDOM
+from training.protocols import RANDOM, RECBASE_PRIOR
 
 PLAIN = dict(dense_head=False, content_inputs=False, popularity_buckets=0)  # the generative model alone
 
@@ -287,4 +287,12 @@ def test_the_selection_command_runs_end_to_end(tiny_run, tmp_path):
     rows = results["rows"]
     assert {"code head, all domains", "dense head + content inputs", RANDOM} <= set(rows)
     assert all(0 <= rows[name]["domains"]["films"]["auc"] <= 1 for name in rows)
-    assert (tmp_path / "selection" / "selection.md").read_text().count("\n") == len(rows) + 2
+    table = (tmp_path / "selection" / "selection.md").read_text()
+    recipe_table, gain_table = table.split("Trained minus the prior")
+    assert recipe_table.strip().count("\n") == len(rows) + 1  # a header, its rule and a line per row
+    assert all(f"| {name} | " in gain_table for name in ("code head, all domains", "dense head + content inputs"))
+    # The gain over the training-free prior, measured on the same users in the same run.
+    dense, prior = rows["dense head + content inputs"]["domains"]["films"], rows[RECBASE_PRIOR]["domains"]["films"]
+    gain = results["gains_over_prior"]["dense head + content inputs"]
+    assert gain["domains"]["films"]["ndcg@10"] == pytest.approx(dense["ndcg@10"] - prior["ndcg@10"])
+    assert gain["worst"] == gain["domains"]["films"]
