@@ -1,5 +1,5 @@
 """What makes a saved RecBase folder load and run from the Hub: the Auto classes in ``auto_map``, the pipeline task
-in ``custom_pipelines``, and the pipeline's code shipped beside the model's.
+in ``custom_pipelines``, the ranking policy beside the weights, and the pipeline's code shipped beside the model's.
 
 Shipped beside the weights: imports only transformers, the standard library and same-folder files.
 """
@@ -12,6 +12,8 @@ from pathlib import Path
 
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import logging
+
+from .ranking_recbase import RankingPolicy
 
 logger = logging.get_logger(__name__)
 
@@ -49,4 +51,44 @@ def ship_pipeline_code(save_directory: str | os.PathLike, loaded_from: str | os.
     logger.warning(f"{PIPELINE_FILE} was not found beside the model's code: {save_directory} has no pipeline code")
 
 
-__all__ = ["AUTO_MAP", "PIPELINE_CLASS", "PIPELINE_FILE", "TASK", "hub_entry_points", "ship_pipeline_code"]
+class RecBaseHubMixin:
+    """``from_pretrained`` and ``save_pretrained`` of RecBase models: the ranking policy travels with the weights,
+    and every saved folder is a pipeline folder."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, with the folder's ranking policy, and an error that names a weights
+        file it cannot read."""
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:
+            # safetensors' own error says "incomplete metadata" and names no file (its class is matched by name:
+            # shipped files import only torch and transformers).
+            if type(error).__name__ != "SafetensorError":
+                raise
+            raise OSError(
+                f"{pretrained_model_name_or_path}: a model.safetensors file there cannot be read ({error}); "
+                "it is truncated or corrupt: copy or download it again"
+            ) from error
+        hub_kwargs = {name: kwargs[name] for name in ("cache_dir", "revision", "token") if name in kwargs}
+        model.ranking_policy = RankingPolicy.from_pretrained(pretrained_model_name_or_path, model.config, **hub_kwargs)
+        return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """``PreTrainedModel.save_pretrained``, plus the ranking policy and the pipeline's code: every folder a
+        model is saved to (a merged LoRA's too) is a pipeline folder."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            self.ranking_policy.save_pretrained(save_directory)
+            ship_pipeline_code(save_directory, self.name_or_path or None)
+
+
+__all__ = [
+    "AUTO_MAP",
+    "RecBaseHubMixin",
+    "PIPELINE_CLASS",
+    "PIPELINE_FILE",
+    "TASK",
+    "hub_entry_points",
+    "ship_pipeline_code",
+]

@@ -24,7 +24,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .configuration_recbase import RecBaseConfig
 from .dense_head_recbase import RecBaseDenseHeadMixin, RecBaseHistoryWeights
 from .generation_recbase import CACHE_FIELD
-from .hub_recbase import hub_entry_points, ship_pipeline_code
+from .hub_recbase import RecBaseHubMixin, hub_entry_points
 from .ranking_recbase import RankingPolicy
 
 
@@ -160,9 +160,10 @@ class RecBaseDecoderLayer(nn.Module):
         return hidden_states + self.residual_dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
 
 
-class RecBasePreTrainedModel(PreTrainedModel):
-    """Weight init and capability flags; saving writes every entry point into ``config.json``'s ``auto_map`` and
-    the pipeline task into its ``custom_pipelines``, and ships the pipeline's file with the model's."""
+class RecBasePreTrainedModel(RecBaseHubMixin, PreTrainedModel):
+    """Weight init and capability flags. ``RecBaseHubMixin`` loads and saves the ranking policy and ships the
+    pipeline's code; ``config.json`` lists every entry point in ``auto_map`` and the pipeline in
+    ``custom_pipelines``."""
 
     config_class = RecBaseConfig
     base_model_prefix = "model"
@@ -176,33 +177,6 @@ class RecBasePreTrainedModel(PreTrainedModel):
         hub_entry_points(config)
         # How the model ranks (GenerationConfig's role for decoding): from_pretrained replaces it with the saved one.
         self.ranking_policy = RankingPolicy.from_model_config(config)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, with the folder's ranking policy, and an error that names a weights
-        file it cannot read."""
-        try:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        except Exception as error:
-            # safetensors' own error says "incomplete metadata" and names no file (its class is matched by name:
-            # shipped files import only torch and transformers).
-            if type(error).__name__ != "SafetensorError":
-                raise
-            raise OSError(
-                f"{pretrained_model_name_or_path}: a model.safetensors file there cannot be read ({error}); "
-                "it is truncated or corrupt: copy or download it again"
-            ) from error
-        hub_kwargs = {name: kwargs[name] for name in ("cache_dir", "revision", "token") if name in kwargs}
-        model.ranking_policy = RankingPolicy.from_pretrained(pretrained_model_name_or_path, model.config, **hub_kwargs)
-        return model
-
-    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """``PreTrainedModel.save_pretrained``, plus the ranking policy and the pipeline's code: every folder a
-        model is saved to (a merged LoRA's too) is a pipeline folder."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            self.ranking_policy.save_pretrained(save_directory)
-            ship_pipeline_code(save_directory, self.name_or_path or None)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
