@@ -11,8 +11,9 @@ one domain per batch) on every pretraining domain but one, then measured on the 
 (never the test domains, never a test split). Each fold rotates the held-out domain; the table gives the learned
 part minus the prior in every metric, so a part earns its place only where the worst fold's gain is positive.
 
-- ``history weights``: the model's ``RecBaseHistoryWeights`` (each history item's weight is
-  ``decay ** k * exp(g(features))``, ``g`` a small MLP, zero at init, of frame-invariant features);
+- ``history weights`` (``HistoryWeights``): each history item's weight is ``decay ** k * exp(g(features))``, ``g`` a
+  small MLP, zero at init, of its position, its cosine to the last item, its mean cosine to the other history items,
+  whether it repeats one, and its norm relative to the history's mean norm;
 - ``axis weights``: one learned weight per principal axis of the aligned frame (axes are ordered by variance in
   every domain), applied to query and items before the cosine;
 - both together.
@@ -29,8 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeling_recbase import RecBaseConfig
-from modeling_recbase.dense_head_recbase import RecBaseHistoryWeights
 from tokenization_recbase import RecBaseTokenizer
 from training.checkpoint import write_json_atomically, write_text_atomically
 from training.corpus import load_corpus
@@ -39,6 +38,55 @@ from training.ranking_metrics.ranking_metrics import candidate_metrics, ranking_
 
 HISTORY_ITEMS, DECAY, TEMPERATURE = 10, 0.5, 0.1  # the dense head's defaults (RecBaseConfig)
 RESULTS = Path(__file__).parent / "results" / "frame_invariant_screen"
+
+
+HISTORY_FEATURES = 4  # besides the position: cosine to the last item, to the others, repeat, relative norm
+
+
+class HistoryWeights(nn.Module):
+    """Frame-invariant weights of the history items in the dense head's prior.
+
+    Item k steps back gets ``dense_history_decay ** k * exp(g(features))``, ``g`` a small MLP whose output layer
+    starts at zero, so at init the prior is the decay formula exactly. The features mean the same in every domain,
+    whatever its frame: the item's position, its cosine to the last item, its mean cosine to the other history
+    items, whether it repeats one of them, and its vector's norm (its distance to the domain's centre) relative to
+    the history's mean norm. So what it learns on the pretraining domains can carry to a domain never seen."""
+
+    def __init__(self, items: int = HISTORY_ITEMS, size: int = 32) -> None:
+        super().__init__()
+        self.items = items
+        self.fc_in = nn.Linear(items + HISTORY_FEATURES, size)
+        self.fc_out = nn.Linear(size, 1)
+        nn.init.zeros_(self.fc_out.weight)
+        nn.init.zeros_(self.fc_out.bias)
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        """vectors (..., items, dim) of the history, newest first, zero where there is no item -> (..., items)
+        log-weights (added to ``k * log(decay)``)."""
+        norms = vectors.norm(dim=-1)  # (..., K)
+        valid = norms > 0
+        unit = F.normalize(vectors, dim=-1)
+        cosines = unit @ unit.transpose(-1, -2)  # (..., K, K)
+        count = valid.sum(-1, keepdim=True)
+        to_others = ((cosines * valid[..., None, :]).sum(-1) - valid.float()) / (count - 1).clamp(min=1)
+        repeats = ((cosines > 1 - 1e-6) & valid[..., None, :]).sum(-1) > 1
+        mean_norm = norms.sum(-1, keepdim=True) / count.clamp(min=1)
+        relative_norm = torch.log(norms.clamp(min=1e-12) / mean_norm.clamp(min=1e-12))
+        position = torch.eye(self.items, device=vectors.device).expand(*vectors.shape[:-2], -1, -1)
+        features = (
+            torch.cat(
+                [
+                    position,
+                    cosines[..., 0, None],
+                    to_others[..., None],
+                    repeats[..., None].float(),
+                    relative_norm[..., None],
+                ],
+                -1,
+            )
+            * valid[..., None]
+        )
+        return self.fc_out(F.gelu(self.fc_in(features))).squeeze(-1)
 
 
 class DomainTable:
@@ -64,11 +112,7 @@ class FrameInvariantHead(nn.Module):
 
     def __init__(self, history_weights: bool, axis_weights: bool, dim: int) -> None:
         super().__init__()
-        config = RecBaseConfig(dense_history_items=HISTORY_ITEMS, dense_history_decay=DECAY, history_weights=True)
-        self.history_weights = RecBaseHistoryWeights(config) if history_weights else None
-        if self.history_weights is not None:  # the output layer starts at zero, as in the model
-            nn.init.zeros_(self.history_weights.fc_out.weight)
-            nn.init.zeros_(self.history_weights.fc_out.bias)
+        self.history_weights = HistoryWeights() if history_weights else None
         self.log_axis = nn.Parameter(torch.zeros(dim)) if axis_weights else None
         self.register_buffer("decay", DECAY ** torch.arange(HISTORY_ITEMS, dtype=torch.float))
 
@@ -186,8 +230,8 @@ def main() -> None:
                 flush=True,
             )
         results["folds"][held_out] = fold
-    write_json_atomically(RESULTS.with_suffix(".json"), results)
-    write_text_atomically(RESULTS.with_suffix(".md"), markdown(results) + "\n")
+        write_json_atomically(RESULTS.with_suffix(".json"), results)  # after each fold: a long run keeps what it did
+        write_text_atomically(RESULTS.with_suffix(".md"), markdown(results) + "\n")
     print(markdown(results))
 
 

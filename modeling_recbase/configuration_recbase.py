@@ -80,8 +80,6 @@ class RecBaseConfig(PretrainedConfig):
             (1 and any decay: the last item alone).
         dense_loss_weight: weight of the dense head's loss (a softmax over the true next item and sampled
             items of the same domain) next to the code tokens' cross-entropy.
-        history_weights, history_weights_size: learn the weights of the prior's history items from features that
-            mean the same in every domain (``RecBaseHistoryWeights``, an MLP of that width, the identity at init).
         popularity_buckets: > 0 enables the "catalogue counts" setting: an item whose interaction count is
             known falls in one of this many within-domain popularity buckets, each with a learned score
             bias; items without counts get none.
@@ -124,8 +122,6 @@ class RecBaseConfig(PretrainedConfig):
         dense_history_decay: float = 0.5,
         dense_loss_weight: float = 1.0,
         popularity_buckets: int = 10,
-        history_weights: bool = False,
-        history_weights_size: int = 32,
         **kwargs,
     ) -> None:
         self.codebook_sizes = [int(size) for size in codebook_sizes]  # JSON-friendly: a list, not a tuple
@@ -160,8 +156,8 @@ class RecBaseConfig(PretrainedConfig):
         self.use_cache = use_cache
         if (content_inputs or dense_head) and latent_dim <= 0:
             raise ValueError("content_inputs and dense_head need latent_dim > 0 (the quantizer's latent size)")
-        if (popularity_buckets or history_weights) and not dense_head:
-            raise ValueError("popularity_buckets and history_weights are parts of the dense head: set dense_head=True")
+        if popularity_buckets and not dense_head:
+            raise ValueError("popularity_buckets biases the dense head's scores: set dense_head=True")
         self.max_history_items = int(max_history_items)
         self.embedding_dropout = embedding_dropout
         self.residual_dropout = residual_dropout
@@ -174,8 +170,6 @@ class RecBaseConfig(PretrainedConfig):
         self.dense_history_decay = float(dense_history_decay)
         self.dense_loss_weight = float(dense_loss_weight)
         self.popularity_buckets = int(popularity_buckets)
-        self.history_weights = bool(history_weights)
-        self.history_weights_size = int(history_weights_size)
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,

@@ -1,8 +1,7 @@
 """The dense head: its training-free prior, its query (prior + learned residual), cosine scores and its loss.
 
 ``RecBaseDenseHeadMixin`` is part of ``RecBaseForCausalLM``, which creates its parameters (``dense_proj``, the
-residual, zero at init; ``history_weights``; ``popularity_bias``) and its frozen code-vector table
-(``model.code_latents``).
+residual, zero at init; ``popularity_bias``) and its frozen code-vector table (``model.code_latents``).
 
 Shipped beside the weights: imports only torch and the standard library.
 """
@@ -11,54 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-HISTORY_FEATURES = 4  # besides the position: cosine to the last item, to the others, repeat, relative norm
-
-
-class RecBaseHistoryWeights(nn.Module):
-    """Frame-invariant weights of the history items in the dense head's prior (``config.history_weights``).
-
-    Item k steps back gets ``dense_history_decay ** k * exp(g(features))``, ``g`` a small MLP whose output layer
-    starts at zero, so at init the prior is the decay formula exactly. The features mean the same in every domain,
-    whatever its frame: the item's position, its cosine to the last item, its mean cosine to the other history
-    items, whether it repeats one of them, and its vector's norm (its distance to the domain's centre) relative to
-    the history's mean norm. So what it learns on the pretraining domains can carry to a domain never seen."""
-
-    def __init__(self, config) -> None:
-        super().__init__()
-        self.items = config.dense_history_items
-        self.fc_in = nn.Linear(self.items + HISTORY_FEATURES, config.history_weights_size)
-        self.fc_out = nn.Linear(config.history_weights_size, 1)
-        self.fc_out.starts_at_zero = True
-
-    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
-        """vectors (..., items, dim) of the history, newest first, zero where there is no item -> (..., items)
-        log-weights (added to ``k * log(decay)``)."""
-        norms = vectors.norm(dim=-1)  # (..., K)
-        valid = norms > 0
-        unit = F.normalize(vectors, dim=-1)
-        cosines = unit @ unit.transpose(-1, -2)  # (..., K, K)
-        count = valid.sum(-1, keepdim=True)
-        to_others = ((cosines * valid[..., None, :]).sum(-1) - valid.float()) / (count - 1).clamp(min=1)
-        repeats = ((cosines > 1 - 1e-6) & valid[..., None, :]).sum(-1) > 1
-        mean_norm = norms.sum(-1, keepdim=True) / count.clamp(min=1)
-        relative_norm = torch.log(norms.clamp(min=1e-12) / mean_norm.clamp(min=1e-12))
-        position = torch.eye(self.items, device=vectors.device).expand(*vectors.shape[:-2], -1, -1)
-        features = (
-            torch.cat(
-                [
-                    position,
-                    cosines[..., 0, None],
-                    to_others[..., None],
-                    repeats[..., None].float(),
-                    relative_norm[..., None],
-                ],
-                -1,
-            )
-            * valid[..., None]
-        )
-        return self.fc_out(F.gelu(self.fc_in(features))).squeeze(-1)
 
 
 class RecBaseDenseHeadMixin:
@@ -88,31 +39,20 @@ class RecBaseDenseHeadMixin:
         summed = self.model.code_latents(content_ids).cumsum(1)  # (batch, seq, latent)
         return summed - F.pad(summed, (0, 0, self.config.tokens_per_item, 0))[:, : summed.shape[1]]
 
-    def dense_prior(
-        self, content_ids: torch.LongTensor, item_vectors: torch.Tensor | None = None, learned_weights: bool = True
-    ) -> torch.Tensor:
+    def dense_prior(self, content_ids: torch.LongTensor, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, seq) -> (batch, seq, item_vector_size): at a position where an item ends, the recency-weighted sum
         of the unit content vectors of that item and the ``dense_history_items - 1`` before it (weights
-        ``dense_history_decay ** k`` for the item k steps back, times the learned ``history_weights`` where the
-        model has them and ``learned_weights``); elsewhere meaningless.
+        ``dense_history_decay ** k`` for the item k steps back); elsewhere meaningless. It needs no training.
 
         Items are contiguous runs of ``tokens_per_item`` tokens (padding only on the left), so the item k steps
         back ends exactly ``k * tokens_per_item`` positions earlier; specials have zero vectors, so steps back
         past the history's start add nothing."""
-        tokens_per_item, length, items = (
-            self.config.tokens_per_item,
-            content_ids.shape[1],
-            self.config.dense_history_items,
+        tokens_per_item, length = self.config.tokens_per_item, content_ids.shape[1]
+        unit = F.normalize(self.item_vectors_at_ends(content_ids, item_vectors), dim=-1)
+        return sum(
+            self.config.dense_history_decay**k * F.pad(unit, (0, 0, k * tokens_per_item, 0))[:, :length]
+            for k in range(self.config.dense_history_items)
         )
-        vectors = self.item_vectors_at_ends(content_ids, item_vectors)
-        decay = self.config.dense_history_decay
-        if self.history_weights is None or not learned_weights:
-            unit = F.normalize(vectors, dim=-1)
-            return sum(decay**k * F.pad(unit, (0, 0, k * tokens_per_item, 0))[:, :length] for k in range(items))
-        back = torch.stack([F.pad(vectors, (0, 0, k * tokens_per_item, 0))[:, :length] for k in range(items)], 2)
-        steps = torch.arange(items, device=vectors.device, dtype=vectors.dtype)
-        weights = decay**steps * torch.exp(self.history_weights(back))  # (batch, seq, K)
-        return (weights[..., None] * F.normalize(back, dim=-1)).sum(2)
 
     def dense_queries(
         self,
@@ -120,7 +60,6 @@ class RecBaseDenseHeadMixin:
         content_ids: torch.LongTensor,
         item_vectors: torch.Tensor | None = None,
         residual_weights: torch.Tensor | None = None,
-        learned_history_weights: bool = True,
     ) -> torch.Tensor:
         """(batch, seq, hidden), (batch, seq) -> (batch, seq, item_vector_size): at a position where an item ends, the
         predicted content vector of the next item: the recent items' (``dense_prior``) plus the head's learned
@@ -128,7 +67,7 @@ class RecBaseDenseHeadMixin:
         in ``content_ids`` (no cache)."""
         if self.dense_proj is None:
             raise ValueError("this model has no dense head (config.dense_head is False)")
-        prior = self.dense_prior(content_ids, item_vectors, learned_history_weights)
+        prior = self.dense_prior(content_ids, item_vectors)
         residual = self.dense_proj(hidden_states).to(prior.dtype)
         if residual_weights is not None:
             residual = residual * residual_weights.to(prior.dtype).view(-1, 1, 1)
@@ -195,4 +134,4 @@ class RecBaseDenseHeadMixin:
         return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
 
 
-__all__ = ["RecBaseDenseHeadMixin", "RecBaseHistoryWeights"]
+__all__ = ["RecBaseDenseHeadMixin"]

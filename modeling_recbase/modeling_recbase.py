@@ -22,7 +22,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_recbase import RecBaseConfig
-from .dense_head_recbase import RecBaseDenseHeadMixin, RecBaseHistoryWeights
+from .dense_head_recbase import RecBaseDenseHeadMixin
 from .generation_recbase import CACHE_FIELD
 from .hub_recbase import RecBaseHubMixin, hub_entry_points
 from .ranking_recbase import RankingPolicy
@@ -190,8 +190,6 @@ class RecBasePreTrainedModel(RecBaseHubMixin, PreTrainedModel):
         # dense score is the prior alone (the cosine to the recent items' content vectors).
         if getattr(module, "starts_at_zero", False):
             module.weight.zero_()
-            if getattr(module, "bias", None) is not None:
-                module.bias.zero_()
 
 
 class RecBaseModel(RecBasePreTrainedModel):
@@ -326,7 +324,6 @@ class RecBaseForCausalLM(RecBaseDenseHeadMixin, RecBasePreTrainedModel, Generati
             # Bucket 0 means "count unknown" and never gets a bias: a catalogue without counts scores as before.
             self.popularity_bias = nn.Embedding(config.popularity_buckets + 1, 1, padding_idx=0)
             self.popularity_bias.starts_at_zero = True
-        self.history_weights = RecBaseHistoryWeights(config) if config.history_weights else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -360,7 +357,6 @@ class RecBaseForCausalLM(RecBaseDenseHeadMixin, RecBasePreTrainedModel, Generati
         negative_buckets: torch.LongTensor | None = None,
         return_dense_queries: bool = False,
         residual_weights: torch.Tensor | None = None,
-        learned_history_weights: bool = True,
         **kwargs,
     ) -> RecBaseCausalLMOutput:
         """labels (batch, seq): the input ids themselves (shifted inside), -100 where no loss is wanted.
@@ -372,8 +368,7 @@ class RecBaseForCausalLM(RecBaseDenseHeadMixin, RecBasePreTrainedModel, Generati
         their ``negative_vectors`` (batch, negatives, item_vector_size); ``bucket_ids`` (batch, seq) the popularity
         bucket of the item each token belongs to and ``negative_buckets`` (batch, negatives) those of the
         negatives (catalogue counts only). ``content_ids`` as in ``RecBaseModel``. ``residual_weights`` (batch,): how
-        much of the learned residual each row's ``dense_queries`` hold (0: the prior alone; default 1);
-        ``learned_history_weights`` False leaves the prior at its decay formula (``config.history_weights``).
+        much of the learned residual each row's ``dense_queries`` hold (0: the prior alone; default 1).
 
         Example:
             >>> model = AutoModelForCausalLM.from_pretrained("./outputs/recbase-tiny", trust_remote_code=True)
@@ -412,9 +407,7 @@ class RecBaseForCausalLM(RecBaseDenseHeadMixin, RecBasePreTrainedModel, Generati
                 loss = code_loss + self.config.dense_loss_weight * dense_loss
         queries = None
         if return_dense_queries:
-            queries = self.dense_queries(
-                hidden_states, content_ids, item_vectors, residual_weights, learned_history_weights
-            )[:, keep]
+            queries = self.dense_queries(hidden_states, content_ids, item_vectors, residual_weights)[:, keep]
         return RecBaseCausalLMOutput(
             loss=loss,
             logits=logits,

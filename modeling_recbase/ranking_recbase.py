@@ -50,8 +50,6 @@ class RankingPolicy:
             by its code head on every domain.
         calibrated_code_score: score the code head by pointwise mutual information: the log-likelihood after the
             history minus the log-likelihood after an empty history.
-        history_weights: weigh the prior's history items with the model's learned ``history_weights`` (where it has
-            them; False: the decay formula).
         popularity_bias: add the learned popularity bias to the dense score of items with catalogue counts.
         shortlist_size: items the dense head shortlists, next to the beam's, for scoring by both heads.
         num_beams: beams of the constrained beam search that proposes the code head's candidates.
@@ -63,7 +61,6 @@ class RankingPolicy:
     code_score_weight: float = 0.0
     code_score_domains: list[str] | None = None
     calibrated_code_score: bool = False
-    history_weights: bool = True
     popularity_bias: bool = True
     shortlist_size: int = 100
     num_beams: int = 20
@@ -98,9 +95,7 @@ class RankingPolicy:
 
     def prior_only(self) -> RankingPolicy:
         """This policy with nothing learned in the ranking: the dense head's training-free prior alone."""
-        return dataclasses.replace(
-            self, residual_domains=[], code_score_weight=0.0, popularity_bias=False, history_weights=False
-        )
+        return dataclasses.replace(self, residual_domains=[], code_score_weight=0.0, popularity_bias=False)
 
     def check(self, config) -> None:
         """Raise a ValueError unless this policy can rank with a model of ``config``."""
@@ -229,7 +224,6 @@ class ItemRanker:
             logits_to_keep=1,
             return_dense_queries=True,
             residual_weights=weights,
-            learned_history_weights=self.policy.history_weights,
         ).dense_queries[:, -1]
         buckets = self._buckets(item_keys)
         return model.dense_scores(queries, tokenizer.item_vectors(item_keys).to(model.device), buckets)
@@ -274,7 +268,6 @@ class ItemRanker:
             use_cache=code_head,
             return_dense_queries=config.dense_head,
             residual_weights=residual_weights,
-            learned_history_weights=self.policy.history_weights,
         )
         users = len(histories)
         scores = torch.zeros(users, per_user, device=model.device)

@@ -1,6 +1,8 @@
 """The item tokenizer on real items: quantizer quality, unique IDs, round trips, cold start, bad input."""
 
 import json
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -8,6 +10,7 @@ import torch
 from transformers import AutoTokenizer
 
 from modeling_recbase import RecBaseConfig
+from tests.conftest import REPO_ROOT
 from tokenization_recbase import SPECIAL_TOKENS, RecBaseTokenizer, assign_unique_codes, unified_item_text
 from training import embedding
 from training.bundled_domains import read_domain
@@ -63,13 +66,11 @@ def fitted(real_items):
 def test_the_model_config_and_the_tokenizer_share_one_vocabulary_layout(codebook_sizes, disambiguation_size):
     tokenizer = RecBaseTokenizer(codebook_sizes=codebook_sizes, disambiguation_size=disambiguation_size)
     config = RecBaseConfig(codebook_sizes=codebook_sizes, disambiguation_size=disambiguation_size)
-    assert config.vocab_size_needed == len(tokenizer) == config.vocab_size
+    assert config.layout.size == len(tokenizer) == config.vocab_size
     assert [config.pad_token_id, config.bos_token_id, config.eos_token_id] == tokenizer.convert_tokens_to_ids(
         list(SPECIAL_TOKENS)
     )
-    assert tokenizer.convert_ids_to_tokens(len(tokenizer) - config.last_level_size).endswith(
-        "_0>"
-    )  # last level's code 0
+    assert tokenizer.convert_ids_to_tokens(config.layout.first_item_end_id).endswith("_0>")  # last level's code 0
     tokenizer.check_model_config(config, "test")
     with pytest.raises(ValueError, match="special token ids"):
         tokenizer.check_model_config(
@@ -117,9 +118,18 @@ print(hashlib.sha1(quantizer.encode_to_codes(points)[0].numpy().tobytes()).hexdi
 """
 
 
-def test_separate_processes_fit_the_same_codes(run_outside_repo):
+def fit_in_a_process() -> str:
+    """The last line ``FIT_IN_A_PROCESS`` prints, run by a fresh interpreter in the checkout."""
+    result = subprocess.run(
+        [sys.executable, "-c", FIT_IN_A_PROCESS], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.split()[-1]
+
+
+def test_separate_processes_fit_the_same_codes():
     """Item IDs depend on the data and the seed alone, not on how a process's threads summed floats."""
-    assert run_outside_repo(FIT_IN_A_PROCESS).split()[-1] == run_outside_repo(FIT_IN_A_PROCESS).split()[-1]
+    assert fit_in_a_process() == fit_in_a_process()
 
 
 def test_round_trip_through_auto_tokenizer_outside_repo(fitted, tmp_path, run_outside_repo):

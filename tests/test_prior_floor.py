@@ -87,28 +87,3 @@ def test_evaluation_reports_the_prior_beside_the_model(tiny_run, tmp_path):
     # The tiny checkpoint is untrained: its residual is zero, so the model is its prior.
     assert models[RECBASE] == models[RECBASE_PRIOR]
     assert results["ranking_policy"] == dataclasses.asdict(RankingPolicy())
-
-
-def history_vectors(seed: int = 0) -> torch.Tensor:
-    """(2, 10, 384) history vectors, newest first; the second history has 3 items (zeros after), one repeated."""
-    vectors = torch.randn(2, 10, 384, generator=torch.Generator().manual_seed(seed))
-    vectors[1, 3:] = 0
-    vectors[1, 2] = vectors[1, 0]
-    return vectors
-
-
-def test_history_weights_are_the_decay_at_init_and_unchanged_by_a_rotation_of_the_frame():
-    from modeling_recbase import RecBaseConfig
-    from modeling_recbase.dense_head_recbase import RecBaseHistoryWeights
-
-    torch.manual_seed(0)
-    model = RecBaseForCausalLM(RecBaseConfig(history_weights=True)).eval()
-    weights = model.history_weights
-    vectors = history_vectors()
-    assert torch.equal(weights(vectors), torch.zeros(2, 10))  # exp(0) = 1: the decay formula exactly
-    trained = RecBaseHistoryWeights(model.config)
-    torch.nn.init.normal_(trained.fc_out.weight)
-    rotation, _ = torch.linalg.qr(torch.randn(384, 384, generator=torch.Generator().manual_seed(1)))
-    # A domain's frame turned any way (and its scale): the features, so the weights, stay the same.
-    torch.testing.assert_close(trained(vectors @ rotation * 3.0), trained(vectors), atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(trained(vectors)[0], trained(vectors.flip(1))[0])  # it does read the history

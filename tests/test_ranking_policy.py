@@ -17,7 +17,6 @@ GENERATIVE = dict(dense_head=False, content_inputs=False, popularity_buckets=0)
 # name -> (RecBaseConfig fields beside TINY_SIZE, the policy)
 POLICIES = {
     "dense head alone (the default)": ({}, RankingPolicy()),
-    "dense head with learned history weights": ({"history_weights": True}, RankingPolicy()),
     "both heads": ({}, RankingPolicy(code_score_weight=1.0)),
     "both heads, PMI, short shortlist": (
         {},
@@ -42,8 +41,7 @@ def trained_looking(tokenizer: RecBaseTokenizer, fields: dict, policy: RankingPo
     with torch.no_grad():
         if config.latent_dim:
             model.model.code_latents.weight.copy_(tokenizer.code_latent_table(config.vocab_size))
-        learned_weights = model.history_weights.fc_out if model.history_weights is not None else None
-        for module in (model.dense_proj, model.model.content_proj, model.popularity_bias, learned_weights):
+        for module in (model.dense_proj, model.model.content_proj, model.popularity_bias):
             if module is not None:
                 module.weight.normal_(std=0.1)
     model.ranking_policy = policy

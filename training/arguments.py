@@ -40,7 +40,6 @@ MODEL_CONFIG_FIELDS = (
     "dense_temperature",
     "dense_history_items",
     "dense_history_decay",
-    "history_weights",
     "popularity_buckets",
     "embedding_dropout",
     "residual_dropout",
@@ -103,10 +102,6 @@ class ModelArguments:
     dense_temperature: float = MODEL.dense_temperature
     dense_history_items: int = MODEL.dense_history_items
     dense_history_decay: float = MODEL.dense_history_decay
-    history_weights: bool = field(
-        default=MODEL.history_weights,
-        metadata={"help": "learn the prior's history-item weights from frame-invariant features"},
-    )
     popularity_buckets: int = field(
         default=MODEL.popularity_buckets,
         metadata={"help": "> 0: learn a score bias per popularity bucket, used when items have catalogue counts"},
