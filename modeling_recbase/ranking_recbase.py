@@ -17,6 +17,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers.utils import cached_file
@@ -130,7 +131,7 @@ class RankingPolicy:
         if path is None:
             return cls.from_model_config(config)
         try:
-            values = json.loads(open(path, encoding="utf-8").read())
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
             return cls(**values)
         except (ValueError, TypeError) as error:
             raise ValueError(f"{path}: not a RecBase ranking policy ({error})") from error

@@ -125,6 +125,13 @@ def test_a_folder_without_a_policy_gets_the_one_its_config_implies(tokenizer, tm
     )
 
 
+def test_a_policy_file_with_an_unknown_field_is_refused_by_name(tmp_path):
+    RankingPolicy().save_pretrained(tmp_path)
+    (tmp_path / RANKING_CONFIG_NAME).write_text('{"code_score_weight": 1.0, "beam_width": 3}')
+    with pytest.raises(ValueError, match=rf"{RANKING_CONFIG_NAME}: not a RecBase ranking policy"):
+        RankingPolicy.from_pretrained(tmp_path, RecBaseConfig())
+
+
 def test_a_policy_that_ranks_nothing_is_refused(tokenizer):
     generative = trained_looking(tokenizer, GENERATIVE, RankingPolicy(code_score_weight=1.0))
     with pytest.raises(ValueError, match="no dense head"):
