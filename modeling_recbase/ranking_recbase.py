@@ -82,7 +82,7 @@ class RankingPolicy:
 
     def code_weights(self, keys: Sequence[str], dense_head: bool) -> list[float]:
         """The code head's weight in the score of each item key."""
-        if not dense_head or self.code_score_domains is None:
+        if not dense_head or self.code_score_domains is None or self.code_score_weight == 0:
             return [self.code_score_weight] * len(keys)
         domains = set(self.code_score_domains)
         return [self.code_score_weight if item_domain(key) in domains else 0.0 for key in keys]

@@ -41,6 +41,20 @@ def tiny_config():
     )
 
 
+def tiny_pretraining_flags(run: dict, output_dir, *domains: str) -> list[str]:
+    """``training.pretrain`` flags for the tiny run's corpus and tokenizer, writing ``output_dir``."""
+    return [
+        "--corpus_dir",
+        str(run["corpus"]),
+        "--tokenizer_dir",
+        str(run["tokenizer"]),
+        "--output_dir",
+        str(output_dir),
+        "--domains",
+        *domains,
+    ]
+
+
 @pytest.fixture
 def run_outside_repo(tmp_path):
     """Run Python code in a fresh process whose cwd is outside the repo, offline, with a new module cache."""

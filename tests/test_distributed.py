@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, tiny_pretraining_flags
 
 CONFIGS = REPO_ROOT / "training" / "accelerate_configs"
 TINY = dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64, codebook_sizes=[4, 4, 4], disambiguation_size=2)
@@ -33,15 +33,7 @@ def test_the_ddp_config_trains_under_two_cpu_processes(tiny_run, tmp_path):
         "29533",
         "-m",
         "training.pretrain",
-        "--corpus_dir",
-        str(tiny_run["corpus"]),
-        "--tokenizer_dir",
-        str(tiny_run["tokenizer"]),
-        "--output_dir",
-        str(output_dir),
-        "--domains",
-        "music",
-        "films",
+        *tiny_pretraining_flags(tiny_run, output_dir, "music", "films"),
         "--max_steps",
         "4",
         "--checkpointing_steps",

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from modeling_recbase import ItemRanker, RankingPolicy, RecBaseConfig, RecBaseForCausalLM
+from tests.conftest import tiny_pretraining_flags
 from tokenization_recbase import RecBaseTokenizer
 from training import pretrain
 from training.baselines import PopularityRecommender, RandomRecommender, TextSimilarityRecommender
@@ -66,14 +67,7 @@ def rigged_run(tiny_run, tmp_path, monkeypatch, curve: list[float], patience: in
     output_dir = tmp_path / "run"
     pretrain.main(
         [
-            "--corpus_dir",
-            str(tiny_run["corpus"]),
-            "--tokenizer_dir",
-            str(tiny_run["tokenizer"]),
-            "--output_dir",
-            str(output_dir),
-            "--domains",
-            "music",
+            *tiny_pretraining_flags(tiny_run, output_dir, "music"),
             "--per_device_batch_size",
             "4",
             "--max_steps",

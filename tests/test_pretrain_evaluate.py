@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, pipeline
 
 from modeling_recbase import ItemRanker, RankingPolicy, RecBaseConfig, RecBaseForCausalLM
+from tests.conftest import tiny_pretraining_flags
 from tokenization_recbase import RecBaseTokenizer
 from training.baselines import PopularityRecommender, RandomRecommender, TextSimilarityRecommender
 from training.checkpoint import load_checkpoint
@@ -31,14 +32,7 @@ def pretrain_command(run: dict, output_dir: Path, *extra: str) -> list[str]:
         sys.executable,
         "-m",
         "training.pretrain",
-        "--corpus_dir",
-        str(run["corpus"]),
-        "--tokenizer_dir",
-        str(run["tokenizer"]),
-        "--output_dir",
-        str(output_dir),
-        "--domains",
-        "music",
+        *tiny_pretraining_flags(run, output_dir, "music"),
         "--per_device_batch_size",
         "4",
         "--log_every",

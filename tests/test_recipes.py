@@ -11,7 +11,7 @@ from transformers import pipeline
 
 from modeling_recbase import ItemRanker, RecBaseConfig, RecBaseForCausalLM
 from modeling_recbase.ranking_recbase import empty_history_log_likelihood
-from tests.conftest import TINY_SIZE
+from tests.conftest import TINY_SIZE, tiny_pretraining_flags
 from tokenization_recbase import RecBaseTokenizer
 from training.pretraining_data import PretrainingCollator, relabel_codes, training_windows
 from training.protocols import RANDOM, RECBASE_PRIOR
@@ -187,14 +187,7 @@ def test_held_out_validation_keeps_the_best_step(tiny_run, tmp_path):
     output_dir = tmp_path / "run"
     pretrain.main(
         [
-            "--corpus_dir",
-            str(tiny_run["corpus"]),
-            "--tokenizer_dir",
-            str(tiny_run["tokenizer"]),
-            "--output_dir",
-            str(output_dir),
-            "--domains",
-            "music",
+            *tiny_pretraining_flags(tiny_run, output_dir, "music"),
             "--per_device_batch_size",
             "4",
             "--max_steps",

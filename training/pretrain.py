@@ -180,19 +180,17 @@ def init_concept_embeddings_from_codebooks(model: RecBaseForCausalLM, tokenizer:
 
 
 def helped_domains(history: list[dict], kept_step: int, metric: str, domains: list[str]) -> list[str]:
-    """Of ``domains``, those where validation did not show the kept step below the run's start (step 0: for a new
-    model, the dense head's training-free prior): a domain validated at both steps stays only if ``metric`` rose
-    there; a domain not validated stays."""
+    """Of ``domains``, those where the residual keeps counting: a domain validated at both the run's start (step 0:
+    for a new model, the dense head's training-free prior) and the kept step stays only if ``metric`` rose there; a
+    domain not validated at both (or a run without step 0) stays."""
     by_step = {entry["step"]: entry for entry in history}
-    start, kept = by_step.get(0), by_step.get(kept_step)
-    if start is None or kept is None:
-        return sorted(domains)
-    key = f"{metric}_{{}}".format
-    return sorted(
-        domain
-        for domain in domains
-        if key(domain) not in start or key(domain) not in kept or kept[key(domain)] > start[key(domain)]
-    )
+    start, kept = by_step.get(0, {}), by_step.get(kept_step, {})
+
+    def rose(domain: str) -> bool:
+        name = f"{metric}_{domain}"
+        return name not in start or name not in kept or kept[name] > start[name]
+
+    return sorted(domain for domain in domains if rose(domain))
 
 
 def train(data: DataArguments, model_args: ModelArguments, args: PretrainingArguments) -> Path:
@@ -414,7 +412,7 @@ def train(data: DataArguments, model_args: ModelArguments, args: PretrainingArgu
                     selector.history,
                     selector.best_step,
                     args.validation_metric,
-                    policy.residual_domains or data.domains,
+                    data.domains if policy.residual_domains is None else policy.residual_domains,
                 )
                 final.ranking_policy = dataclasses.replace(policy, residual_domains=kept)
                 accelerator.print(
