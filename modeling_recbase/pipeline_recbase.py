@@ -29,7 +29,7 @@ from transformers.utils import logging
 
 from .hub_recbase import TASK
 from .ranking_recbase import ItemRanker
-from .vocabulary_recbase import item_domain, item_key, recent_items
+from .vocabulary_recbase import item_domain, item_key
 
 logger = logging.get_logger(__name__)
 
@@ -40,8 +40,9 @@ class NextItemGenerationPipeline(Pipeline):
     Call options: ``top_k`` (default 10), ``domain`` (rank only that domain's items; default: the history's
     domain, or its last item's when it mixes domains, with a warning), ``index_new_items`` (default False: items
     given by text or fields are indexed for the call only), ``exclude_history`` (default: the ranking policy's,
-    True: never recommend an item of the history), ``num_beams`` (default: the policy's, at least ``top_k``; used
-    where the policy gives the code head weight).
+    True: never recommend an item of the history, however long; the model reads its most recent
+    ``max_history_items``, and older text entries are not embedded), ``num_beams`` (default: the policy's, at least
+    ``top_k``; used where the policy gives the code head weight).
     """
 
     _load_tokenizer = True
@@ -99,13 +100,18 @@ class NextItemGenerationPipeline(Pipeline):
                     f"unknown item key {key!r}: not indexed by this tokenizer; pass "
                     '{"text": ...} for an item it has never seen'
                 )
+        # Entries older than what the model reads are not embedded: they would only be excluded from the results,
+        # and an item never indexed is never recommended anyway.
+        read_from = max(0, len(history) - self.max_history_items)
         texts_of = {
-            index: entry["text"] if "text" in entry else self.tokenizer.item_text_from_fields(entry)
+            index: entry["text"] if "text" in entry else self.tokenizer.item_text_from_fields(entry, check=True)
             for index, entry in enumerate(history)
-            if isinstance(entry, dict)
+            if isinstance(entry, dict) and index >= read_from
         }
         texts = list(texts_of.values())
-        if len(known) + len(texts) != len(history) or not all(isinstance(t, str) and t for t in texts):
+        if not all(isinstance(entry, (str, dict)) for entry in history) or not all(
+            isinstance(t, str) and t for t in texts
+        ):
             raise ValueError(
                 'history entries must be item keys (str), {"text": <non-empty str>} dicts or dicts of '
                 'item fields ({"title": ..., "categories": [...], "item_type": ...})'
@@ -127,17 +133,21 @@ class NextItemGenerationPipeline(Pipeline):
         missing = [text for text, key in new_keys.items() if key not in self.tokenizer.item_codes]
         if missing:
             self.tokenizer.add_items([new_keys[text] for text in missing], texts=missing)
-        keys = [new_keys[texts_of[index]] if index in texts_of else entry for index, entry in enumerate(history)]
+        keys = [
+            new_keys[texts_of[index]] if index in texts_of else entry
+            for index, entry in enumerate(history)
+            if isinstance(entry, str) or index in texts_of
+        ]
         return keys, [new_keys[text] for text in missing]
 
-    def _truncate(self, history: list[str]) -> list[str]:
-        """The most recent ``max_history_items`` items, with a warning when that drops some."""
+    def _warn_if_long(self, history: list) -> None:
+        """A warning when the model reads only the most recent ``max_history_items`` of ``history`` (every item of
+        it is still left out of the results with ``exclude_history``)."""
         if len(history) > self.max_history_items:
             logger.warning(
                 f"history of {len(history)} items is longer than the model reads "
                 f"({self.max_history_items} items): keeping the most recent {self.max_history_items}"
             )
-        return recent_items(history, self.max_history_items)
 
     def _infer_domain(self, history: list[str]) -> str:
         """The history's domain; for a history of several domains, its last item's, with a warning."""
@@ -153,7 +163,7 @@ class NextItemGenerationPipeline(Pipeline):
         if not isinstance(inputs, dict) or "history" not in inputs:
             raise ValueError('the pipeline takes {"history": [...]} (or a list of such dicts for a batch)')
         history, added = self.resolve_history(inputs["history"], domain)
-        history = self._truncate(history)
+        self._warn_if_long(inputs["history"])
         return {"history": history, "domain": domain or self._infer_domain(history), "added": added}
 
     def _forward(
@@ -205,8 +215,9 @@ class NextItemGenerationPipeline(Pipeline):
         ):
             raise ValueError(f"candidates must be a non-empty list of item keys, got {candidates!r}")
         keys, added = self.resolve_history(history, domain)
+        self._warn_if_long(history)
         try:
-            scores = self.ranker.score([self._truncate(keys)], [list(candidates)])[0]
+            scores = self.ranker.score([keys], [list(candidates)])[0]
             return [
                 {"item": key, "score": score, "text": self.tokenizer.item_text(key)}
                 for key, score in zip(candidates, scores)

@@ -13,7 +13,15 @@ from huggingface_hub import ModelCard
 from model_cards.generate import write_model_card
 from tests.conftest import REPO_ROOT
 from training import export
-from training.protocols import POPULARITY, RANDOM, RECBASE, RECBASE_PRIOR, RECBASE_WITH_COUNTS, TEXT_SIMILARITY
+from training.protocols import (
+    POPULARITY,
+    RANDOM,
+    RECBASE,
+    RECBASE_PRIOR,
+    RECBASE_WITH_COUNTS,
+    SASREC,
+    TEXT_SIMILARITY,
+)
 
 # The main job, shrunk: two small real domains (X-Wines trained on, Foursquare NYC zero-shot), a small vocabulary
 # and a few steps; everything else is the job's own code path and defaults.
@@ -44,6 +52,10 @@ MAIN_JOB = [
     "--warmup_steps",
     "1",
     "--per_device_batch_size",
+    "16",
+    "--sasrec_max_epochs",
+    "1",
+    "--sasrec_hidden_size",
     "16",
 ]
 
@@ -99,7 +111,14 @@ def test_the_main_job_announces_each_stage_and_writes_the_hub_folder(main_job):
         results["run"]["pretrain_domains"] == ["xwines"]
         and results["domains"]["foursquare_nyc"]["role"] == "zero-shot"
     )
-    assert set(results["domains"]["xwines"]["models"]) == {RECBASE, RECBASE_PRIOR, TEXT_SIMILARITY, POPULARITY, RANDOM}
+    assert set(results["domains"]["xwines"]["models"]) == {
+        RECBASE,
+        RECBASE_PRIOR,
+        TEXT_SIMILARITY,
+        POPULARITY,
+        RANDOM,
+        SASREC,
+    }
     assert RECBASE_WITH_COUNTS in results["with_catalogue_counts"]["domains"]["foursquare_nyc"]["models"]
 
 

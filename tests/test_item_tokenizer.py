@@ -351,3 +351,20 @@ def test_removed_items_free_their_ids_and_a_new_domain_its_alignment(tiny_run):
     assert tokenizer.add_items(["books/1", "books/2"], texts=texts) == codes  # the same IDs were free again
     with pytest.raises(ValueError, match="unknown item key 'books/3'"):
         tokenizer.remove_items(["books/3"])
+
+
+def test_an_item_given_by_its_fields_is_read_as_the_corpus_reads_it(tiny_run):
+    tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
+    as_string = tokenizer.item_text_from_fields({"title": "Toy Story", "categories": "Animation|Children"}, check=True)
+    as_list = tokenizer.item_text_from_fields({"title": "Toy Story", "categories": ["Animation", "Children"]})
+    assert as_string == as_list and '"categories": ["Animation", "Children"]' in as_list
+    for fields, message in (
+        ({}, "hold no text"),
+        ({"title": None}, "hold no text"),
+        ({"title": "Alien", "genre": "horror"}, r"\['genre'\] are unknown"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            tokenizer.item_text_from_fields(fields, check=True)
+        with pytest.raises(ValueError, match=message):
+            tokenizer.add_items(["films/new"], texts=[fields])
+    assert "films/new" not in tokenizer.item_codes

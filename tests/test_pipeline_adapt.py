@@ -11,10 +11,9 @@ from transformers import pipeline
 
 from modeling_recbase import RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer
-from training import adapt, pretrain
+from training import pretrain
 from training.arguments import LORA_TARGET_MODULES
 from training.checkpoint import load_checkpoint
-from training.protocols import TEXT_SIMILARITY
 
 UNSEEN_TEXTS = [
     'Describe a music:\n{"title": "late night jazz piano trio"}',
@@ -135,6 +134,22 @@ def test_the_pipeline_reads_as_many_items_as_training_did(tiny_run, caplog):
     assert long_result == recommend({"history": history[-4:]}, top_k=3, exclude_history=False)
 
 
+def test_every_item_of_a_long_history_is_left_out_and_old_texts_are_not_embedded(tiny_run):
+    """The model reads the last 4 items; all 10 given are excluded from the results, and the text entries older
+    than those 4 are never embedded or indexed."""
+    recommend = pipeline("next-item-generation", model=str(tiny_run["checkpoint"]), trust_remote_code=True)
+    recommend.model.config.max_history_items = 4
+    history = [f"music/{i}" for i in range(10)]
+    ranked = [row["item"] for row in recommend({"history": history}, top_k=14)]
+    assert len(ranked) == 14 and not set(ranked) & set(history)
+    before = set(recommend.tokenizer.item_codes)
+    mixed = [{"text": f"an old song number {i}"} for i in range(3)] + ["music/1", {"text": "a new song"}, "music/2"]
+    recommend({"history": mixed + ["music/3"]}, top_k=3, index_new_items=True)
+    added = set(recommend.tokenizer.item_codes) - before
+    assert [recommend.tokenizer.item_text(key) for key in added] == ["a new song"]
+    recommend.tokenizer.remove_items(sorted(added))
+
+
 # ----- LoRA: PEFT-style invariants -----
 
 
@@ -211,39 +226,6 @@ def test_adapter_from_the_training_script_round_trips_and_merges(tiny_run, tmp_p
     torch.testing.assert_close(auto.merge_and_unload()(**history_ids).logits, adapted, rtol=1e-4, atol=1e-4)
     model, tokenizer = load_checkpoint(adapter_dir)  # evaluation loads adapters too
     assert isinstance(model, PeftModel) and len(tokenizer.item_codes) == 48
-
-
-def test_adapt_reports_zero_shot_lora_and_full_fine_tuning_in_one_table(tiny_run, tmp_path):
-    results = adapt.main(
-        [
-            "--base",
-            str(tiny_run["checkpoint"]),
-            "--corpus_dir",
-            str(tiny_run["corpus"]),
-            "--domains",
-            "films",
-            "--output_dir",
-            str(tmp_path),
-            "--lora_rank",
-            "2",
-            "--num_epochs",
-            "1",
-            "--per_device_batch_size",
-            "8",
-            "--eval_negatives",
-            "5",
-            "--eval_cache_dir",
-            str(tmp_path / "embeddings"),
-        ]
-    )
-    models = results["domains"]["films"]["models"]
-    assert {adapt.RECBASE_ZERO_SHOT, adapt.RECBASE_LORA, adapt.RECBASE_FULL, TEXT_SIMILARITY} <= set(models)
-    for metrics in models.values():
-        assert {"recall@10", "ndcg@10", "auc", "gauc"} <= set(metrics)
-    adapter = results["adapters"]["films"]
-    # layers * rank * (in + out) summed over q, o (32 -> 32), k, v (32 -> 16) and gate, up, down (32 <-> 64)
-    assert adapter["adapter_parameters"] == 2 * 2 * (2 * (32 + 32) + 2 * (32 + 16) + 3 * (32 + 64))
-    assert 0 < adapter["trainable_share"] < 1 and (tmp_path / "adapt_results.md").is_file()
 
 
 def test_the_usual_save_pretrained_gives_a_pipeline_folder(tiny_run, tmp_path, run_outside_repo):
@@ -346,3 +328,26 @@ def test_a_truncated_weights_file_is_named(tiny_run, tmp_path):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(OSError, match=f"{re.escape(str(folder))}: a model.safetensors file there cannot be read"):
         AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+
+
+def test_a_folder_without_its_item_vectors_says_so(tiny_run, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no-vectors"
+    shutil.copytree(tiny_run["checkpoint"], folder)
+    (folder / "item_vectors.pt").unlink()
+    with pytest.raises(ValueError, match=r"item_vectors.pt is missing"):
+        load_checkpoint(folder)
+    with pytest.raises(ValueError, match=r"item_vectors.pt is missing"):
+        pipeline("next-item-generation", model=str(folder), trust_remote_code=True)
+
+
+def test_a_truncated_tokenizer_config_is_named(tiny_run, tmp_path):
+    import shutil
+
+    folder = tmp_path / "cut-config"
+    shutil.copytree(tiny_run["checkpoint"], folder)
+    config = folder / "tokenizer_config.json"
+    config.write_text(config.read_text()[:40])
+    with pytest.raises(ValueError, match=r"cut-config: tokenizer_config.json is not valid JSON"):
+        RecBaseTokenizer.from_pretrained(folder)

@@ -87,3 +87,29 @@ def test_evaluation_reports_the_prior_beside_the_model(tiny_run, tmp_path):
     # The tiny checkpoint is untrained: its residual is zero, so the model is its prior.
     assert models[RECBASE] == models[RECBASE_PRIOR]
     assert results["ranking_policy"] == dataclasses.asdict(RankingPolicy())
+
+
+def test_adapting_a_model_keeps_its_floor_and_can_start_at_the_prior(tiny_run, tmp_path):
+    """A fine-tuned model adds the new domain to the base's residual domains (the base's floor stays), and
+    ``reset_dense_residual`` starts it exactly at the prior."""
+    from training.arguments import DataArguments, ModelArguments
+    from training.checkpoint import write_hub_folder
+    from training.pretrain import build_model
+
+    model, tokenizer = trained_looking(tiny_run)
+    model.ranking_policy = RankingPolicy(residual_domains=["music"], code_score_domains=["music"])
+    write_hub_folder(model, tokenizer, tmp_path / "base")
+    data = DataArguments(corpus_dir=str(tiny_run["corpus"]), domains=["films"], tokenizer_dir=str(tmp_path / "base"))
+    kept = build_model(data, ModelArguments(init_from=str(tmp_path / "base")), tokenizer)
+    assert kept.ranking_policy.residual_domains == ["films", "music"] and kept.dense_proj.weight.abs().sum() > 0
+    reset = build_model(data, ModelArguments(init_from=str(tmp_path / "base"), reset_dense_residual=True), tokenizer)
+    films = tokenizer.domain_items("films")
+    histories = [["films/1", "films/5"]]
+    prior = ItemRanker(model, tokenizer, model.ranking_policy.prior_only()).rank(histories, films, 5)
+    assert ItemRanker(reset.eval(), tokenizer, reset.ranking_policy.prior_only()).rank(histories, films, 5) == prior
+    assert (
+        ItemRanker(reset, tokenizer, dataclasses.replace(reset.ranking_policy, popularity_bias=False)).rank(
+            histories, films, 5
+        )
+        == prior
+    )

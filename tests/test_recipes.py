@@ -278,6 +278,8 @@ def test_the_selection_command_runs_end_to_end(tiny_run, tmp_path):
         ]
     )
     rows = results["rows"]
+    assert results["folds"] == [["films"]] and set(rows["dense head + content inputs"]["best_step"]) == {"films"}
+    assert (tmp_path / "selection" / "held-out-films" / "item-tokenizer" / "tokenizer_config.json").is_file()
     assert {"code head, all domains", "dense head + content inputs", RANDOM} <= set(rows)
     assert all(0 <= rows[name]["domains"]["films"]["auc"] <= 1 for name in rows)
     table = (tmp_path / "selection" / "selection.md").read_text()

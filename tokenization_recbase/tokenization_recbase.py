@@ -46,6 +46,14 @@ from .vocabulary_recbase import SPECIAL_TOKENS, VocabularyLayout, item_domain, r
 TOKEN_PATTERN = re.compile("|".join([r"<[a-z]_\d+>", *map(re.escape, SPECIAL_TOKENS)]))
 
 
+def _is_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def check_model_config(tokenizer, config, where: str) -> None:
     """Raise a ValueError naming ``where`` unless the model ``config`` has the ``tokenizer``'s concept vocabulary.
     A function as well as a method: training code checks folders whose shipped tokenizer may predate it."""
@@ -62,6 +70,18 @@ def check_model_config(tokenizer, config, where: str) -> None:
             f"{config.codebook_sizes}, disambiguation {config.disambiguation_size}, vocab_size {config.vocab_size}); "
             f"special token ids: tokenizer {[getattr(tokenizer, name) for name in special_ids]}, model "
             f"{[getattr(config, name) for name in special_ids]}"
+        )
+    wanted = getattr(config, "item_vector_size", 0) if getattr(config, "dense_head", False) else 0
+    if wanted and tokenizer.item_codes and tokenizer.item_vector_size != wanted:
+        held = tokenizer.item_vector_size
+        raise ValueError(
+            f"{where}: the model's dense head scores {wanted}-number item vectors, but the tokenizer "
+            + (
+                f"holds {held}-number ones"
+                if tokenizer._vectors
+                else f"has none: {tokenizer.vocab_files_names['item_vectors_file']} is missing (copy the whole saved "
+                "folder, or index the items again with add_items)"
+            )
         )
 
 
@@ -368,6 +388,20 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
     def domain_alignments(self) -> Mapping[str, dict[str, torch.Tensor]]:
         """Read-only: domain -> its alignment (``fit_domain_alignment``), for every domain indexed so far."""
         return types.MappingProxyType(self._alignments)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedTokenizer.from_pretrained``; a folder whose JSON file is cut short or corrupt is named with the
+        file, instead of a bare ``JSONDecodeError``."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except json.JSONDecodeError as error:
+            folder = Path(str(pretrained_model_name_or_path))
+            broken = [path.name for path in sorted(folder.glob("*.json")) if not _is_json(path)] or ["a JSON file"]
+            raise ValueError(
+                f"{folder}: {', '.join(broken)} is not valid JSON ({error}); the folder was saved incompletely or "
+                "damaged: save it again or copy the whole folder"
+            ) from error
 
     def check_model_config(self, config, where: str) -> None:
         """Raise a ValueError naming ``where`` unless a model ``config`` has this tokenizer's concept vocabulary."""

@@ -119,6 +119,10 @@ class ModelArguments:
         default=RANKING.calibrated_code_score,
         metadata={"help": "the ranking policy scores codes by PMI (minus the empty history's log-likelihood)"},
     )
+    reset_dense_residual: bool = field(
+        default=False,
+        metadata={"help": "start the dense head's residual at zero, so training starts at the prior (a new domain)"},
+    )
     lora_rank: int = field(default=0, metadata={"help": "train a LoRA adapter of this rank (0: all weights)"})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling numerator (default: 2 * rank)"})
     lora_dropout: float = 0.0
@@ -151,6 +155,7 @@ class PretrainingArguments:
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (default: --num_epochs)"})
     # An upper bound: early stopping on validation may end the run sooner.
     num_epochs: float = 1.5
+    min_steps: int = field(default=0, metadata={"help": "at least this many steps when --num_epochs gives fewer"})
     max_grad_norm: float = 1.0
     num_negatives: int = field(default=128, metadata={"help": "same-domain items per window for the dense loss"})
     relabel_share: float = field(default=0.0, metadata={"help": "share of windows with relabelled codes"})
@@ -279,20 +284,55 @@ class IndexArguments:
 
 @dataclass
 class AdaptArguments:
-    """A pretrained folder adapted to new domains: LoRA and full fine-tuning, evaluated beside zero-shot."""
+    """A pretrained folder adapted to new domains (LoRA, full fine-tuning), beside zero-shot and training from
+    scratch (RecBase, SASRec), with all training users and with samples of them."""
 
     base: str = field(metadata={"help": "the pretrained checkpoint (its tokenizer indexes the domains)"})
     corpus_dir: str
     domains: list[str]
     output_dir: str = "outputs/adapt"
+    results_file: str | None = field(default=None, metadata={"help": "default: <output_dir>/adaptation.json"})
+    train_fractions: list[float] = field(
+        default_factory=lambda: [1.0, 0.1], metadata={"help": "shares of the training users, one run each"}
+    )
     lora_rank: int = 8
     lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGET_MODULES))
     merge_lora: bool = False
     num_epochs: float = 3.0
+    min_steps: int = field(default=100, metadata={"help": "at least this many steps, however small the sample"})
     lora_learning_rate: float = 2e-3
     full_learning_rate: float = 5e-4
+    scratch_learning_rate: float = field(default=2e-3, metadata={"help": "RecBase from scratch (pretraining's)"})
+    dense_head_learning_rate: float = field(default=1e-3, metadata={"help": "the dense head's residual, every run"})
+    reset_dense_residual: bool = field(
+        default=True, metadata={"help": "adapted runs start the dense residual at zero: at the prior"}
+    )
     per_device_batch_size: int = 64
     warmup_steps: int = 20
+    validation_users: int = field(default=500, metadata={"help": "validation users: kept step and code weight"})
+    validate_every: int = 50
+    early_stopping_patience: int = 3
+    code_score_weights: list[float] = field(
+        default_factory=lambda: [0.1, 0.3, 1.0], metadata={"help": "the code head's weights tried (and 0)"}
+    )
+    seed: int = 0
+
+
+@dataclass
+class SASRecArguments:
+    """SASRec trained on one domain alone (``training.sasrec``): its size, optimisation and CPU budget."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    max_length: int = 50
+    dropout: float = 0.2
+    learning_rate: float = 1e-3
+    batch_size: int = 128
+    max_epochs: int = 200
+    patience: int = field(default=5, metadata={"help": "epochs without a better validation NDCG@10 before stopping"})
+    budget_minutes: float = field(default=3.0, metadata={"help": "wall-time limit of one training run"})
+    validation_users: int = 500
     seed: int = 0
 
 
@@ -309,7 +349,14 @@ class SelectionArguments:
         default_factory=lambda: list(DEFAULT_ZERO_SHOT_DOMAINS),
         metadata={"help": "never trained on, never evaluated here"},
     )
-    validation_domains: list[str] = field(default_factory=lambda: ["amazon18_scientific", "xwines"])
+    validation_domains: list[str] = field(
+        default_factory=lambda: ["amazon18_scientific", "xwines", "yelp_p5"],
+        metadata={"help": "held out of the tokenizer's fit and of pretraining (a long-tail catalogue, two others)"},
+    )
+    rotation: bool = field(
+        default=True,
+        metadata={"help": "hold out one validation domain at a time, training on the others (False: all at once)"},
+    )
     in_domain: str = "amazon14_beauty"
     recipes: list[str] = field(
         default_factory=list, metadata={"help": "names of training.select.RECIPES (default: all)"}

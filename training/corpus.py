@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import tempfile
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ import datasets
 from datasets import Dataset, IterableDataset
 
 from training.bundled_domains import BUNDLED_DOMAINS, DEFAULT_DATA_DIR, read_domain
-from training.corpus_schema import CORPUS_FEATURES
+from training.corpus_schema import CORPUS_FEATURES, CorpusError
 from training.readers import read_generic
 from training.splits import leave_one_out, to_sequences
 
@@ -46,7 +48,14 @@ def build_corpus(
     if not names or len(set(names)) != len(names):
         raise ValueError(f"expected a non-empty list of distinct domains, got {names}")
     parts = [read_domain(name, data_dir) for name in domains]
-    parts += [read_generic(own.interactions, own.items, name, own.item_type) for name, own in own_domains.items()]
+    for name, own in own_domains.items():
+        items, interactions = read_generic(own.interactions, own.items, name, own.item_type)
+        if max(Counter(interactions["user_id"]).values()) < 3:
+            raise CorpusError(
+                f"{own.interactions}: no user has 3 or more interactions, so no user is left to evaluate (each "
+                "user's last two items are held out for validation and test)"
+            )
+        parts.append((items, interactions))
     return write_corpus(
         datasets.concatenate_datasets([items for items, _ in parts]),
         datasets.concatenate_datasets([interactions for _, interactions in parts]),
@@ -58,8 +67,13 @@ def write_corpus(items: Dataset, interactions: Dataset, out_dir: str | Path) -> 
     """Write the two tables and their leave-one-out splits (``train``, ``validation``, ``test``; computed here,
     once) as ``<name>.parquet``. Each file goes to a temporary file in ``out_dir`` first and all are moved into
     place at the end, so a failure leaves earlier outputs intact. Returns ``out_dir``."""
-    out_dir = Path(out_dir)
     tables = {"items": items, "interactions": interactions, **leave_one_out(to_sequences(interactions))}
+    return write_tables(tables, out_dir)
+
+
+def write_tables(tables: Mapping[str, Dataset], out_dir: str | Path) -> Path:
+    """Each table as ``<name>.parquet`` in ``out_dir``, staged in temporary files and moved into place together."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staged: list[tuple[Path, Path]] = []
     try:
@@ -74,6 +88,25 @@ def write_corpus(items: Dataset, interactions: Dataset, out_dir: str | Path) -> 
         for temporary, _ in staged:
             temporary.unlink(missing_ok=True)
     return out_dir
+
+
+def sample_training_users(
+    corpus_dir: str | Path, domain: str, fraction: float, out_dir: str | Path, seed: int = 0
+) -> Path:
+    """A corpus of ``domain`` alone in which a ``fraction`` of its users (sampled with ``seed``) keep their training
+    and validation data and every user keeps the test split: what a method trained on the smaller log is
+    measured on, on the same test users. The same arguments always give the same sample. Returns ``out_dir``."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    corpus = load_corpus(corpus_dir)
+    tables = {name: table.filter(lambda d: d == domain, input_columns="domain") for name, table in corpus.items()}
+    users = sorted(set(tables["train"]["user_id"]))
+    if not users:
+        raise ValueError(f"{corpus_dir}: domain {domain!r} has no training users")
+    kept = set(random.Random(seed).sample(users, max(1, round(fraction * len(users)))))
+    for name in ("interactions", "train", "validation"):
+        tables[name] = tables[name].filter(lambda user: user in kept, input_columns="user_id")
+    return write_tables(tables, out_dir)
 
 
 def load_corpus(out_dir: str | Path, streaming: bool = False) -> dict[str, Dataset | IterableDataset]:

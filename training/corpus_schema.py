@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import re
+import math
 from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
@@ -22,6 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 from datasets import Dataset, Features, List, Value
+
+from tokenization_recbase import split_categories
 
 ITEM_FEATURES = Features(
     {
@@ -106,24 +108,28 @@ def required_id(record: dict[str, Any], field: str, path: Path, where: str) -> s
 
 
 def parse_timestamp(value: Any, path: Path, where: str) -> int:
-    """An integer time stamp from an int, an integral float, a number string or a datetime."""
-    if isinstance(value, datetime):
-        return int(value.timestamp())
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
+    """An integer time stamp (seconds) from an int, an integral float, a number string, an ISO-8601 string such as
+    "2021-03-01 10:00:00" or "2021-03-01T10:00:00Z" (``unix_seconds``), or a datetime (UTC without a zone)."""
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
             return int(value)
         with contextlib.suppress(ValueError):
             value = float(value)
+        if isinstance(value, str):
+            return unix_seconds(value, path, where, "timestamp")
+    if isinstance(value, datetime):
+        return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp())
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    raise corpus_error(path, where, f"timestamp is not an integer: {value!r}")
+    raise corpus_error(path, where, f"timestamp is neither an integer nor an ISO-8601 date and time: {value!r}")
 
 
 def text_field(value: Any, path: Path, where: str, field: str) -> str:
-    """A text field: None -> "", a number -> its string, a list of strings -> joined by spaces."""
-    if value is None:
+    """A text field: None or NaN (a missing value) -> "", a number -> its string, a list of strings -> joined by
+    spaces."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, str):
         return value.strip()
@@ -134,31 +140,12 @@ def text_field(value: Any, path: Path, where: str, field: str) -> str:
     raise corpus_error(path, where, f"{field} is not text: {value!r}")
 
 
-_BARE_COMMA = re.compile(r",(?! )")
-
-
-def _split_categories(text: str) -> list[str]:
-    """Split a category string on "|", else on commas.
-
-    When the string has a comma not followed by a space (Amazon 2018 Scientific style,
-    ``"Industrial & Scientific,Tapes, Adhesives & Sealants"``), only those bare commas separate,
-    so names that contain ", " stay whole; otherwise every comma separates.
-    """
-    if "|" in text:
-        parts = text.split("|")
-    elif _BARE_COMMA.search(text):
-        parts = _BARE_COMMA.split(text)
-    else:
-        parts = text.split(",")
-    return [part.strip() for part in parts if part.strip()]
-
-
 def parse_categories(value: Any, path: Path, where: str) -> list[str]:
-    """Categories from None, a list of strings or a delimited string (see ``_split_categories``)."""
+    """Categories from None, a list of strings or a delimited string (see ``split_categories``)."""
     if value is None:
         return []
     if isinstance(value, str):
-        return _split_categories(value)
+        return split_categories(value)
     if isinstance(value, list) and all(isinstance(part, str) for part in value):
         return [part.strip() for part in value if part.strip()]
     raise corpus_error(path, where, f"categories are neither a list of strings nor a string: {value!r}")

@@ -9,8 +9,9 @@
    the zero-shot domains (Office, ML-100k) IDs with ``add_items`` alone.
 3. Pretrain on the pretraining domains' training sequences (``training.pretrain.train``, with its default
    recipe; every ``training.pretrain`` model and training setting is a flag here too).
-4. Evaluate in-domain on Beauty and zero-shot on Office and ML-100k, with both protocols and the baselines;
-   when the model has popularity buckets, also "zero-shot + catalogue counts", reported apart.
+4. Evaluate in-domain on Beauty and zero-shot on Office and ML-100k, with both protocols and the baselines (and,
+   on Beauty, SASRec trained on Beauty alone, ``--sasrec_*`` flags); when the model has popularity buckets, also
+   "zero-shot + catalogue counts", reported apart.
 
 Writes the Hub-ready folder to ``--output_dir`` (weights, config, tokenizer with every indexed item, shipped
 code, pipeline), with ``eval_results.json``/``.md``, ``item_tokenizer_report.json`` and the model card
@@ -36,13 +37,15 @@ from training.arguments import (
     ModelArguments,
     PretrainingArguments,
     QuantizerFitConfig,
+    SASRecArguments,
     parse_arguments,
 )
 from training.checkpoint import write_json_atomically, write_text_atomically
 from training.corpus import build_corpus, load_corpus
 from training.evaluate import evaluate
 from training.fit_item_tokenizer import fit_item_tokenizer, report_markdown
-from training.protocols import RECBASE_WITH_COUNTS, all_results_markdown
+from training.protocols import RECBASE_WITH_COUNTS, SASREC, all_results_markdown
+from training.sasrec import evaluate_sasrec
 from training.splits import split_domains
 
 DEFAULT_OUTPUT_DIR = "outputs/recbase-tiny"
@@ -62,13 +65,14 @@ def hardware_description() -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    job, vocabulary, model_args, train_args, evaluation = parse_arguments(
+    job, vocabulary, model_args, train_args, evaluation, sasrec_args = parse_arguments(
         (
             MainJobArguments,
             ItemTokenizerArguments,
             ModelArguments,
             PretrainingArguments,
             (EvaluationArguments, "eval_"),
+            (SASRecArguments, "sasrec_"),
         ),
         argv,
         __doc__,
@@ -120,6 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
         zero_shot=zero_shot_domains,
     )
     results = evaluate(evaluation)
+    corpus, sasrec_training = load_corpus(corpus_dir), {}
+    for domain in job.in_domain_eval:  # the in-domain yardstick: SASRec trained on that domain alone, same users
+        metrics, sasrec_training[domain] = evaluate_sasrec(
+            corpus, domain, tokenizer.domain_items(domain), sasrec_args, evaluation
+        )
+        results["domains"][domain]["models"][SASREC] = metrics
     if zero_shot_domains and model_args.popularity_buckets and model_args.dense_head:
         # A separate setting, never mixed into the pure zero-shot rows: the model is given each zero-shot
         # domain's item counts (from that domain's training part, as popularity is), with no training.
@@ -134,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
         **vars(model_args),
         **vars(train_args),
         "evaluation": vars(evaluation),
+        "sasrec": vars(sasrec_args),
+        "sasrec_training": sasrec_training,
         "pretrain_domains": pretrain_domains,
         "hardware": hardware_description(),
         "seconds": time.perf_counter() - started,

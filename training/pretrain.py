@@ -97,8 +97,14 @@ def build_model(
     if args.init_from:
         model = RecBaseForCausalLM.from_pretrained(args.init_from)
         check_model_config(tokenizer, model.config, data.tokenizer_dir or args.init_from)
-        known = model.ranking_policy.code_score_domains  # None: every domain, and so still every domain
-        trained_on = None if known is None else set(known) | set(data.domains)
+        policy = model.ranking_policy
+        # None: every domain, and so still every domain. The residual keeps the domains the base's floor kept.
+        code_domains, residual_domains = (
+            None if known is None else sorted(set(known) | set(data.domains))
+            for known in (policy.code_score_domains, policy.residual_domains)
+        )
+        if args.reset_dense_residual and model.dense_proj is not None:
+            model.dense_proj.weight.zero_()
     else:
         content = args.content_inputs or args.dense_head
         if content and tokenizer.quantizer is None:
@@ -120,11 +126,10 @@ def build_model(
             model.model.code_latents.weight.copy_(tokenizer.code_latent_table(config.vocab_size))
         if args.embedding_init == "codebooks":
             init_concept_embeddings_from_codebooks(model, tokenizer, seed)
-        trained_on = set(data.domains)
+        code_domains = residual_domains = sorted(data.domains)
     # The code head and the dense head's residual count on the domains the model is trained on; elsewhere the dense
     # head's training-free prior ranks (``train`` narrows the residual's domains to those validation says it helps).
-    trained_on = None if trained_on is None else sorted(trained_on)
-    ranking = {"code_score_domains": trained_on, "residual_domains": trained_on}
+    ranking = {"code_score_domains": code_domains, "residual_domains": residual_domains}
     if args.calibrated_code_score:
         ranking["calibrated_code_score"] = True
     if args.code_score_weight is not None:
@@ -149,6 +154,8 @@ def build_model(
                 lora_alpha=args.lora_alpha or 2 * args.lora_rank,
                 lora_dropout=args.lora_dropout,
                 target_modules=list(args.lora_target_modules),
+                # The dense head's projection ranks: it trains in full beside the adapter and is saved with it.
+                modules_to_save=["dense_proj"] if model.config.dense_head else None,
             ),
         )
     return model
@@ -264,7 +271,7 @@ def train(data: DataArguments, model_args: ModelArguments, args: PretrainingArgu
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
     # Recompute after prepare: sharding across processes changes the number of batches per epoch.
     steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    max_steps = args.max_steps or math.ceil(args.num_epochs * steps_per_epoch)
+    max_steps = args.max_steps or max(args.min_steps, math.ceil(args.num_epochs * steps_per_epoch))
     scheduler = accelerator.prepare(
         get_cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, max_steps // 10 + 1), max_steps)
     )

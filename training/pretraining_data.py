@@ -18,6 +18,13 @@ from torch.utils.data import Sampler
 from tokenization_recbase import RecBaseTokenizer, item_domain
 
 
+def windows_from_end(history: list, size: int) -> list[list]:
+    """``history`` cut from its end backwards into windows of at most ``size`` entries, each of 2 or more (so every
+    entry but a lone first one is predicted once, and the most recent ones share a window)."""
+    windows = [history[max(0, end - size) : end] for end in range(len(history), 1, -size)]
+    return [window for window in windows if len(window) > 1]
+
+
 def training_windows(
     tokenizer: RecBaseTokenizer, histories: list[list[str]], max_history_items: int, popularity_buckets: int = 0
 ) -> Dataset:
@@ -30,14 +37,12 @@ def training_windows(
     """
     rows: dict[str, list] = {"input_ids": [], "domain": [], "bucket_ids": []}
     for history in histories:
-        for end in range(len(history), 1, -max_history_items):
-            window = history[max(0, end - max_history_items) : end]
-            if len(window) > 1:
-                rows["input_ids"].append(tokenizer.encode_history(window)["input_ids"])
-                rows["domain"].append(item_domain(window[0]))
-                if popularity_buckets:
-                    buckets = tokenizer.popularity_buckets(window, popularity_buckets).tolist()
-                    rows["bucket_ids"].append([0] + [b for b in buckets for _ in range(tokenizer.tokens_per_item)])
+        for window in windows_from_end(history, max_history_items):
+            rows["input_ids"].append(tokenizer.encode_history(window)["input_ids"])
+            rows["domain"].append(item_domain(window[0]))
+            if popularity_buckets:
+                buckets = tokenizer.popularity_buckets(window, popularity_buckets).tolist()
+                rows["bucket_ids"].append([0] + [b for b in buckets for _ in range(tokenizer.tokens_per_item)])
     if not rows["input_ids"]:
         raise ValueError("no training sequence has two or more items")
     if not popularity_buckets:

@@ -7,7 +7,7 @@ Two protocols, always labelled:
   uniformly from the domain (fixed seed), each scored; pooled AUC and per-user GAUC.
 
 A recommender is anything with a ``name``, ``rank(data, k, exclude_history)`` and ``score(data)``
-(``training.evaluate.RecBaseRecommender``, the baselines of ``training.baselines``).
+(``training.evaluate.RecBaseRecommender``, the baselines of ``training.baselines``, ``training.sasrec``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ RECBASE_PRIOR = "RecBase prior (no training)"
 TEXT_SIMILARITY = "text similarity (zero-shot)"
 POPULARITY = "popularity (in-domain counts)"
 RANDOM = "random"
+SASREC = "SASRec (trained on the domain alone)"
 
 PROTOCOLS = {
     "full_ranking": "leave-one-out test item ranked among all items of the domain; Recall@K, NDCG@K",

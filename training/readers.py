@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from datasets import Dataset
 
+from tokenization_recbase import ITEM_FIELDS
 from training.corpus_schema import (
     CorpusError,
     corpus_error,
@@ -54,7 +55,7 @@ def _read_text(path: Path) -> str:
 def _decode(raw: bytes, path: Path) -> str:
     """``raw`` decoded as strict UTF-8; an error names ``path`` and the line."""
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark (Excel's "CSV UTF-8") is no text
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         raise corpus_error(path, f"line {line}", f"not valid UTF-8: {raw[err.start : err.end]!r}") from None
@@ -130,6 +131,23 @@ def table_rows(
         raise corpus_error(path, f"line {reader.line_num}", f"bad CSV quoting ({err})") from None
 
 
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
+
+
+def header_delimiter(path: Path, text: str) -> str:
+    """The delimiter of a delimited file: the one of ``DELIMITERS`` its header line holds most of (a comma when it
+    holds none, a one-column file)."""
+    header = text.split("\n", 1)[0]
+    counts = {delimiter: header.count(delimiter) for delimiter in DELIMITERS}
+    delimiter = max(counts, key=counts.get)
+    if counts[delimiter] == 0:
+        return ","
+    tied = [DELIMITERS[d] for d, count in counts.items() if count == counts[delimiter]]
+    if len(tied) > 1:
+        raise corpus_error(path, "line 1", f"the header is ambiguous: as many {' and '.join(tied)} delimiters")
+    return delimiter
+
+
 def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (location, record) for each row of a JSONL, CSV or Parquet file (chosen by suffix)."""
     compressed = path.suffix == ".gz"
@@ -143,14 +161,15 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             if not isinstance(record, dict):
                 raise corpus_error(path, f"line {number}", f"expected a JSON object, got {line!r}")
             yield f"line {number}", record
-    elif kind == ".csv":
-        for number, row in table_rows(path, ",", required=()):
+    elif kind in (".csv", ".tsv"):
+        text = _read_text(path)
+        for number, row in table_rows(path, header_delimiter(path, text), required=(), text=text):
             yield f"line {number}", row
     elif kind == ".parquet" and not compressed:
         for number, record in enumerate(pq.read_table(path).to_pylist(), start=1):
             yield f"row {number}", record
     else:
-        raise CorpusError(f"{path}: unsupported file type, expected .jsonl, .csv or .parquet")
+        raise CorpusError(f"{path}: unsupported file type, expected .jsonl, .csv, .tsv or .parquet")
 
 
 def read_generic(
@@ -158,32 +177,41 @@ def read_generic(
 ) -> tuple[Dataset, Dataset]:
     """Read a user's own files: JSONL, CSV or Parquet (``.jsonl``/``.csv`` may be gzipped).
 
-    Items need ``item_id`` plus any of title, categories (a list, or a string split on "|" or
-    ","), brand, description, year, price. Interactions need ``user_id`` and ``item_id``;
-    ``timestamp`` is optional but, if one row has it, every row must. Without it, rows are in time
-    order and the timestamp is the position in the user's sequence. Each user's events are
-    stably sorted by timestamp.
+    Items need ``item_id`` (without "/") plus any of title, categories (a list, or a string split on "|" or
+    ","), brand, description, year, price; a catalogue without any text is refused. Interactions need ``user_id``
+    and ``item_id``; ``timestamp`` (an integer, or an ISO-8601 date and time) is optional but, if one row has it,
+    every row must. Without it, rows are in time order and the timestamp is the position in the user's sequence.
+    Each user's events are stably sorted by timestamp. CSV files may be comma-, semicolon- or tab-separated (the
+    header tells) and start with a byte-order mark.
     """
     items_path, interactions_path = Path(items_path), Path(interactions_path)
     items = []
     known_items: set[str] = set()
+    first_record_fields: set[str] = set()
     for where, record in _records(items_path):
-        item_id = required_id(record, "item_id", items_path, where)
+        item_id = own_item_id(record, items_path, where)
         if item_id in known_items:
             raise corpus_error(items_path, where, f"duplicate item id {item_id!r}")
         known_items.add(item_id)
+        first_record_fields = first_record_fields or set(record)
         text = {
             field: text_field(record.get(field), items_path, where, field)
-            for field in ("title", "brand", "description", "year", "price")
+            for field in ITEM_FIELDS
+            if field != "categories"
         }
         categories = parse_categories(record.get("categories"), items_path, where)
         items.append(item_row(domain, item_type, item_id, categories=categories, **text))
+    if items and not any(item[field] for item in items for field in ITEM_FIELDS):
+        raise CorpusError(
+            f"{items_path}: no item has any text ({', '.join(ITEM_FIELDS)}); RecBase recommends from item text: "
+            f"columns found: {sorted(first_record_fields)}"
+        )
     events = []
     positions: dict[str, int] = {}
     has_timestamps: bool | None = None
     for where, record in _records(interactions_path):
         user_id = required_id(record, "user_id", interactions_path, where)
-        item_id = required_id(record, "item_id", interactions_path, where)
+        item_id = own_item_id(record, interactions_path, where)
         if item_id not in known_items:
             raise corpus_error(interactions_path, where, f"item {item_id!r} is not in {items_path.name}")
         raw_timestamp = record.get("timestamp")
@@ -203,3 +231,11 @@ def read_generic(
             positions[user_id] = timestamp + 1
         events.append((user_id, item_id, timestamp))
     return domain_tables(items, domain, grouped_by_user(events), interactions_path)
+
+
+def own_item_id(record: dict[str, Any], path: Path, where: str) -> str:
+    """``record``'s item id; one with "/" is refused (a key is "<domain>/<item_id>", read up to its first "/")."""
+    item_id = required_id(record, "item_id", path, where)
+    if "/" in item_id:
+        raise corpus_error(path, where, f"item id {item_id!r} contains '/', which item ids may not hold")
+    return item_id

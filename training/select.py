@@ -2,18 +2,21 @@
 
     python -m training.select --output_dir outputs/selection          # the screening table, 2 CPU cores
 
-1. Build the corpus of every bundled domain. The test domains (Office, ML-100k) and the validation domains
-   (default: Scientific, a product catalogue near the test ones, and X-Wines, a far one) are left out of the
-   quantizer's fit and of pretraining, and indexed with ``add_items`` alone, as a new domain would be.
-2. Pretrain each recipe with the same budget (``--max_steps``), keeping the step with the best validation
-   AUC on the validation domains (step 0 included: the prior itself).
-3. Evaluate each recipe on the validation split of the validation domains (zero-shot) and of Beauty
-   (in-domain), next to text similarity, popularity and random on the same users, and write one table
-   (``selection.md`` and ``selection.json``).
+1. Build the corpus of every bundled domain. The test domains (Office, ML-100k) are never trained on and never
+   evaluated here. The validation domains (default: Scientific, a long-tail product catalogue; X-Wines and Yelp,
+   popularity-driven ones) are held out in rotation: each fold leaves one of them out of the quantizer's fit and of
+   pretraining, indexes it with ``add_items`` alone, as a new domain would be, and trains on the rest
+   (``--rotation False``: one fold holds all of them out).
+2. In each fold, pretrain each recipe with the same budget (``--max_steps``), keeping the step with the best
+   validation AUC on the held-out domain (step 0 included: the prior itself).
+3. Evaluate each recipe on the validation split of each held-out domain (zero-shot, from its fold) and of Beauty
+   (in-domain, from the first fold), next to the prior, text similarity, popularity and random on the same users,
+   and write one table (``selection.md`` and ``selection.json``) with each recipe's gain over the prior per
+   held-out domain and the worst domain's gain.
 
 A recipe is a set of ``training.arguments`` model and training settings, plus options of the evaluation (ranking
 policy fields, or catalogue counts), so that recipes differing only there share one trained model. A
-second run in the same ``--output_dir`` keeps the rows already there and the fitted item tokenizer.
+second run in the same ``--output_dir`` keeps the rows already there and each fold's fitted item tokenizer.
 """
 
 from __future__ import annotations
@@ -93,13 +96,14 @@ def selection_markdown(results: dict) -> str:
     Recall@10 and CPU minutes."""
     domains = results["validation_domains"]
     header = (
-        ["recipe", "best step"]
+        ["recipe", "best step (per fold)"]
         + [f"{d} AUC / GAUC / NDCG@10 / R@10" for d in domains]
         + ["mean AUC", "Beauty R@10 (in-domain)", "CPU minutes"]
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in results["rows"].items():
-        cells = [name, str(row.get("best_step", "-"))]
+        steps = row.get("best_step")
+        cells = [name, " / ".join(str(step) for step in steps.values()) if isinstance(steps, dict) else "-"]
         for domain in domains:
             m = row["domains"][domain]
             cells.append(f"{m['auc']:.4f} / {m['gauc']:.4f} / {m['ndcg@10']:.4f} / {m['recall@10']:.4f}")
@@ -154,22 +158,16 @@ def gain_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args, vocabulary = parse_arguments((SelectionArguments, ItemTokenizerArguments), argv, __doc__)
-    unknown = sorted(set(args.recipes) - set(RECIPES))
-    if unknown:
-        raise ValueError(f"unknown recipes {unknown}; known: {list(RECIPES)}")
-    output_dir = Path(args.output_dir)
-    held_out = set(args.test_domains) | set(args.validation_domains)
-    train_domains = [d for d in args.domains if d not in held_out]
-    if args.in_domain not in train_domains:
-        raise ValueError(f"the in-domain check {args.in_domain!r} must be a pretraining domain ({train_domains})")
-    corpus_dir = args.corpus_dir or build_corpus(args.domains, output_dir / "corpus", data_dir=args.data_dir)
-    tokenizer_dir = output_dir / "item-tokenizer"
+def fit_fold_tokenizer(
+    args: SelectionArguments, vocabulary: ItemTokenizerArguments, corpus_dir: Path, fold_dir: Path, held_out: set
+) -> Path:
+    """The fold's item tokenizer (fitted once, on the domains it trains on; the held-out ones indexed with
+    ``add_items`` alone, as a new domain is); returns its folder."""
+    tokenizer_dir = fold_dir / "item-tokenizer"
     if not (tokenizer_dir / "tokenizer_config.json").is_file():
         tokenizer, _ = fit_item_tokenizer(
             load_corpus(corpus_dir)["items"],
-            train_domains,
+            [d for d in args.domains if d not in held_out],
             [d for d in args.domains if d in held_out],
             QuantizerFitConfig(codebook_sizes=vocabulary.codebook_sizes, seed=args.seed),
             vocabulary.disambiguation_size,
@@ -177,12 +175,30 @@ def main(argv: list[str] | None = None) -> dict:
             cache_dir=args.cache_dir,
         )
         tokenizer.save_pretrained(tokenizer_dir)
+    return tokenizer_dir
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, vocabulary = parse_arguments((SelectionArguments, ItemTokenizerArguments), argv, __doc__)
+    unknown = sorted(set(args.recipes) - set(RECIPES))
+    if unknown:
+        raise ValueError(f"unknown recipes {unknown}; known: {list(RECIPES)}")
+    output_dir = Path(args.output_dir)
+    # Each fold holds out one validation domain (rotation) or all of them, beside the test domains.
+    folds = [[domain] for domain in args.validation_domains] if args.rotation else [list(args.validation_domains)]
+    for fold in folds:
+        train_domains = [d for d in args.domains if d not in set(args.test_domains) | set(fold)]
+        if args.in_domain not in train_domains or args.in_domain in args.validation_domains:
+            raise ValueError(
+                f"the in-domain check {args.in_domain!r} must be a pretraining domain of every fold, never held out"
+            )
+    corpus_dir = args.corpus_dir or build_corpus(args.domains, output_dir / "corpus", data_dir=args.data_dir)
 
     results_path = output_dir / "selection.json"
     results: dict = {
         "validation_domains": args.validation_domains,
+        "folds": folds,
         "in_domain": args.in_domain,
-        "train_domains": train_domains,
         "test_domains": args.test_domains,
         "split": "validation",
         "settings": vars(args),
@@ -190,73 +206,81 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if results_path.is_file():
         results["rows"] = json.loads(results_path.read_text())["rows"]
-    eval_domains = args.validation_domains + [args.in_domain]
-    for name in [name for name in args.recipes or RECIPES if name not in results["rows"]]:
+    rows = results["rows"]
+    for name in args.recipes or RECIPES:
         domain_choice, settings, evaluation_options = RECIPES[name]
-        domains = [
-            d for d in (ORIGINAL_DOMAINS if domain_choice == "original" else train_domains) if d in train_domains
-        ]
-        started = time.process_time()
-        # Named by what is trained, so recipes that differ only in evaluation share one model.
-        run_dir = (
-            output_dir / "runs" / slug(" ".join([domain_choice, *(f"{k} {v}" for k, v in sorted(settings.items()))]))
-        )
-        if not (run_dir / "config.json").is_file():
-            model_args, training_settings = recipe_arguments(settings)
-            pretrain.train(
-                DataArguments(corpus_dir=str(corpus_dir), domains=domains, tokenizer_dir=str(tokenizer_dir)),
-                model_args,
-                PretrainingArguments(
-                    **{
-                        "output_dir": str(run_dir),
-                        "max_steps": args.max_steps,
-                        "seed": args.seed,
-                        "checkpointing_steps": 10**9,
-                        "validation_domains": args.validation_domains,
-                        "validation_users": args.eval_users,
-                        "validation_negatives": args.negatives,
-                        "validation_metric": "auc",
-                        "early_stopping_patience": 0,
-                        "validate_every": args.validate_every,
-                        **training_settings,
-                    }
-                ),
+        for fold in folds:
+            if all(d in rows.get(name, {}).get("domains", {}) for d in fold):
+                continue  # measured by an earlier run in this folder
+            held_out = set(args.test_domains) | set(fold)
+            train_domains = [d for d in args.domains if d not in held_out]
+            domains = [
+                d for d in (ORIGINAL_DOMAINS if domain_choice == "original" else train_domains) if d in train_domains
+            ]
+            fold_dir = output_dir / f"held-out-{'+'.join(fold)}"
+            tokenizer_dir = fit_fold_tokenizer(args, vocabulary, corpus_dir, fold_dir, held_out)
+            started = time.process_time()
+            # Named by what is trained, so recipes that differ only in evaluation share one model.
+            run_dir = (
+                fold_dir / "runs" / slug(" ".join([domain_choice, *(f"{k} {v}" for k, v in sorted(settings.items()))]))
             )
-        overrides = {key: value for key, value in evaluation_options.items() if key != "ranking"}
-        evaluated = evaluate(
-            EvaluationArguments(
-                checkpoint=str(run_dir),
-                corpus_dir=str(corpus_dir),
-                domains=eval_domains,
-                zero_shot=args.validation_domains,
-                split="validation",
-                max_users=args.eval_users,
-                negatives=args.negatives,
-                cache_dir=args.cache_dir,
-                seed=args.seed,
-                model_name=name,
-                baselines=RECBASE_PRIOR not in results["rows"],  # until a dense model gave the prior row
-                **overrides,
-            ),
-            {"residual_domains": None, **evaluation_options.get("ranking", {})},
-        )  # the residual on held-out domains
-        validation = run_dir / "validation.json"
-        best_step = json.loads(validation.read_text())["best"]["step"] if validation.is_file() else None
-        for model_name in evaluated["domains"][args.in_domain]["models"]:
-            row = results["rows"].setdefault(model_name, {"domains": {}})
-            for domain in eval_domains:
-                row["domains"][domain] = evaluated["domains"][domain]["models"][model_name]
-        results["rows"][name].update(
-            best_step=best_step,
-            minutes=(time.process_time() - started) / 60,
-            settings=settings,
-            evaluation=evaluation_options,
-            pretraining_domains=domains,
-        )
-        results["gains_over_prior"] = gains_over_prior(results)
-        write_json_atomically(results_path, results)
-        write_text_atomically(output_dir / "selection.md", selection_markdown(results) + "\n")
-        print(selection_markdown(results), flush=True)
+            if not (run_dir / "config.json").is_file():
+                model_args, training_settings = recipe_arguments(settings)
+                pretrain.train(
+                    DataArguments(corpus_dir=str(corpus_dir), domains=domains, tokenizer_dir=str(tokenizer_dir)),
+                    model_args,
+                    PretrainingArguments(
+                        **{
+                            "output_dir": str(run_dir),
+                            "max_steps": args.max_steps,
+                            "seed": args.seed,
+                            "checkpointing_steps": 10**9,
+                            "validation_domains": fold,
+                            "validation_users": args.eval_users,
+                            "validation_negatives": args.negatives,
+                            "validation_metric": "auc",
+                            "early_stopping_patience": 0,
+                            "validate_every": args.validate_every,
+                            **training_settings,
+                        }
+                    ),
+                )
+            # The in-domain check comes from the first fold's model.
+            eval_domains = fold + ([args.in_domain] if fold == folds[0] else [])
+            overrides = {key: value for key, value in evaluation_options.items() if key != "ranking"}
+            evaluated = evaluate(
+                EvaluationArguments(
+                    checkpoint=str(run_dir),
+                    corpus_dir=str(corpus_dir),
+                    domains=eval_domains,
+                    zero_shot=fold,
+                    split="validation",
+                    max_users=args.eval_users,
+                    negatives=args.negatives,
+                    cache_dir=args.cache_dir,
+                    seed=args.seed,
+                    model_name=name,
+                    # until a dense model gave this fold's prior row
+                    baselines=fold[0] not in rows.get(RECBASE_PRIOR, {}).get("domains", {}),
+                    **overrides,
+                ),
+                {"residual_domains": None, **evaluation_options.get("ranking", {})},
+            )  # the residual on held-out domains
+            validation = run_dir / "validation.json"
+            for model_name in evaluated["domains"][fold[0]]["models"]:
+                row = rows.setdefault(model_name, {"domains": {}})
+                for domain in eval_domains:
+                    row["domains"][domain] = evaluated["domains"][domain]["models"][model_name]
+            row = rows[name]
+            row.setdefault("best_step", {})[" + ".join(fold)] = (
+                json.loads(validation.read_text())["best"]["step"] if validation.is_file() else None
+            )
+            row["minutes"] = row.get("minutes", 0.0) + (time.process_time() - started) / 60
+            row.update(settings=settings, evaluation=evaluation_options, pretraining_domains=domains)
+            results["gains_over_prior"] = gains_over_prior(results)
+            write_json_atomically(results_path, results)
+            write_text_atomically(output_dir / "selection.md", selection_markdown(results) + "\n")
+    print(selection_markdown(results), flush=True)
     return results
 
 
