@@ -291,3 +291,23 @@ def test_the_selection_command_runs_end_to_end(tiny_run, tmp_path):
     gain = results["gains_over_prior"]["dense head + content inputs"]
     assert gain["domains"]["films"]["ndcg@10"] == pytest.approx(dense["ndcg@10"] - prior["ndcg@10"])
     assert gain["worst"] == gain["domains"]["films"]
+
+
+def test_a_rotation_part_way_through_gives_its_tables():
+    """After the first fold only its held-out domain is measured: the tables show the others as "-", and the gain
+    is over the measured domains."""
+    from training import select
+
+    metrics = {"auc": 0.6, "gauc": 0.6, "ndcg@10": 0.1, "recall@10": 0.2}
+    results = {
+        "validation_domains": ["books", "wines"],
+        "in_domain": "films",
+        "rows": {
+            RECBASE_PRIOR: {"domains": {"books": metrics, "films": metrics}},
+            "recipe": {"settings": {}, "best_step": {"books": 0}, "domains": {"books": {**metrics, "auc": 0.7}}},
+        },
+    }
+    gain = select.gains_over_prior(results)["recipe"]
+    assert set(gain["domains"]) == {"books"} and gain["worst"]["auc"] == pytest.approx(0.1)
+    table = select.selection_markdown(results)
+    assert "| recipe | 0 | 0.7000 / 0.6000 / 0.1000 / 0.2000 | - | 0.7000 | - | - |" in table

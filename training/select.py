@@ -104,12 +104,14 @@ def selection_markdown(results: dict) -> str:
     for name, row in results["rows"].items():
         steps = row.get("best_step")
         cells = [name, " / ".join(str(step) for step in steps.values()) if isinstance(steps, dict) else "-"]
+        measured = [d for d in domains if d in row["domains"]]
         for domain in domains:
-            m = row["domains"][domain]
-            cells.append(f"{m['auc']:.4f} / {m['gauc']:.4f} / {m['ndcg@10']:.4f} / {m['recall@10']:.4f}")
+            m = row["domains"].get(domain)
+            cells.append(f"{m['auc']:.4f} / {m['gauc']:.4f} / {m['ndcg@10']:.4f} / {m['recall@10']:.4f}" if m else "-")
+        in_domain = row["domains"].get(results["in_domain"])
         cells += [
-            f"{sum(row['domains'][d]['auc'] for d in domains) / len(domains):.4f}",
-            f"{row['domains'][results['in_domain']]['recall@10']:.4f}",
+            f"{sum(row['domains'][d]['auc'] for d in measured) / len(measured):.4f}" if measured else "-",
+            f"{in_domain['recall@10']:.4f}" if in_domain else "-",
             f"{row['minutes']:.1f}" if "minutes" in row else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -130,10 +132,13 @@ def gains_over_prior(results: dict) -> dict[str, dict]:
     for name, row in results["rows"].items():
         if "settings" not in row:  # a baseline
             continue
-        per_domain = {
+        per_domain = {  # the held-out domains measured so far (a rotation fills them fold by fold)
             d: {m: row["domains"][d][m] - prior["domains"][d][m] for m in GAIN_METRICS}
             for d in results["validation_domains"]
+            if d in row["domains"] and d in prior["domains"]
         }
+        if not per_domain:
+            continue
         gains[name] = {
             "domains": per_domain,
             "worst": {m: min(g[m] for g in per_domain.values()) for m in GAIN_METRICS},
@@ -153,7 +158,10 @@ def gain_markdown(results: dict) -> str:
     ]
     for name, gain in gains_over_prior(results).items():
         cells = [name, " / ".join(f"{gain['worst'][m]:+.4f}" for m in GAIN_METRICS)]
-        cells += [" / ".join(f"{gain['domains'][d][m]:+.4f}" for m in GAIN_METRICS) for d in domains]
+        cells += [
+            " / ".join(f"{gain['domains'][d][m]:+.4f}" for m in GAIN_METRICS) if d in gain["domains"] else "-"
+            for d in domains
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
