@@ -12,6 +12,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from tokenization_recbase.item_store_recbase import load_items
+
 
 def read(folder: Path, name: str) -> dict:
     return json.loads((folder / name).read_text())
@@ -32,8 +34,10 @@ def compare(first: Path, second: Path) -> list[str]:
     lines.append(f"model rows identical: {identical}, different: {len(lines)}")
     validation_a, validation_b = read(first, "validation.json"), read(second, "validation.json")
     lines.append(f"validation history identical: {validation_a['history'] == validation_b['history']}")
-    codes_a = {key: item["codes"] for key, item in read(first, "item_table.json")["items"].items()}
-    codes_b = {key: item["codes"] for key, item in read(second, "item_table.json")["items"].items()}
+    codes_a, codes_b = (
+        dict(zip(items["keys"], items["codes"].tolist()))
+        for items in (load_items(first / "items.safetensors"), load_items(second / "items.safetensors"))
+    )
     lines.append(f"item IDs identical: {codes_a == codes_b} ({len(codes_a)} items)")
     weights_a, weights_b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
     same_weights = weights_a.keys() == weights_b.keys() and all(

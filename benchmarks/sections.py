@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import time
@@ -20,7 +21,13 @@ from modeling_recbase import (
     RecBaseForCausalLM,
     constrained_beam_search,
 )
-from tokenization_recbase import RecBaseTokenizer, ResidualQuantizer, TextEncoder, assign_unique_codes
+from tokenization_recbase import (
+    RecBaseTokenizer,
+    ResidualQuantizer,
+    TextEncoder,
+    assign_unique_codes,
+    item_indexing_recbase,
+)
 
 CODEBOOKS, DISAMBIGUATION = [256, 256, 256], 32  # the main job's vocabulary
 VECTOR_SIZE = 384  # the text encoder's: the dense head's item vectors
@@ -270,7 +277,136 @@ def scaling(quick: bool) -> dict:
     return {"history": history, "catalogue": catalogue}
 
 
-SECTIONS = {"training": training, "recommendation": recommendation, "indexing": indexing, "scaling": scaling}
+def two_domain_catalogue(domain_items: int, other_items: int, seed: int = 0) -> RecBaseTokenizer:
+    """A tokenizer holding ``domain_items`` items of ``shop`` and ``other_items`` of ``other``, with distinct random
+    IDs and random content vectors (built in one pass: what indexing them would leave)."""
+    generator = torch.Generator().manual_seed(seed)
+    tokenizer = RecBaseTokenizer(codebook_sizes=CODEBOOKS, disambiguation_size=DISAMBIGUATION)
+    total = domain_items + other_items
+    flat = torch.randperm(CODEBOOKS[0] * CODEBOOKS[1] * CODEBOOKS[2], generator=generator)[:total]
+    codes = torch.stack([flat // 65536, flat // 256 % 256, flat % 256, torch.zeros_like(flat)], -1).tolist()
+    keys = [f"other/{index}" for index in range(other_items)] + [f"shop/{index}" for index in range(domain_items)]
+    tokenizer.set_items(dict(zip(keys, codes)), {key: key for key in keys})
+    tokenizer._set_vectors(keys, torch.randn(total, VECTOR_SIZE, generator=generator))
+    return tokenizer
+
+
+def percentiles(latencies: list[float]) -> dict:
+    ordered = sorted(latencies)
+    return {"p50": statistics.median(ordered), "p95": ordered[int(0.95 * (len(ordered) - 1))]}
+
+
+def catalogue(quick: bool) -> dict:
+    """Serving cost of one domain of 10k items while 0, 100k and 1M other items are indexed: pipeline top-10 and
+    ``score_candidates`` at 1,000 candidates, each beside a plain numpy cosine top-10 over the same vectors; and the
+    items file's save and load time."""
+    import numpy
+
+    items, calls = (2000, 20) if quick else (10000, 60)
+    model = tiny_model(dense_head=True)
+    rows = []
+    for others in (0, 20000) if quick else (0, 100000, 1000000):
+        tokenizer = two_domain_catalogue(items, others)
+        keys = tokenizer.domain_items("shop")
+        vectors = tokenizer.item_vectors(keys).numpy()
+        unit = vectors / numpy.linalg.norm(vectors, axis=1, keepdims=True)  # an index built once, as numpy would
+
+        def numpy_top10(history: list[str], matrix=unit) -> numpy.ndarray:
+            query = vectors[[int(key.split("/")[1]) for key in history]].mean(0)
+            scores = matrix @ (query / numpy.linalg.norm(query))
+            top = numpy.argpartition(-scores, 10)[:10]
+            return top[numpy.argsort(-scores[top])]
+
+        recommend = NextItemGenerationPipeline(model=model, tokenizer=tokenizer)
+        candidates = keys[-1000:]
+        timings: dict[str, list[float]] = {"pipeline": [], "numpy": [], "score": [], "numpy_candidates": []}
+        for call in range(calls + 3):  # the first 3 are warm-up
+            history = keys[call * 7 % (items - 20) :][:20]
+            runs = (
+                ("pipeline", lambda: recommend({"history": history}, top_k=10)),
+                ("numpy", lambda: numpy_top10(history)),
+                ("score", lambda: recommend.score_candidates(history, candidates)),
+                ("numpy_candidates", lambda: numpy_top10(history, unit[-1000:])),
+            )
+            for name, run in runs:
+                start = time.perf_counter()
+                run()
+                if call >= 3:
+                    timings[name].append(time.perf_counter() - start)
+        row = {"domain_items": items, "other_items": others, **{k: percentiles(v) for k, v in timings.items()}}
+        if others == max((0, 20000) if quick else (0, 100000, 1000000)):
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as folder:
+                start = time.perf_counter()
+                tokenizer.save_pretrained(folder)
+                row["save_seconds"] = time.perf_counter() - start
+                row["items_file_mb"] = os.path.getsize(os.path.join(folder, "items.safetensors")) / 1e6
+                start = time.perf_counter()
+                RecBaseTokenizer.from_pretrained(folder)
+                row["load_seconds"] = time.perf_counter() - start
+        rows.append(row)
+    return {"rows": rows}
+
+
+def large_indexing(quick: bool) -> dict:
+    """``add_items`` of 100k items in one call, then 1M in chunks of 100k (embeddings given: the encoder's own rate
+    is in the ``indexing`` section), with the time split between aligning, quantizing and assigning IDs, and the peak
+    resident memory after each."""
+    single, chunked, chunk = (10000, 40000, 10000) if quick else (100000, 1000000, 100000)
+    quantizer = ResidualQuantizer(
+        input_dim=VECTOR_SIZE, hidden_dims=[512, 256], latent_dim=64, codebook_sizes=CODEBOOKS
+    ).eval()
+    generator = torch.Generator().manual_seed(0)
+    split: dict[str, float] = {}
+
+    def timed(name: str, function: Callable) -> Callable:
+        """``function``, adding its wall time to ``split[name]``: how add_items' time divides."""
+
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                split[name] += time.perf_counter() - start
+
+        return run
+
+    item_indexing_recbase.align_by_domain = timed("align", item_indexing_recbase.align_by_domain)
+    item_indexing_recbase.assign_unique_codes = timed("assign", item_indexing_recbase.assign_unique_codes)
+    quantizer.encode_to_codes = timed("quantize", quantizer.encode_to_codes)
+    results = []
+    for total, size in ((single, single), (chunked, chunk)):
+        tokenizer = RecBaseTokenizer(codebook_sizes=CODEBOOKS, disambiguation_size=DISAMBIGUATION)
+        tokenizer.set_quantizer(quantizer, {})
+        split.update(align=0.0, quantize=0.0, assign=0.0)
+        started = time.perf_counter()
+        for start in range(0, total, size):
+            embeddings = torch.randn(size, VECTOR_SIZE, generator=generator)
+            keys = [f"catalogue/{index}" for index in range(start, start + size)]
+            tokenizer.add_items(keys, embeddings=embeddings)
+        seconds = time.perf_counter() - started
+        results.append(
+            {
+                "items": total,
+                "per_call": size,
+                "items_per_second": total / seconds,
+                "seconds": {**split, "total": seconds, "rest": seconds - sum(split.values())},
+                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+            }
+        )
+        del tokenizer
+    return {"runs": results}
+
+
+SECTIONS = {
+    "training": training,
+    "recommendation": recommendation,
+    "indexing": indexing,
+    "scaling": scaling,
+    "catalogue": catalogue,
+    "large_indexing": large_indexing,
+}
 
 
 def main() -> None:

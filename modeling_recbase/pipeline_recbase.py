@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import threading
+import weakref
 from collections.abc import Sequence
 
 from transformers import AutoModelForCausalLM, Pipeline
@@ -32,6 +34,18 @@ from .ranking_recbase import ItemRanker
 from .vocabulary_recbase import item_domain, item_key
 
 logger = logging.get_logger(__name__)
+# One lock per tokenizer: calls that index items on the fly change its catalogue for their duration, so calls of
+# every pipeline sharing that tokenizer take turns.
+_CATALOGUE_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def catalogue_lock(tokenizer) -> threading.RLock:
+    """The lock that guards ``tokenizer``'s catalogue during pipeline calls."""
+    with _LOCKS_GUARD:
+        if tokenizer not in _CATALOGUE_LOCKS:
+            _CATALOGUE_LOCKS[tokenizer] = threading.RLock()
+        return _CATALOGUE_LOCKS[tokenizer]
 
 
 class NextItemGenerationPipeline(Pipeline):
@@ -43,6 +57,10 @@ class NextItemGenerationPipeline(Pipeline):
     True: never recommend an item of the history, however long; the model reads its most recent
     ``max_history_items``, and older text entries are not embedded), ``num_beams`` (default: the policy's, at least
     ``top_k``; used where the policy gives the code head weight).
+
+    An item given by text or fields whose text is that of an indexed item of the domain is that item. Calls are safe
+    from several threads (they take turns on the tokenizer's catalogue), and a call that fails, whatever its
+    ``batch_size``, leaves no item indexed.
     """
 
     _load_tokenizer = True
@@ -56,6 +74,24 @@ class NextItemGenerationPipeline(Pipeline):
         # A tokenizer of another layout would only show up later as token ids outside the vocabulary.
         self.tokenizer.check_model_config(self.model.config, "pipeline")
         self.model.ranking_policy.check(self.model.config)
+        self._indexed_by_call: list[str] = []  # items this call indexed on the fly (calls take turns)
+
+    def __call__(self, inputs, *args, **kwargs):
+        with catalogue_lock(self.tokenizer):
+            return self._undo_on_failure(
+                lambda: super(NextItemGenerationPipeline, self).__call__(inputs, *args, **kwargs)
+            )
+
+    def _undo_on_failure(self, call):
+        """``call()``; if it raises, every item it indexed on the fly is forgotten first. Holds the catalogue lock."""
+        self._indexed_by_call = []
+        try:
+            return call()
+        except Exception:
+            self.tokenizer.remove_items([key for key in self._indexed_by_call if key in self.tokenizer.item_codes])
+            raise
+        finally:
+            self._indexed_by_call = []
 
     @property
     def ranker(self) -> ItemRanker:
@@ -127,12 +163,14 @@ class NextItemGenerationPipeline(Pipeline):
                 f"python -m training.index_items); indexed domains: {sorted(self.tokenizer.domains)}"
             )
         new_keys = {
-            text: item_key(text_domain, f"text-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:16]}")
+            text: self.tokenizer.item_with_text(text_domain, text)
+            or item_key(text_domain, f"text-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:16]}")
             for text in texts
         }
         missing = [text for text, key in new_keys.items() if key not in self.tokenizer.item_codes]
         if missing:
             self.tokenizer.add_items([new_keys[text] for text in missing], texts=missing)
+            self._indexed_by_call.extend(new_keys[text] for text in missing)
         keys = [
             new_keys[texts_of[index]] if index in texts_of else entry
             for index, entry in enumerate(history)
@@ -179,16 +217,13 @@ class NextItemGenerationPipeline(Pipeline):
             ranker = ItemRanker(self.model, self.tokenizer, dataclasses.replace(ranker.policy, num_beams=num_beams))
         exclude_history = ranker.policy.exclude_history if exclude_history is None else exclude_history
         ranked = []
-        try:
-            for history, domain in zip(histories, domains):
-                items = self.tokenizer.domain_items(domain)
-                available = len(set(items) - set(history)) if exclude_history else len(items)
-                if top_k > available:
-                    raise ValueError(f"top_k={top_k} but {available} items of domain {domain!r} can be recommended")
-                ranked.append(ranker.rank([history], items, top_k, exclude_history)[0])
-        except Exception:
-            self.tokenizer.remove_items(model_inputs["added"])  # a failed call indexes nothing for good
-            raise
+        for history, domain in zip(histories, domains):
+            items = self.tokenizer.domain_items(domain)
+            in_domain = sum(item_domain(key) == domain for key in set(history))  # history keys are all indexed
+            available = len(items) - in_domain if exclude_history else len(items)
+            if top_k > available:
+                raise ValueError(f"top_k={top_k} but {available} items of domain {domain!r} can be recommended")
+            ranked.append(ranker.rank([history], items, top_k, exclude_history)[0])
         return {"ranked": ranked if batched else ranked[0], "added": model_inputs["added"]}
 
     def postprocess(self, model_outputs: dict, index_new_items: bool = False) -> list[dict]:
@@ -214,17 +249,24 @@ class NextItemGenerationPipeline(Pipeline):
             or not all(isinstance(key, str) for key in candidates)
         ):
             raise ValueError(f"candidates must be a non-empty list of item keys, got {candidates!r}")
+        with catalogue_lock(self.tokenizer):
+            return self._undo_on_failure(
+                lambda: self._score_candidates(history, list(candidates), domain, index_new_items)
+            )
+
+    def _score_candidates(
+        self, history: Sequence[str | dict], candidates: list[str], domain: str | None, index_new_items: bool
+    ) -> list[dict]:
         keys, added = self.resolve_history(history, domain)
         self._warn_if_long(history)
-        try:
-            scores = self.ranker.score([keys], [list(candidates)])[0]
-            return [
-                {"item": key, "score": score, "text": self.tokenizer.item_text(key)}
-                for key, score in zip(candidates, scores)
-            ]
-        finally:
-            if not index_new_items:
-                self.tokenizer.remove_items(added)
+        scores = self.ranker.score([keys], [candidates])[0]
+        rows = [
+            {"item": key, "score": score, "text": self.tokenizer.item_text(key)}
+            for key, score in zip(candidates, scores)
+        ]
+        if not index_new_items:
+            self.tokenizer.remove_items(added)
+        return rows
 
 
 PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=NextItemGenerationPipeline, pt_model=AutoModelForCausalLM)

@@ -128,8 +128,8 @@ def test_the_main_job_gives_the_same_numbers_for_the_same_seed(main_job, tmp_pat
     first, second = (json.loads((folder / "eval_results.json").read_text()) for folder in (main_job[0], again))
     first.pop("run"), second.pop("run")  # holds the output folder and the run's duration
     assert first == second
-    for name in ("item_table.json", "validation.json"):
-        assert (main_job[0] / name).read_text() == (again / name).read_text()
+    for name in ("items.safetensors", "validation.json"):
+        assert (main_job[0] / name).read_bytes() == (again / name).read_bytes()
 
 
 def test_card_renders_and_its_metadata_parses_back(finished_run):
@@ -169,14 +169,15 @@ def test_export_folder_loads_with_the_auto_classes_and_the_pipeline(finished_run
         "model.safetensors",
         "config.json",
         "tokenizer_config.json",
-        "item_table.json",
-        "quantizer.pt",
+        "items.safetensors",
+        "quantizer.safetensors",
         "modeling_recbase.py",
         "configuration_recbase.py",
         "tokenization_recbase.py",
         "quantization_recbase.py",
         "item_text_recbase.py",
         "item_signals_recbase.py",
+        "item_store_recbase.py",
         "pipeline_recbase.py",
         "README.md",
         "training_loss.svg",

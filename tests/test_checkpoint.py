@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +31,13 @@ while True:
 def folder_generation(folder) -> int:
     """The generation a saved folder holds, checked to be one whole save."""
     names = {path.name for path in folder.iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer_config.json", "item_table.json", "generation.txt"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer_config.json",
+        "items.safetensors",
+        "generation.txt",
+    } <= names
     marker = int((folder / "generation.txt").read_text())
     assert json.loads((folder / "config.json").read_text())["save_generation"] == marker, "files of two saves"
     return marker
@@ -55,7 +62,20 @@ def test_a_kill_during_the_final_save_leaves_the_old_folder_or_the_new_one(tiny_
     process.wait()
     final = folder_generation(target)
     assert seen == sorted(seen) and final >= seen[-1] > 1  # saves went on, and each look found one whole save
-    assert not any(path.name.startswith(".hub.") and path.name != ".hub.staging" for path in tmp_path.iterdir())
+    assert not any(
+        path.name.startswith(".hub.") and path.name not in {".hub.staging", ".hub.lock"} for path in tmp_path.iterdir()
+    )
+
+
+def test_a_second_writer_of_one_folder_is_refused_by_name(tiny_run, tmp_path):
+    target = tmp_path / "hub"
+    model, tokenizer = checkpoint.load_checkpoint(tiny_run["checkpoint"])
+    with checkpoint.writing_lock(target):  # another writer holds it (a lock is per open file, so this process too)
+        with pytest.raises(ValueError, match=f"{re.escape(str(target))}: another process is writing this folder"):
+            checkpoint.write_hub_folder(model, tokenizer, target)
+    assert not target.exists()
+    checkpoint.write_hub_folder(model, tokenizer, target)  # once it is released, writing goes on
+    assert (target / "items.safetensors").is_file()
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["atomic swap", "two renames"])

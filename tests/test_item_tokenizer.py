@@ -306,7 +306,7 @@ def test_a_downloaded_text_encoder_name_is_never_imported(tiny_run, tmp_path):
     assert "this" not in sys.modules
 
 
-@pytest.mark.parametrize("missing", ["item_table.json", "tokenizer_config.json"])
+@pytest.mark.parametrize("missing", ["items.safetensors", "tokenizer_config.json"])
 def test_a_folder_without_one_of_its_files_is_refused(tiny_run, tmp_path, missing):
     import shutil
 

@@ -330,24 +330,30 @@ def test_a_truncated_weights_file_is_named(tiny_run, tmp_path):
         AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
 
 
-def test_a_folder_without_its_item_vectors_says_so(tiny_run, tmp_path):
+def test_a_folder_without_its_items_file_says_so(tiny_run, tmp_path):
     import shutil
 
-    folder = tmp_path / "no-vectors"
+    folder = tmp_path / "no-items"
     shutil.copytree(tiny_run["checkpoint"], folder)
-    (folder / "item_vectors.pt").unlink()
-    with pytest.raises(ValueError, match=r"item_vectors.pt is missing"):
+    (folder / "items.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"items.safetensors is missing"):
         load_checkpoint(folder)
-    with pytest.raises(ValueError, match=r"item_vectors.pt is missing"):
+    with pytest.raises(ValueError, match=r"items.safetensors is missing"):
         pipeline("next-item-generation", model=str(folder), trust_remote_code=True)
 
 
-def test_a_truncated_tokenizer_config_is_named(tiny_run, tmp_path):
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("tokenizer_config.json", r"cut: tokenizer_config.json is not valid JSON"),
+        ("items.safetensors", r"cut/items.safetensors: not a RecBase items file"),
+    ],
+)
+def test_a_truncated_tokenizer_file_is_named(tiny_run, tmp_path, name, message):
     import shutil
 
-    folder = tmp_path / "cut-config"
+    folder = tmp_path / "cut"
     shutil.copytree(tiny_run["checkpoint"], folder)
-    config = folder / "tokenizer_config.json"
-    config.write_text(config.read_text()[:40])
-    with pytest.raises(ValueError, match=r"cut-config: tokenizer_config.json is not valid JSON"):
+    (folder / name).write_bytes((folder / name).read_bytes()[:40])
+    with pytest.raises(ValueError, match=message):
         RecBaseTokenizer.from_pretrained(folder)

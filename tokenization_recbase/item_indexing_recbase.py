@@ -13,10 +13,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import torch
+from transformers.utils import logging
 
 from .item_text_recbase import TextEncoder, check_item_fields, unified_item_text
-from .quantization_recbase import align_by_domain, assign_unique_codes
+from .quantization_recbase import SMALL_NEW_DOMAIN, align_by_domain, assign_unique_codes
 from .vocabulary_recbase import is_item_key, item_domain
+
+logger = logging.get_logger(__name__)
 
 
 class ItemIndexingMixin:
@@ -90,15 +93,45 @@ class ItemIndexingMixin:
                 f"embeddings of shape {tuple(embeddings.shape)}, expected "
                 f"({len(keys)}, {self._quantizer.config['input_dim']})"
             )
+        domains = [item_domain(key) for key in keys]
+        self._warn_if_frame_fitted_on_few(Counter(domains))
         # Each item in its domain's frame; a domain seen for the first time is aligned on these items.
-        aligned = align_by_domain(embeddings, [item_domain(key) for key in keys], self._alignments)
+        aligned = align_by_domain(embeddings, domains, self._alignments)
         codes, distances = self._quantizer.encode_to_codes(aligned)
         new_codes = assign_unique_codes(codes, distances, set(self._key_by_codes), self.disambiguation_size)
         self.set_items(dict(zip(keys, new_codes)), dict(zip(keys, texts or [""] * len(keys))))
-        self.set_item_vectors(dict(zip(keys, aligned)))
+        self._set_vectors(keys, aligned)
         if counts is not None:
             self.set_item_counts(dict(zip(keys, counts)))
         return dict(zip(keys, new_codes))
+
+    def _warn_if_frame_fitted_on_few(self, new_per_domain: Counter) -> None:
+        """A warning when items join a domain whose frame was fitted on fewer items than they are (a first call with
+        a few items): the frame stays as it is until ``refit_domain``."""
+        for domain, new in new_per_domain.items():
+            held = len(self._tables[domain]) if domain in self._tables else 0
+            if 0 < held < SMALL_NEW_DOMAIN and new > held:
+                logger.warning(
+                    f"domain {domain!r}'s frame was fitted on its first {held} items and is kept for these {new}: "
+                    f"call tokenizer.refit_domain({domain!r}) after indexing the rest for better IDs"
+                )
+
+    def refit_domain(self, domain: str) -> dict[str, tuple[int, ...]]:
+        """Fit ``domain``'s frame again on all its items now indexed, and give them new IDs in it (texts, counts
+        and keys are kept; the vectors are the same embeddings in the new frame). For a domain first indexed with
+        a few items: the frame indexing them all at once fits (its centre and principal axes), up to the float16
+        rounding of stored vectors, which can turn axes of nearly equal variance. Returns key -> new code tuple."""
+        keys = self.domain_items(domain)
+        alignment = self._alignments[domain]
+        # The frame is an isometry (centre, then rotate): its inverse gives back each item's text embedding.
+        embeddings = self.item_vectors(keys) @ alignment["rotation"].T + alignment["mean"]
+        texts = [self._texts[key] for key in keys]
+        counts = {key: self._counts[key] for key in keys if key in self._counts}
+        self.remove_items(keys)  # the domain's IDs become free and its frame is forgotten
+        codes = self.add_items(keys, embeddings=embeddings)
+        self._texts.update(zip(keys, texts))
+        self.set_item_counts(counts)
+        return codes
 
 
 __all__ = ["ItemIndexingMixin"]

@@ -2,21 +2,28 @@
 (the dense head's), kept per item key by the tokenizer and saved with it.
 
 ``ItemSignalsMixin`` is part of ``RecBaseTokenizer``: it uses the tokenizer's item table (``_codes``,
-``_check_key``, ``domain_items``), its quantizer (``code_latent_table``) and the state the tokenizer's
-``__init__`` creates (``_counts``, ``_sorted_counts``, ``_vectors``, ``_domain_centres``).
+``_check_key``, ``_gather``), its per-domain tables (``_tables``, ``item_store_recbase.DomainItems``), its quantizer
+(``code_latent_table``) and the state the tokenizer's ``__init__`` creates (``_counts``, ``_vector_size``).
 
 Shipped beside the weights (with the tokenizer): imports only torch, the standard library and same-folder files.
 """
 
 from __future__ import annotations
 
-import bisect
 import types
 from collections.abc import Mapping, Sequence
 
 import torch
 
+from .item_store_recbase import NO_COUNT, DomainItems
 from .vocabulary_recbase import item_domain
+
+
+def _by_domain(keys) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for key in keys:
+        grouped.setdefault(item_domain(key), []).append(key)
+    return grouped
 
 
 class ItemSignalsMixin:
@@ -28,8 +35,12 @@ class ItemSignalsMixin:
         for key, count in counts.items():
             if int(count) < 0:
                 raise ValueError(f"item {key!r}: a count must be >= 0, got {count!r}")
-            self._counts[self._check_key(key)] = int(count)
-        self._sorted_counts = None
+            self._check_key(key)
+        for domain, keys in _by_domain(counts).items():
+            table = self._tables[domain]
+            rows = torch.tensor([table.row_of[key] for key in keys], dtype=torch.long)
+            table.set_counts(rows, torch.tensor([int(counts[key]) for key in keys], dtype=torch.long))
+        self._counts.update((key, int(count)) for key, count in counts.items())
 
     @property
     def item_counts(self) -> Mapping[str, int]:
@@ -40,38 +51,46 @@ class ItemSignalsMixin:
         """(len(keys),) bucket of each item: 0 when its count is unknown, else 1 + the share of its domain's
         counted items that have a smaller count, in ``num_buckets`` equal steps (so a bucket means the same
         in a catalogue of any size)."""
-        if self._sorted_counts is None:
-            by_domain: dict[str, list[int]] = {}
-            for key, count in self._counts.items():
-                by_domain.setdefault(item_domain(key), []).append(count)
-            self._sorted_counts = {domain: sorted(counts) for domain, counts in by_domain.items()}
-        buckets = []
-        for key in keys:
-            if key not in self._counts:
-                buckets.append(0)
-                continue
-            ordered = self._sorted_counts[item_domain(key)]
-            below = bisect.bisect_left(ordered, self._counts[key]) / len(ordered)  # in [0, 1)
-            buckets.append(1 + min(num_buckets - 1, int(below * num_buckets)))
-        return torch.tensor(buckets, dtype=torch.long)
+
+        def buckets(table: DomainItems) -> torch.Tensor:
+            counts = table.counts
+            known = counts != NO_COUNT
+            ordered = counts[known].sort().values
+            below = torch.searchsorted(ordered, counts).double() / max(len(ordered), 1)  # in [0, 1)
+            bucket = 1 + (below * num_buckets).long().clamp(max=num_buckets - 1)
+            return torch.where(known, bucket, 0)
+
+        return self._gather(
+            keys, lambda table: table.derived(f"buckets-{num_buckets}", buckets), torch.zeros(0, dtype=torch.long)
+        )
 
     def set_item_vectors(self, vectors: Mapping[str, torch.Tensor]) -> None:
         """Each item's content vector: its aligned text embedding, the quantizer's input (what ``add_items``
         computes and stores). All stored vectors have one size."""
-        sizes = {vector.shape[-1] for vector in vectors.values()} | (
-            {self.item_vector_size} if self._vectors else set()
-        )
+        keys = list(vectors)
+        if keys:
+            self._set_vectors(keys, torch.stack([vectors[key].detach() for key in keys]))
+
+    def _set_vectors(self, keys: Sequence[str], vectors: torch.Tensor) -> None:
+        """(len(keys), size) content vectors for indexed ``keys``."""
+        sizes = {vectors.shape[-1]} | ({self._vector_size} if self._vector_size else set())
         if len(sizes) > 1:
             raise ValueError(f"item vectors must all have one size, got sizes {sorted(sizes)}")
-        for key, vector in vectors.items():
-            self._vectors[self._check_key(key)] = vector.detach().half().float()  # as saved: the same after a reload
-        self._domain_centres.clear()
+        for key in keys:
+            self._check_key(key)
+        vectors = vectors.detach().half().float()  # as saved: the same after a reload
+        self._vector_size = vectors.shape[-1]
+        position = {key: index for index, key in enumerate(keys)}
+        for domain, domain_keys in _by_domain(keys).items():
+            table = self._tables[domain]
+            rows = torch.tensor([table.row_of[key] for key in domain_keys], dtype=torch.long)
+            table.set_vectors(rows, vectors[torch.tensor([position[key] for key in domain_keys], dtype=torch.long)])
 
     @property
     def item_vector_size(self) -> int:
         """Size of the content vectors ``item_vectors`` returns (stored ones, else the quantizer's latent)."""
-        if self._vectors:
-            return next(iter(self._vectors.values())).shape[-1]
+        if self._vector_size:
+            return self._vector_size
         return self._quantizer.config["latent_dim"] if self._quantizer is not None else 0
 
     def item_vectors(self, keys: Sequence[str]) -> torch.Tensor:
@@ -80,30 +99,43 @@ class ItemSignalsMixin:
 
         The stored vector keeps what quantization loses: the nearest neighbours of an item
         (``benchmarks/results/content_vectors.md`` compares the two)."""
-        codes = None
-        rows = []
-        for key in keys:
-            if key in self._vectors:
-                rows.append(self._vectors[key])
-                continue
-            if self._quantizer is None or self.item_vector_size != self._quantizer.config["latent_dim"]:
-                raise ValueError(f"item {key!r} has no content vector: index it with add_items")
-            if codes is None:
-                codes = self.code_latent_table(self.layout.size)
-            rows.append(codes[self.codes_to_token_ids(self._codes[self._check_key(key)])].sum(0))
-        return torch.stack(rows) if rows else torch.zeros(0, self.item_vector_size)
+        return self._gather(keys, self._domain_vectors, torch.zeros(0, self.item_vector_size))
+
+    def _domain_vectors(self, table: DomainItems) -> torch.Tensor:
+        """(n, item_vector_size) the content vectors of one domain's items (see ``item_vectors``)."""
+        if table.vectors is not None and bool(table.has_vector.all()):
+            return table.vectors
+        return table.derived("vectors", self._vectors_with_latents)
+
+    def _vectors_with_latents(self, table: DomainItems) -> torch.Tensor:
+        missing = (~table.has_vector).nonzero().squeeze(-1)
+        if self._quantizer is None or self.item_vector_size != self._quantizer.config["latent_dim"]:
+            raise ValueError(f"item {table.keys[int(missing[0])]!r} has no content vector: index it with add_items")
+        latents = self.code_latent_table(self.layout.size)[table.token_ids[missing]].sum(1)
+        vectors = table.vectors.clone() if table.vectors is not None else torch.zeros(len(table), latents.shape[-1])
+        vectors[missing] = latents
+        return vectors
 
     def domain_centres(self, keys: Sequence[str]) -> torch.Tensor:
         """(len(keys), item_vector_size): for each item, the mean unit content vector of its domain's items."""
-        for domain in {item_domain(key) for key in keys} - set(self._domain_centres):
-            vectors = self.item_vectors(self.domain_items(domain))
-            self._domain_centres[domain] = torch.nn.functional.normalize(vectors, dim=-1).mean(0)
-        return torch.stack([self._domain_centres[item_domain(key)] for key in keys])
+
+        def centre(table: DomainItems) -> torch.Tensor:
+            return torch.nn.functional.normalize(self._domain_vectors(table), dim=-1).mean(0)
+
+        return self._gather(
+            keys,
+            lambda table: table.derived("centre", centre).expand(len(table), -1),
+            torch.zeros(0, self.item_vector_size),
+        )
 
     def _load_item_vectors(self, path: str) -> None:
+        """A previous release's ``item_vectors.pt`` (tensors only, read without unpickling code); vectors of keys
+        the item table does not hold are left out."""
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            vectors = dict(zip(state["keys"], state["vectors"].float()))
+            rows = [index for index, key in enumerate(state["keys"]) if key in self._codes]
+            keys, vectors = [state["keys"][index] for index in rows], state["vectors"][rows].float()
         except Exception as error:
             raise ValueError(f"{path}: not a RecBase item-vectors file ({error})") from error
-        self.set_item_vectors(vectors)
+        if keys:
+            self._set_vectors(keys, vectors)

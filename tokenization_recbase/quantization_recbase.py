@@ -12,11 +12,13 @@ Shipped beside the weights (with the tokenizer): imports only torch, transformer
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
+from transformers.modeling_utils import safe_open, safe_save_file
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -93,7 +95,10 @@ def fit_domain_alignment(embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
     if distinct.shape[0] < 2:
         raise ValueError("a domain needs at least two distinct items to be aligned; index its items together")
     mean = distinct.mean(0)
-    _, _, right = torch.linalg.svd(distinct - mean, full_matrices=True)  # rows: principal axes
+    # The thin SVD's right factor is already (dim, dim) when N >= dim, and memory stays O(N dim); only a domain of
+    # fewer items than dimensions needs the full one to complete its axes, and that one is small.
+    few = distinct.shape[0] < distinct.shape[1]
+    _, _, right = torch.linalg.svd(distinct - mean, full_matrices=few)  # rows: principal axes
     projected = (distinct - mean) @ right.T
     # An axis's sign is arbitrary: fix it so each axis has a positive third moment (deterministic).
     signs = torch.where((projected**3).sum(0) < 0, -1.0, 1.0)
@@ -118,8 +123,9 @@ def align_by_domain(
         if domain not in alignments:
             if len(rows) < SMALL_NEW_DOMAIN:
                 logger.warning(
-                    f"aligning the new domain {domain!r} on only {len(rows)} items: index a new "
-                    "domain with all its items in one call for better IDs"
+                    f"aligning the new domain {domain!r} on only {len(rows)} items: index a new domain with all "
+                    f"its items in one call for better IDs, or call tokenizer.refit_domain({domain!r}) once the "
+                    "rest are indexed"
                 )
             try:
                 alignments[domain] = fit_domain_alignment(embeddings[rows])
@@ -174,20 +180,34 @@ def assign_unique_codes(
     return result
 
 
+QUANTIZER_FORMAT = "recbase-quantizer/1"
+
+
+def save_quantizer(quantizer: ResidualQuantizer, path: str | os.PathLike) -> None:
+    """The frozen quantizer's weights and config as one safetensors file (the domain alignments are saved with the
+    items, since ``add_items`` changes them)."""
+    state = {name: tensor.contiguous() for name, tensor in quantizer.state_dict().items()}
+    safe_save_file(state, str(path), metadata={"format": QUANTIZER_FORMAT, "config": json.dumps(quantizer.config)})
+
+
 def load_quantizer(path: str | os.PathLike) -> tuple[ResidualQuantizer, dict[str, dict[str, torch.Tensor]]]:
-    """The frozen quantizer and the per-domain alignments saved by ``save_vocabulary``."""
+    """The frozen quantizer from ``save_quantizer``'s file (no alignments: ``{}``), or from a previous release's
+    ``quantizer.pt`` (a ``torch.save`` of weights only, read without unpickling code) with its domain alignments."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if str(path).endswith(".safetensors"):
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                if metadata.get("format") != QUANTIZER_FORMAT:
+                    raise ValueError(f"format {metadata.get('format')!r}, expected {QUANTIZER_FORMAT!r}")
+                state = {"config": json.loads(metadata["config"]), "domain_alignments": {}}
+                state["state_dict"] = {name: handle.get_tensor(name) for name in handle.keys()}
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
         quantizer = ResidualQuantizer(**state["config"])
         quantizer.load_state_dict(state["state_dict"])
     except Exception as error:
         raise ValueError(f"{path}: not a RecBase quantizer file ({error})") from error
     return quantizer.eval(), state["domain_alignments"]
-
-
-def quantizer_state(quantizer: ResidualQuantizer, alignments: Mapping[str, dict[str, torch.Tensor]]) -> dict:
-    """What ``load_quantizer`` reads back (saved with ``torch.save``)."""
-    return {"config": quantizer.config, "state_dict": quantizer.state_dict(), "domain_alignments": dict(alignments)}
 
 
 __all__ = [
@@ -197,5 +217,5 @@ __all__ = [
     "assign_unique_codes",
     "fit_domain_alignment",
     "load_quantizer",
-    "quantizer_state",
+    "save_quantizer",
 ]

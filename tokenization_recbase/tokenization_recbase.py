@@ -9,7 +9,7 @@ each domain's alignment (its embeddings centred and rotated onto its principal a
 share the coarse codes), so new items, even a whole new domain, get IDs with no retraining (``add_items``).
 
 The vocabulary layout and item keys are in ``vocabulary_recbase``, the quantizer, alignment and unique IDs in
-``quantization_recbase``; item text and
+``quantization_recbase``, the per-domain item tables and their file in ``item_store_recbase``; item text and
 its encoder in ``item_text_recbase``. Shipped beside the weights: imports only torch, transformers, the standard
 library and those siblings.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from transformers.tokenization_utils_base import TOKENIZER_CONFIG_FILE
 
 from .item_indexing_recbase import ItemIndexingMixin
 from .item_signals_recbase import ItemSignalsMixin
+from .item_store_recbase import NO_COUNT, DomainItems, load_items, save_items
 from .item_text_recbase import (
     DEFAULT_TEXT_ENCODER,
     ITEM_TEXT_FIELD_LIMITS,
@@ -36,11 +38,7 @@ from .item_text_recbase import (
     TEXT_MAX_LENGTH,
     TextEncoder,
 )
-from .quantization_recbase import (
-    ResidualQuantizer,
-    load_quantizer,
-    quantizer_state,
-)
+from .quantization_recbase import ResidualQuantizer, load_quantizer, save_quantizer
 from .vocabulary_recbase import SPECIAL_TOKENS, VocabularyLayout, item_domain, recent_items
 
 TOKEN_PATTERN = re.compile("|".join([r"<[a-z]_\d+>", *map(re.escape, SPECIAL_TOKENS)]))
@@ -78,9 +76,9 @@ def check_model_config(tokenizer, config, where: str) -> None:
             f"{where}: the model's dense head scores {wanted}-number item vectors, but the tokenizer "
             + (
                 f"holds {held}-number ones"
-                if tokenizer._vectors
-                else f"has none: {tokenizer.vocab_files_names['item_vectors_file']} is missing (copy the whole saved "
-                "folder, or index the items again with add_items)"
+                if tokenizer._vector_size
+                else f"has none: its {tokenizer.vocab_files_names['items_file']} holds no item vectors (copy the "
+                "whole saved folder, or index the items again with add_items)"
             )
         )
 
@@ -89,10 +87,12 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
     """Items <-> concept tokens. See the module docstring for the ID layout.
 
     Args:
-        item_table_file: JSON ``{"items": {key: {"codes": [...], "text": str}}}`` written by ``save_pretrained``.
-        quantizer_file: the frozen quantizer (``torch.save`` of its config and weights), used by ``add_items``.
-        item_vectors_file: each item's content vector (``item_vectors``),
-            ``{"keys": [...], "vectors": (N, item_vector_size)}``.
+        items_file: every item (key, codes, text, count, content vector) and each domain's alignment, one safetensors
+            file written by ``save_pretrained`` (``item_store_recbase``).
+        quantizer_file: the frozen quantizer (safetensors: weights, config in its metadata), used by ``add_items``.
+        item_table_file, legacy_quantizer_file, item_vectors_file: a previous release's files (``item_table.json``,
+            ``quantizer.pt``, ``item_vectors.pt``), read when ``items_file`` is absent; the next save writes the
+            new files and removes these.
         codebook_sizes: codes per level.
         disambiguation_size: codes of the extra level (0 = none).
         text_encoder: the encoder that embeds item texts for ``add_items`` (a folder or a model package name).
@@ -100,16 +100,21 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
 
     _auto_class = "AutoTokenizer"  # what register_for_auto_class() sets: save_pretrained ships this file
     vocab_files_names = {
+        "items_file": "items.safetensors",
+        "quantizer_file": "quantizer.safetensors",
         "item_table_file": "item_table.json",
-        "quantizer_file": "quantizer.pt",
+        "legacy_quantizer_file": "quantizer.pt",
         "item_vectors_file": "item_vectors.pt",
     }
+    legacy_files = ("item_table_file", "legacy_quantizer_file", "item_vectors_file")
     model_input_names = ["input_ids", "attention_mask"]
 
     def __init__(
         self,
-        item_table_file: str | None = None,
+        items_file: str | None = None,
         quantizer_file: str | None = None,
+        item_table_file: str | None = None,
+        legacy_quantizer_file: str | None = None,
         item_vectors_file: str | None = None,
         codebook_sizes: Sequence[int] = (1024, 1024, 1024, 1024),
         disambiguation_size: int = 64,
@@ -133,11 +138,9 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
         self._codes: dict[str, tuple[int, ...]] = {}
         self._texts: dict[str, str] = {}
         self._key_by_codes: dict[tuple[int, ...], str] = {}
-        self._token_table: tuple[dict[str, int], torch.Tensor] | None = None  # every item's token ids, built on use
         self._counts: dict[str, int] = {}  # catalogue counts (interactions per item), where the user gave them
-        self._sorted_counts: dict[str, list[int]] | None = None  # per domain, built on first use
-        self._vectors: dict[str, torch.Tensor] = {}  # content vectors, see item_vectors
-        self._domain_centres: dict[str, torch.Tensor] = {}  # mean unit content vector per domain, built on use
+        self._tables: dict[str, DomainItems] = {}  # per domain: what ranking reads, see item_store_recbase
+        self._vector_size = 0  # size of the stored content vectors (0: none stored)
         self._quantizer: ResidualQuantizer | None = None
         self._alignments: dict[str, dict[str, torch.Tensor]] = {}
         self._encoder: TextEncoder | None = None
@@ -147,17 +150,20 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
                 f"{folder}: {TOKENIZER_CONFIG_FILE} is missing, so the tokenizer's layout (codebooks, "
                 "text encoder) is unknown; copy the whole saved folder"
             )
-        if item_table_file is None and folder:  # from_pretrained of a folder without its items
+        if items_file is None and item_table_file is None and folder:  # from_pretrained of a folder without items
             raise ValueError(
-                f"{folder}: {self.vocab_files_names['item_table_file']} is missing, so this "
+                f"{folder}: {self.vocab_files_names['items_file']} is missing, so this "
                 "RecBase tokenizer would know no items; copy the whole saved folder"
             )
-        if item_table_file is not None:
-            self._load_item_table(item_table_file)
-        if quantizer_file is not None:
-            self._quantizer, self._alignments = load_quantizer(quantizer_file)
-        if item_vectors_file is not None:
-            self._load_item_vectors(item_vectors_file)
+        if quantizer_file is not None or legacy_quantizer_file is not None:
+            self._quantizer, self._alignments = load_quantizer(quantizer_file or legacy_quantizer_file)
+        if items_file is not None:
+            self._load_items(items_file)
+        else:  # a previous release's folder
+            if item_table_file is not None:
+                self._load_item_table(item_table_file)
+            if item_vectors_file is not None:
+                self._load_item_vectors(item_vectors_file)
         # Histories are left-padded so that generation continues them. Saved kwargs come back on reload, so
         # defaults go through kwargs rather than beside them.
         kwargs = {
@@ -221,36 +227,63 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
 
     def domain_items(self, domain: str) -> list[str]:
         """Keys of the items of one domain, in indexing order."""
-        keys = [key for key in self._codes if item_domain(key) == domain]
-        if not keys:
+        if domain not in self._tables:
             raise ValueError(f"no items of domain {domain!r} are indexed; known domains: {sorted(self.domains)}")
-        return keys
+        return list(self._tables[domain].keys)
+
+    def item_with_text(self, domain: str, text: str) -> str | None:
+        """The key of an indexed item of ``domain`` whose text is ``text`` (the first indexed, where several share
+        it), else None."""
+        if domain not in self._tables:
+            return None
+
+        def by_text(table: DomainItems) -> dict[str, str]:
+            first: dict[str, str] = {}
+            for key in table.keys:
+                first.setdefault(self._texts[key], key)
+            return first
+
+        return self._tables[domain].derived("by_text", by_text).get(text)
 
     @property
     def domains(self) -> set[str]:
-        return {item_domain(key) for key in self._codes}
+        return set(self._tables)
 
     def codes_to_token_ids(self, codes: Sequence[int]) -> list[int]:
         return self.layout.token_ids(codes)
 
     def item_token_ids(self, keys: Sequence[str]) -> torch.LongTensor:
         """(len(keys), tokens_per_item) token ids, e.g. the allowed items for constrained decoding."""
-        # Built once for all items and indexed per call: built per key in Python, it was most of a ranking
-        # request's time.
-        if self._token_table is None:
-            codes = torch.tensor(list(self._codes.values()), dtype=torch.long).reshape(-1, self.tokens_per_item)
-            self._token_table = (
-                {key: row for row, key in enumerate(self._codes)},
-                codes + torch.tensor(self.layout.level_offsets, dtype=torch.long),
-            )
-        row_of, table = self._token_table
-        try:
-            rows = [row_of[key] for key in keys]
-        except (KeyError, TypeError):  # name the first key at fault
-            for key in keys:
-                self._check_key(key)
-            raise
-        return table[torch.tensor(rows, dtype=torch.long)]
+        return self._gather(
+            keys, lambda table: table.token_ids, torch.zeros(0, self.tokens_per_item, dtype=torch.long)
+        )
+
+    def _gather(self, keys: Sequence[str], column, empty: torch.Tensor) -> torch.Tensor:
+        """Rows of a per-domain tensor for ``keys``: ``column(table)`` is (n, ...) for a domain's table of n items;
+        the result is (len(keys), ...), ``empty`` when there are no keys. A whole domain in indexing order (what
+        ranking a domain asks for) is one comparison of key lists and no per-key work."""
+        keys = keys if isinstance(keys, list) else list(keys)
+        if not keys:
+            return empty
+        first = self._tables.get(item_domain(keys[0])) if isinstance(keys[0], str) else None
+        if first is not None and len(keys) == len(first) and keys == first.keys:
+            return column(first)
+        by_domain: dict[str, tuple[list[int], list[int]]] = {}
+        for position, key in enumerate(keys):
+            domain = item_domain(self._check_key(key))
+            positions, rows = by_domain.setdefault(domain, ([], []))
+            positions.append(position)
+            rows.append(self._tables[domain].row_of[key])
+        if len(by_domain) == 1:
+            ((domain, (_, rows)),) = by_domain.items()
+            return column(self._tables[domain])[torch.tensor(rows, dtype=torch.long)]
+        gathered = None
+        for domain, (positions, rows) in by_domain.items():
+            values = column(self._tables[domain])[torch.tensor(rows, dtype=torch.long)]
+            if gathered is None:
+                gathered = values.new_empty(len(keys), *values.shape[1:])
+            gathered[torch.tensor(positions, dtype=torch.long)] = values
+        return gathered
 
     def encode_history(
         self,
@@ -330,6 +363,7 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
 
     def set_items(self, codes: Mapping[str, Sequence[int]], texts: Mapping[str, str]) -> None:
         """Add items whose IDs are already decided (e.g. by fitting); IDs must be unique and in range."""
+        added: dict[str, list[str]] = {}
         for key, item_codes in codes.items():
             item_codes = tuple(int(c) for c in item_codes)
             if not self.layout.fits(item_codes):
@@ -345,19 +379,25 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
             self._codes[key] = item_codes
             self._key_by_codes[item_codes] = key
             self._texts[key] = texts.get(key, "")
-        self._token_table = None
+            added.setdefault(item_domain(key), []).append(key)
+        offsets = torch.tensor(self.layout.level_offsets, dtype=torch.long)
+        for domain, keys in added.items():
+            token_ids = torch.tensor([self._codes[key] for key in keys], dtype=torch.long) + offsets
+            self._tables.setdefault(domain, DomainItems(self.tokens_per_item)).append(keys, token_ids)
 
     def remove_items(self, keys: Sequence[str]) -> None:
         """Forget indexed items (their IDs become free again); a domain left with no items forgets its alignment."""
-        for key in keys:
+        removed: dict[str, list[str]] = {}
+        for key in dict.fromkeys(keys):
             self._key_by_codes.pop(self._codes.pop(self._check_key(key)))
-            for table in (self._texts, self._counts, self._vectors):
-                table.pop(key, None)
-        for domain in {item_domain(key) for key in keys} - self.domains:
-            self._alignments.pop(domain, None)
-        self._sorted_counts = None
-        self._domain_centres.clear()
-        self._token_table = None
+            self._texts.pop(key)
+            self._counts.pop(key, None)
+            removed.setdefault(item_domain(key), []).append(key)
+        for domain, domain_keys in removed.items():
+            self._tables[domain].remove(domain_keys)
+            if not len(self._tables[domain]):
+                del self._tables[domain]
+                self._alignments.pop(domain, None)
 
     def code_latent_table(self, vocab_size: int) -> torch.Tensor:
         """(vocab_size, latent_dim): the row of the token of code k of level l is the quantizer's
@@ -408,6 +448,19 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
         check_model_config(self, config, where)
 
     # ----- files -----
+    def _load_items(self, path: str) -> None:
+        state = load_items(path)
+        keys = state["keys"]
+        self.set_items(dict(zip(keys, state["codes"].tolist())), dict(zip(keys, state["texts"])))
+        counted = state["counts"] != NO_COUNT
+        self.set_item_counts(
+            dict(zip((keys[i] for i in counted.nonzero().squeeze(-1).tolist()), state["counts"][counted].tolist()))
+        )
+        if state["vectors"] is not None:
+            rows = state["has_vector"].nonzero().squeeze(-1)
+            self._set_vectors([keys[i] for i in rows.tolist()], state["vectors"][rows])
+        self._alignments = state["alignments"]
+
     def _load_item_table(self, path: str) -> None:
         try:
             table = json.loads(Path(path).read_text(encoding="utf-8"))["items"]
@@ -420,41 +473,54 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
         self.set_item_counts({key: item["count"] for key, item in table.items() if "count" in item})
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
-        """Write the item table and the quantizer (atomically: temp file, then rename)."""
+        """Write every item and each domain's alignment to one file, and the quantizer to another (each atomically:
+        temp file, then rename), so a folder never mixes two saves; a previous release's files there are removed."""
         prefix = f"{filename_prefix}-" if filename_prefix else ""
-        table_path = os.path.join(save_directory, prefix + self.vocab_files_names["item_table_file"])
-        table = {
-            "items": {
-                key: {
-                    "codes": list(codes),
-                    "text": self._texts[key],
-                    **({"count": self._counts[key]} if key in self._counts else {}),
-                }
-                for key, codes in self._codes.items()
-            }
-        }
-        _atomic_write(table_path, lambda f: f.write(json.dumps(table, ensure_ascii=False).encode("utf-8")))
-        paths = [table_path]
+        keys = [key for table in self._tables.values() for key in table.keys]
+        vectors = None
+        if self._vector_size:
+            vectors = (
+                torch.cat(
+                    [
+                        table.vectors if table.vectors is not None else torch.zeros(len(table), self._vector_size)
+                        for table in self._tables.values()
+                    ]
+                )
+                if keys
+                else torch.zeros(0, self._vector_size)
+            )
+        items_path = os.path.join(save_directory, prefix + self.vocab_files_names["items_file"])
+        _atomic_write(
+            items_path,
+            lambda path: save_items(
+                path,
+                keys,
+                torch.tensor([self._codes[key] for key in keys], dtype=torch.long).reshape(-1, self.tokens_per_item),
+                [self._texts[key] for key in keys],
+                torch.tensor([self._counts.get(key, NO_COUNT) for key in keys], dtype=torch.long),
+                vectors,
+                torch.cat([table.has_vector for table in self._tables.values()])
+                if keys
+                else torch.zeros(0, dtype=torch.bool),
+                self._alignments,
+            ),
+        )
+        paths = [items_path]
         if self._quantizer is not None:
             quantizer_path = os.path.join(save_directory, prefix + self.vocab_files_names["quantizer_file"])
-            state = quantizer_state(self._quantizer, self._alignments)
-            _atomic_write(quantizer_path, lambda f: torch.save(state, f))
+            _atomic_write(quantizer_path, lambda path: save_quantizer(self._quantizer, path))
             paths.append(quantizer_path)
-        if self._vectors:
-            vectors_path = os.path.join(save_directory, prefix + self.vocab_files_names["item_vectors_file"])
-            state = {"keys": list(self._vectors), "vectors": torch.stack(list(self._vectors.values())).half()}
-            _atomic_write(vectors_path, lambda f: torch.save(state, f))
-            paths.append(vectors_path)
+        for name in self.legacy_files:
+            Path(save_directory, prefix + self.vocab_files_names[name]).unlink(missing_ok=True)
         return tuple(paths)
 
 
 def _atomic_write(path: str, write) -> None:
-    """``write(handle)`` fills a temporary file beside ``path``, which then replaces ``path``; on failure the
-    temporary file is removed and ``path`` is unchanged."""
-    temporary = f"{path}.tmp-{os.getpid()}"
+    """``write(temporary_path)`` fills a temporary file beside ``path``, which then replaces ``path``; on failure the
+    temporary file is removed and ``path`` is unchanged. The temporary name is unique to the process and thread."""
+    temporary = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
     try:
-        with open(temporary, "wb") as handle:
-            write(handle)
+        write(temporary)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

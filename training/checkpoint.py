@@ -12,8 +12,10 @@ half-written file or folder:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import json
 import os
 import shutil
@@ -101,7 +103,31 @@ def write_hub_folder(
     logs survive the final save), then ``finish(staging)`` (the model card). Returns ``output_dir``."""
     output_dir = Path(output_dir)
     run_dir = Path(run_dir) if run_dir is not None else output_dir
-    staging = output_dir.with_name(f".{output_dir.name}.staging")
+    with writing_lock(output_dir):
+        _write_hub_folder(model, tokenizer, output_dir, run_dir, finish)
+    return output_dir
+
+
+@contextlib.contextmanager
+def writing_lock(target: Path):
+    """Hold the lock on writing ``target`` (a file ``.<name>.lock`` beside it, locked with ``flock``, which the OS
+    releases when the process ends, even by a kill); a second writer gets a ValueError saying so."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(f".{target.name}.lock"), "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"{target}: another process is writing this folder now; wait for it to finish or write elsewhere"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_hub_folder(model, tokenizer, output_dir: Path, run_dir: Path, finish) -> None:
+    staging = output_dir.with_name(f".{output_dir.name}.staging")  # one writer at a time: see writing_lock
     if staging.exists():
         shutil.rmtree(staging)
     if hasattr(model, "peft_config"):
@@ -117,7 +143,6 @@ def write_hub_folder(
     if finish is not None:
         finish(staging)
     replace_folder(staging, output_dir)
-    return output_dir
 
 
 def save_training_state(accelerator, checkpoint_dir: Path, step: int, total_limit: int) -> None:
