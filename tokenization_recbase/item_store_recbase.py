@@ -41,6 +41,22 @@ class DomainItems:
         self._counts = torch.zeros(0, dtype=torch.long)
         self._derived: dict[str, object] = {}  # centre, buckets, texts: rebuilt on first use after a change
 
+    @classmethod
+    def from_rows(
+        cls,
+        keys: list[str],
+        token_ids: torch.Tensor,
+        vectors: torch.Tensor | None,
+        has_vector: torch.Tensor,
+        counts: torch.Tensor,
+    ) -> DomainItems:
+        """A table holding these rows as they are (loading a saved file: no per-row work beyond the key index)."""
+        table = cls(token_ids.shape[1])
+        table.keys, table.row_of = keys, {key: row for row, key in enumerate(keys)}
+        table._token_ids, table._has_vector, table._counts = token_ids, has_vector, counts
+        table._vectors = vectors
+        return table
+
     def __len__(self) -> int:
         return len(self.keys)
 

@@ -39,6 +39,7 @@ from .item_text_recbase import (
     TextEncoder,
 )
 from .quantization_recbase import ResidualQuantizer, load_quantizer, save_quantizer
+from .saving_recbase import save_through_staging
 from .vocabulary_recbase import SPECIAL_TOKENS, VocabularyLayout, item_domain, recent_items
 
 TOKEN_PATTERN = re.compile("|".join([r"<[a-z]_\d+>", *map(re.escape, SPECIAL_TOKENS)]))
@@ -258,6 +259,15 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
             keys, lambda table: table.token_ids, torch.zeros(0, self.tokens_per_item, dtype=torch.long)
         )
 
+    def positions(self, keys: Sequence[str]) -> Mapping[str, int]:
+        """key -> its index in ``keys``; for a whole domain in indexing order, that domain's own index (no per-key
+        work)."""
+        keys = keys if isinstance(keys, list) else list(keys)
+        first = self._tables.get(item_domain(keys[0])) if keys and isinstance(keys[0], str) else None
+        if first is not None and len(keys) == len(first) and keys == first.keys:
+            return types.MappingProxyType(first.row_of)
+        return {key: index for index, key in enumerate(keys)}
+
     def _gather(self, keys: Sequence[str], column, empty: torch.Tensor) -> torch.Tensor:
         """Rows of a per-domain tensor for ``keys``: ``column(table)`` is (n, ...) for a domain's table of n items;
         the result is (len(keys), ...), ``empty`` when there are no keys. A whole domain in indexing order (what
@@ -443,22 +453,60 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
                 "damaged: save it again or copy the whole folder"
             ) from error
 
+    def save_pretrained(self, save_directory, *args, **kwargs) -> tuple[str, ...]:
+        """``PreTrainedTokenizer.save_pretrained``, through a staging folder: a kill never leaves a file cut short,
+        and the items (one file) are always those of one save (``saving_recbase``). A previous release's files there
+        are removed once the new ones are in place."""
+        paths = save_through_staging(
+            save_directory, lambda staging: super(RecBaseTokenizer, self).save_pretrained(staging, *args, **kwargs)
+        )
+        prefix = f"{kwargs['filename_prefix']}-" if kwargs.get("filename_prefix") else ""
+        for name in self.legacy_files:
+            Path(save_directory, prefix + self.vocab_files_names[name]).unlink(missing_ok=True)
+        return paths
+
     def check_model_config(self, config, where: str) -> None:
         """Raise a ValueError naming ``where`` unless a model ``config`` has this tokenizer's concept vocabulary."""
         check_model_config(self, config, where)
 
     # ----- files -----
     def _load_items(self, path: str) -> None:
+        """Every item of a saved items file, at once: checks and tables over whole tensors, so a million items load
+        in seconds (``set_items`` checks them one by one)."""
         state = load_items(path)
-        keys = state["keys"]
-        self.set_items(dict(zip(keys, state["codes"].tolist())), dict(zip(keys, state["texts"])))
-        counted = state["counts"] != NO_COUNT
-        self.set_item_counts(
-            dict(zip((keys[i] for i in counted.nonzero().squeeze(-1).tolist()), state["counts"][counted].tolist()))
-        )
-        if state["vectors"] is not None:
-            rows = state["has_vector"].nonzero().squeeze(-1)
-            self._set_vectors([keys[i] for i in rows.tolist()], state["vectors"][rows])
+        keys, codes = state["keys"], state["codes"]
+        sizes = torch.tensor(self.layout.level_sizes)
+        if codes.shape != (len(keys), self.tokens_per_item) or bool(((codes < 0) | (codes >= sizes)).any()):
+            raise ValueError(f"{path}: item codes do not fit the layout {list(self.layout.level_sizes)}")
+        code_tuples = list(map(tuple, codes.tolist()))
+        self._codes = dict(zip(keys, code_tuples))
+        self._key_by_codes = dict(zip(code_tuples, keys))
+        if not len(self._codes) == len(self._key_by_codes) == len(keys):
+            raise ValueError(
+                f"{path}: {len(keys)} items but {len(self._codes)} distinct keys and "
+                f"{len(self._key_by_codes)} distinct IDs"
+            )
+        self._texts = dict(zip(keys, state["texts"]))
+        counts, vectors, has_vector = state["counts"], state["vectors"], state["has_vector"]
+        counted = (counts != NO_COUNT).nonzero().squeeze(-1).tolist()
+        self._counts = {keys[row]: count for row, count in zip(counted, counts[counted].tolist())}
+        self._vector_size = vectors.shape[-1] if vectors is not None and bool(has_vector.any()) else 0
+        token_ids = codes + torch.tensor(self.layout.level_offsets, dtype=torch.long)
+        # The file holds each domain's items together (see save_vocabulary): one table per run of a domain.
+        domains = [item_domain(key) for key in keys]
+        start = 0
+        for end in range(1, len(keys) + 1):
+            if end == len(keys) or domains[end] != domains[start]:
+                if domains[start] in self._tables:
+                    raise ValueError(f"{path}: the items of domain {domains[start]!r} are not stored together")
+                self._tables[domains[start]] = DomainItems.from_rows(
+                    keys[start:end],
+                    token_ids[start:end],
+                    vectors[start:end] if self._vector_size else None,
+                    has_vector[start:end],
+                    counts[start:end],
+                )
+                start = end
         self._alignments = state["alignments"]
 
     def _load_item_table(self, path: str) -> None:
@@ -474,7 +522,7 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
         """Write every item and each domain's alignment to one file, and the quantizer to another (each atomically:
-        temp file, then rename), so a folder never mixes two saves; a previous release's files there are removed."""
+        temp file, then rename), so a folder never mixes two saves."""
         prefix = f"{filename_prefix}-" if filename_prefix else ""
         keys = [key for table in self._tables.values() for key in table.keys]
         vectors = None
@@ -510,8 +558,6 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
             quantizer_path = os.path.join(save_directory, prefix + self.vocab_files_names["quantizer_file"])
             _atomic_write(quantizer_path, lambda path: save_quantizer(self._quantizer, path))
             paths.append(quantizer_path)
-        for name in self.legacy_files:
-            Path(save_directory, prefix + self.vocab_files_names[name]).unlink(missing_ok=True)
         return tuple(paths)
 
 

@@ -27,16 +27,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from modeling_recbase import NextItemGenerationPipeline, RankingPolicy, RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer, check_model_config
 
+INDEXED_ITEMS_FILE = "indexed_items.json"  # what training.index_items added to a trained folder
 # A run's files that travel with the weights in the Hub folder (the model card reads them); a run without
-# checkpoint selection has no validation.json.
+# checkpoint selection has no validation.json, and only a training.index_items folder has INDEXED_ITEMS_FILE.
 HUB_RUN_FILES = (
     "eval_results.json",
     "eval_results.md",
     "item_tokenizer_report.json",
     "logs/train_log.jsonl",
     "validation.json",
+    INDEXED_ITEMS_FILE,
 )
-OPTIONAL_RUN_FILES = ("validation.json",)
+OPTIONAL_RUN_FILES = ("validation.json", INDEXED_ITEMS_FILE)
 RENAME_EXCHANGE = 2  # renameat2 flag (Linux >= 3.15): swap two paths in one step
 
 

@@ -2,6 +2,7 @@
 
     python -m training.export --checkpoint outputs/recbase-tiny --output_dir outputs/hub/recbase-tiny
     python -m training.export --checkpoint outputs/recbase-tiny --push_to_hub ORG/recbase-tiny [--token hf_...]
+    python -m training.export --checkpoint outputs/adapt/my_movies/train-1/lora --base_model_id ORG/recbase-tiny
 
 The folder holds what a Hub user needs and nothing of the training state (no optimizer checkpoints):
 weights, ``config.json`` with ``auto_map`` and ``custom_pipelines``, the generation config, the tokenizer
@@ -9,23 +10,52 @@ weights, ``config.json`` with ``auto_map`` and ``custom_pipelines``, the generat
 card naming ``ORG/NAME`` in its usage snippet, its plots, and the evaluation and item-tokenizer reports. It is
 written to a staging folder and renamed into place, so a failed export leaves no half folder. Without network
 (or with ``HF_HUB_OFFLINE=1``) the upload fails with a message saying so, and the folder stays ready to upload.
+A ``training.index_items`` folder exports like the trained folder it came from, its card listing the domains it
+added; a LoRA folder gets its own card, naming its base by Hub name (``--base_model_id``) or relative path.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from model_cards.generate import write_model_card
-from training.checkpoint import HUB_RUN_FILES, OPTIONAL_RUN_FILES, load_checkpoint, write_hub_folder
+from model_cards.generate import build_lora_card, write_model_card
+from training.checkpoint import (
+    HUB_RUN_FILES,
+    OPTIONAL_RUN_FILES,
+    load_checkpoint,
+    write_hub_folder,
+    write_json_atomically,
+    write_text_atomically,
+)
 
 
-def export_folder(checkpoint: str | Path, output_dir: str | Path, model_id: str | None = None) -> Path:
-    """Write the Hub-ready folder for ``checkpoint`` at ``output_dir`` (replacing it as a whole); returns it."""
+def export_folder(
+    checkpoint: str | Path, output_dir: str | Path, model_id: str | None = None, base_model_id: str | None = None
+) -> Path:
+    """Write the Hub-ready folder for ``checkpoint`` at ``output_dir`` (replacing it as a whole); returns it. A LoRA
+    folder gets the LoRA card; ``base_model_id`` (its base's Hub name) then replaces the local base path in
+    ``adapter_config.json``, so the Hub copy loads its base from the Hub."""
     checkpoint = Path(checkpoint)
+    if (checkpoint / "adapter_config.json").is_file():
+        model, tokenizer = load_checkpoint(checkpoint)
+
+        def finish(staging: Path) -> None:
+            if base_model_id:
+                config = json.loads((staging / "adapter_config.json").read_text())
+                write_json_atomically(
+                    staging / "adapter_config.json", {**config, "base_model_name_or_path": base_model_id}
+                )
+            base = base_model_id or _base_relative_to(checkpoint, output_dir)
+            card = build_lora_card(staging, model_id, base, name=Path(output_dir).name)
+            write_text_atomically(staging / "README.md", str(card))
+
+        return write_hub_folder(model, tokenizer, output_dir, run_dir=checkpoint, finish=finish)
     missing = [name for name in HUB_RUN_FILES if name not in OPTIONAL_RUN_FILES and not (checkpoint / name).is_file()]
     if missing:
         raise FileNotFoundError(
@@ -35,6 +65,12 @@ def export_folder(checkpoint: str | Path, output_dir: str | Path, model_id: str 
     return write_hub_folder(
         model, tokenizer, output_dir, run_dir=checkpoint, finish=lambda staging: write_model_card(staging, model_id)
     )
+
+
+def _base_relative_to(checkpoint: Path, output_dir: str | Path) -> str:
+    """The base model's path of a LoRA folder, relative to where the exported folder goes."""
+    base = json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
+    return os.path.relpath(Path(base).resolve(), Path(output_dir).resolve())
 
 
 def push_folder(folder: Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
@@ -50,7 +86,14 @@ def push_folder(folder: Path, repo_id: str, token: str | None = None, private: b
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a folder written by python -m training.main")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a folder written by python -m training.main, training.index_items, training.adapt or a LoRA run",
+    )
+    parser.add_argument(
+        "--base_model_id", default=None, help="a LoRA folder's base model by its Hub name (default: a relative path)"
+    )
     parser.add_argument(
         "--output_dir", default=None, help="default: outputs/hub/<NAME of --push_to_hub, or checkpoint name>"
     )
@@ -59,7 +102,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--private", action="store_true")
     args = parser.parse_args(argv)
     name = args.push_to_hub.split("/")[-1] if args.push_to_hub else Path(args.checkpoint).resolve().name
-    folder = export_folder(args.checkpoint, args.output_dir or Path("outputs/hub") / name, args.push_to_hub)
+    folder = export_folder(
+        args.checkpoint, args.output_dir or Path("outputs/hub") / name, args.push_to_hub, args.base_model_id
+    )
     print(f"Hub-ready folder: {folder}")
     if args.push_to_hub:
         try:

@@ -7,16 +7,20 @@ Each item's fields become its unified text with the template saved in the tokeni
 and get concept IDs from the frozen quantizer (``add_items``; a new domain is aligned on all its items at
 once). The new folder is what the pipeline, ``training.evaluate`` (zero-shot) and ``training.adapt`` (LoRA)
 take. ``--catalogue_counts True`` also gives each item its number of interactions in the corpus's training part
-(the separate "catalogue counts" setting).
+(the separate "catalogue counts" setting). The source folder's model card, plots and run files are kept, and
+``indexed_items.json`` records the domains indexed here, which ``training.export`` shows on the card.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
 from training.arguments import IndexArguments, parse_arguments
-from training.checkpoint import load_checkpoint, write_hub_folder
+from training.checkpoint import INDEXED_ITEMS_FILE, load_checkpoint, write_hub_folder, write_json_atomically
 from training.corpus import load_corpus
 from training.embedding import EmbeddingCache
 
@@ -25,6 +29,8 @@ def index_items(args: IndexArguments) -> Path:
     """Add every item of ``args.domains`` in the corpus that the checkpoint's tokenizer does not know; save the
     model and the tokenizer to ``args.output_dir`` (a pipeline folder). Returns ``args.output_dir``."""
     model, tokenizer = load_checkpoint(args.checkpoint)
+    source = Path(args.checkpoint)
+    indexed: dict[str, int] = {}
     corpus = load_corpus(args.corpus_dir)
     cache = EmbeddingCache(tokenizer.text_encoder, args.cache_dir, max_length=tokenizer.text_max_length)
     for domain in args.domains:
@@ -40,7 +46,22 @@ def index_items(args: IndexArguments) -> Path:
             counts = [seen[row["key"]] for row in rows]
         print(f"indexing {len(rows)} items of {domain}")
         tokenizer.add_items([row["key"] for row in rows], texts=texts, embeddings=cache.embed(texts), counts=counts)
-    return write_hub_folder(model, tokenizer, args.output_dir)
+        indexed[domain] = len(rows)
+
+    def keep_the_source_card(staging: Path) -> None:
+        """The source's card and plots travel with it (its run files do through ``run_dir``), and
+        ``indexed_items.json`` says what this folder adds (the card shows it when exported)."""
+        for path in [source / "README.md", *source.glob("*.svg")]:
+            if path.is_file():
+                shutil.copy2(path, staging / path.name)
+        trained, domains = source.resolve(), dict(indexed)
+        if (source / INDEXED_ITEMS_FILE).is_file():  # indexed before: the record names the trained folder
+            before = json.loads((source / INDEXED_ITEMS_FILE).read_text(encoding="utf-8"))
+            trained, domains = (source.resolve().parent / before["source"]).resolve(), {**before["domains"], **indexed}
+        record = {"source": os.path.relpath(trained, Path(args.output_dir).resolve().parent), "domains": domains}
+        write_json_atomically(staging / INDEXED_ITEMS_FILE, record)
+
+    return write_hub_folder(model, tokenizer, args.output_dir, run_dir=source, finish=keep_the_source_card)
 
 
 def main(argv: list[str] | None = None) -> Path:

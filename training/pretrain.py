@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from model_cards.generate import build_lora_card
 from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer, check_model_config
 from training.arguments import (
@@ -45,7 +46,13 @@ from training.arguments import (
     PretrainingArguments,
     parse_arguments,
 )
-from training.checkpoint import latest_training_state, save_training_state, write_hub_folder, write_json_atomically
+from training.checkpoint import (
+    latest_training_state,
+    save_training_state,
+    write_hub_folder,
+    write_json_atomically,
+    write_text_atomically,
+)
 from training.corpus import load_corpus
 from training.pretraining_data import LengthGroupedSampler, PretrainingCollator, training_windows
 from training.protocols import build_evaluation_set
@@ -430,10 +437,19 @@ def train(data: DataArguments, model_args: ModelArguments, args: PretrainingArgu
             accelerator.print(
                 f"kept step {selector.best_step} (validation {args.validation_metric} {selector.best_score:.4f})"
             )
+        adapter = model_args.lora_rank and not model_args.merge_lora
         write_hub_folder(
             final.merge_and_unload() if model_args.merge_lora and model_args.lora_rank else final,
             tokenizer,
             output_dir,
+            # PEFT's own card is blank and calls the task text generation: an adapter folder gets RecBase's.
+            finish=(
+                lambda staging: write_text_atomically(
+                    staging / "README.md", str(build_lora_card(staging, name=output_dir.name))
+                )
+            )
+            if adapter
+            else None,
         )
     accelerator.end_training()
     return output_dir

@@ -1,0 +1,1 @@
+../tokenization_recbase/saving_recbase.py
