@@ -137,7 +137,7 @@ def markdown(results: dict, command: str, plot_name: str) -> str:
         f"{1000 * row['unconstrained']:.1f} | {row['ratio']:.2f}x | {'met' if row['ratio'] <= 1.2 else 'missed'} |"
         for row in recommendation["beam_search"]
     ]
-    scoring, pipe = recommendation["scoring"], recommendation["pipeline"]
+    scoring, pipe, embed = recommendation["scoring"], recommendation["pipeline"], indexing["embed"]
     lines += [
         "",
         f"Candidate scoring (code head + dense head, one user, {scoring['candidates']} candidates): "
@@ -149,8 +149,10 @@ def markdown(results: dict, command: str, plot_name: str) -> str:
         f"Peak memory of this section: {recommendation['peak_rss_gb']:.2f} GB.",
         "",
         "## Item indexing\n",
-        f"Embedding with the real text encoder: {indexing['embed']['texts_per_second']:.0f} texts/s "
-        f"({indexing['embed']['texts']} texts).",
+        f"Embedding with the real text encoder: {embed['texts_per_second']:.0f} texts/s ({embed['texts']} texts, "
+        f"{embed['tokens_per_text']:.0f} tokens each as padded). That is {embed['gflops']:.1f} GFLOP/s (2 FLOPs per "
+        f"weight outside the embeddings per token), {embed['gflops'] / embed['peak_gflops']:.0%} of a 1024^3 fp32 "
+        f"matmul measured in the same process ({embed['peak_gflops']:.1f} GFLOP/s).",
         "",
         "| items | quantize (items/s) | assign IDs (items/s) |",
         "|---|---|---|",

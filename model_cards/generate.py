@@ -85,6 +85,26 @@ def install_line(text_encoder: str) -> str:
     return "pip install " + " ".join(packages)
 
 
+def card_metadata(
+    library_name: str,
+    model_name: str,
+    tags: list[str],
+    base_model: str | None = None,
+    eval_results: list[EvalResult] | None = None,
+) -> ModelCardData:
+    """What every RecBase card's metadata says: the data's terms, the pipeline task, remote code."""
+    return ModelCardData(
+        license="other",
+        license_name="research-only-data",
+        library_name=library_name,
+        pipeline_tag=TASK,
+        base_model=base_model,
+        model_name=model_name,
+        tags=[*tags, "custom_code"],
+        eval_results=eval_results,
+    )
+
+
 def build_lora_card(
     folder: str | Path, model_id: str | None = None, base_model: str | None = None, name: str | None = None
 ) -> ModelCard:
@@ -100,17 +120,8 @@ def build_lora_card(
     selection = json.loads(validation.read_text()) if validation.is_file() else None
     domains = sorted(tokenizer.domains)
     model_name = name or (model_id.split("/")[-1] if model_id else folder.resolve().name)
-    card_data = ModelCardData(
-        license="other",
-        license_name="research-only-data",
-        library_name="peft",
-        pipeline_tag=TASK,
-        base_model=base,
-        model_name=model_name,
-        tags=["recommendation", "generative-recommendation", "recbase", "lora", "custom_code"],
-    )
     return ModelCard.from_template(
-        card_data,
+        card_metadata("peft", model_name, ["recommendation", "generative-recommendation", "recbase", "lora"], base),
         template_path=str(LORA_TEMPLATE),
         model_name=model_name,
         base_model=base,
@@ -171,13 +182,10 @@ def build_model_card(checkpoint_dir: str | Path, model_id: str | None = None) ->
     model_name = model_id.split("/")[-1] if model_id else checkpoint_dir.resolve().name
 
     indexed = checkpoint_dir / INDEXED_ITEMS_FILE
-    card_data = ModelCardData(
-        license="other",
-        license_name="research-only-data",
-        library_name="transformers",
-        pipeline_tag=TASK,
-        model_name=model_name,
-        tags=["recommendation", "generative-recommendation", "zero-shot", "semantic-ids", "recbase", "custom_code"],
+    card_data = card_metadata(
+        "transformers",
+        model_name,
+        ["recommendation", "generative-recommendation", "zero-shot", "semantic-ids", "recbase"],
         eval_results=card_eval_results(eval_results),
     )
     card = ModelCard.from_template(

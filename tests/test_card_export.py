@@ -128,7 +128,7 @@ def test_the_main_job_gives_the_same_numbers_for_the_same_seed(main_job, tmp_pat
     first, second = (json.loads((folder / "eval_results.json").read_text()) for folder in (main_job[0], again))
     first.pop("run"), second.pop("run")  # holds the output folder and the run's duration
     assert first == second
-    for name in ("items.safetensors", "validation.json"):
+    for name in ("items.safetensors", "quantizer.safetensors", "validation.json"):
         assert (main_job[0] / name).read_bytes() == (again / name).read_bytes()
 
 

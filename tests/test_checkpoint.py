@@ -42,17 +42,20 @@ while True:
 """
 
 
+def saving_forever(script: str, checkpoint, target) -> subprocess.Popen:
+    """``script`` run on ``checkpoint`` and ``target`` in another process, once its first save is whole."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(checkpoint), str(target)], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline().strip() == "1"  # one whole save exists before the looks start
+    return process
+
+
 def test_a_kill_during_add_items_and_the_usual_saves_leaves_a_folder_that_loads_and_recommends(tiny_run, tmp_path):
     from transformers import pipeline
 
     target = tmp_path / "mine"
-    process = subprocess.Popen(
-        [sys.executable, "-c", INDEX_AND_SAVE_FOREVER, str(tiny_run["checkpoint"]), str(target)],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout.readline().strip() == "1"
+    process = saving_forever(INDEX_AND_SAVE_FOREVER, tiny_run["checkpoint"], target)
     indexed = []
     try:
         for look in range(20):  # freezes land at different points of add_items and of both saves
@@ -85,13 +88,7 @@ def folder_generation(folder) -> int:
 
 def test_a_kill_during_the_final_save_leaves_the_old_folder_or_the_new_one(tiny_run, tmp_path):
     target = tmp_path / "hub"
-    process = subprocess.Popen(
-        [sys.executable, "-c", SAVE_FOREVER, str(tiny_run["checkpoint"]), str(target)],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout.readline().strip() == "1"  # one whole save exists before the kills start
+    process = saving_forever(SAVE_FOREVER, tiny_run["checkpoint"], target)
     seen = []
     for delay in (0.03, 0.05, 0.08, 0.13, 0.21, 0.34, 0.55) * 3:  # 21 kills at different points of a save
         time.sleep(delay)

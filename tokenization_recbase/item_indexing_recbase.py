@@ -87,6 +87,17 @@ class ItemIndexingMixin:
         if embeddings is None:
             if texts is None:
                 raise ValueError("add_items needs texts or embeddings")
+            # What would fail after embedding is refused before it: the embedding is the slow part of a call.
+            texts_of_new_domains: dict[str, set[str]] = {}
+            for key, text in zip(keys, texts):
+                if item_domain(key) not in self._alignments:
+                    texts_of_new_domains.setdefault(item_domain(key), set()).add(text)
+            for domain, distinct in texts_of_new_domains.items():
+                if len(distinct) < 2:
+                    raise ValueError(
+                        f"new domain {domain!r}: a domain needs at least two distinct items to be aligned; index "
+                        "its items together"
+                    )
             embeddings = self.embed_texts(texts, progress=len(texts) >= 256)  # a bar when it takes seconds
         if embeddings.shape != (len(keys), self._quantizer.config["input_dim"]):
             raise ValueError(

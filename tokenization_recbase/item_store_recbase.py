@@ -23,6 +23,7 @@ import torch
 from transformers.modeling_utils import safe_open, safe_save_file
 
 ITEMS_FORMAT = "recbase-items/1"
+METADATA_KEY = "recbase"  # the file's one metadata entry, a JSON object
 NO_COUNT = -1  # a row's count when the user gave none
 
 
@@ -188,19 +189,21 @@ def save_items(
     for index, domain in enumerate(domains):
         for part in ("mean", "rotation"):
             tensors[f"alignment.{index}.{part}"] = alignments[domain][part].float().contiguous()
-    metadata = {"format": ITEMS_FORMAT, "alignment_domains": json.dumps(domains)}
-    safe_save_file(tensors, path, metadata=metadata)
+    # One metadata entry: safetensors writes several in an order that changes from process to process.
+    safe_save_file(
+        tensors, path, metadata={METADATA_KEY: json.dumps({"format": ITEMS_FORMAT, "alignment_domains": domains})}
+    )
 
 
 def load_items(path: str | os.PathLike) -> dict:
     """What ``save_items`` wrote: ``{"keys", "codes", "texts", "counts", "vectors", "has_vector", "alignments"}``."""
     try:
         with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+            metadata = json.loads((handle.metadata() or {}).get(METADATA_KEY, "{}"))
             if metadata.get("format") != ITEMS_FORMAT:
                 raise ValueError(f"format {metadata.get('format')!r}, expected {ITEMS_FORMAT!r}")
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        domains = json.loads(metadata["alignment_domains"])
+        domains = metadata["alignment_domains"]
         return {
             "keys": _tensors_to_strings(tensors["key_bytes"], tensors["key_ends"]),
             "texts": _tensors_to_strings(tensors["text_bytes"], tensors["text_ends"]),

@@ -187,7 +187,9 @@ def save_quantizer(quantizer: ResidualQuantizer, path: str | os.PathLike) -> Non
     """The frozen quantizer's weights and config as one safetensors file (the domain alignments are saved with the
     items, since ``add_items`` changes them)."""
     state = {name: tensor.contiguous() for name, tensor in quantizer.state_dict().items()}
-    safe_save_file(state, str(path), metadata={"format": QUANTIZER_FORMAT, "config": json.dumps(quantizer.config)})
+    # One metadata entry: safetensors writes several in an order that changes from process to process.
+    metadata = {"recbase": json.dumps({"format": QUANTIZER_FORMAT, "config": quantizer.config})}
+    safe_save_file(state, str(path), metadata=metadata)
 
 
 def load_quantizer(path: str | os.PathLike) -> tuple[ResidualQuantizer, dict[str, dict[str, torch.Tensor]]]:
@@ -196,10 +198,10 @@ def load_quantizer(path: str | os.PathLike) -> tuple[ResidualQuantizer, dict[str
     try:
         if str(path).endswith(".safetensors"):
             with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
+                metadata = json.loads((handle.metadata() or {}).get("recbase", "{}"))
                 if metadata.get("format") != QUANTIZER_FORMAT:
                     raise ValueError(f"format {metadata.get('format')!r}, expected {QUANTIZER_FORMAT!r}")
-                state = {"config": json.loads(metadata["config"]), "domain_alignments": {}}
+                state = {"config": metadata["config"], "domain_alignments": {}}
                 state["state_dict"] = {name: handle.get_tensor(name) for name in handle.keys()}
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -524,32 +524,31 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
         """Write every item and each domain's alignment to one file, and the quantizer to another (each atomically:
         temp file, then rename), so a folder never mixes two saves."""
         prefix = f"{filename_prefix}-" if filename_prefix else ""
-        keys = [key for table in self._tables.values() for key in table.keys]
-        vectors = None
-        if self._vector_size:
-            vectors = (
-                torch.cat(
-                    [
-                        table.vectors if table.vectors is not None else torch.zeros(len(table), self._vector_size)
-                        for table in self._tables.values()
-                    ]
-                )
-                if keys
-                else torch.zeros(0, self._vector_size)
-            )
+        tables = list(self._tables.values())
+        offsets = torch.tensor(self.layout.level_offsets, dtype=torch.long)
+
+        def column(part, width: tuple[int, ...] = (), dtype=torch.long) -> torch.Tensor:
+            """``part(table)`` of every table, one after another (the file keeps each domain's items together)."""
+            return torch.cat([part(table) for table in tables]) if tables else torch.zeros(0, *width, dtype=dtype)
+
+        size = self._vector_size
         items_path = os.path.join(save_directory, prefix + self.vocab_files_names["items_file"])
         _atomic_write(
             items_path,
             lambda path: save_items(
                 path,
-                keys,
-                torch.tensor([self._codes[key] for key in keys], dtype=torch.long).reshape(-1, self.tokens_per_item),
-                [self._texts[key] for key in keys],
-                torch.tensor([self._counts.get(key, NO_COUNT) for key in keys], dtype=torch.long),
-                vectors,
-                torch.cat([table.has_vector for table in self._tables.values()])
-                if keys
-                else torch.zeros(0, dtype=torch.bool),
+                [key for table in tables for key in table.keys],
+                column(lambda table: table.token_ids - offsets, (self.tokens_per_item,)),
+                [self._texts[key] for table in tables for key in table.keys],
+                column(lambda table: table.counts),
+                column(
+                    lambda table: table.vectors if table.vectors is not None else torch.zeros(len(table), size),
+                    (size,),
+                    torch.float32,
+                )
+                if size
+                else None,
+                column(lambda table: table.has_vector, dtype=torch.bool),
                 self._alignments,
             ),
         )
