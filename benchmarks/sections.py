@@ -126,15 +126,17 @@ def training(quick: bool) -> dict:
     return result
 
 
-def synthetic_catalogue(items: int, seed: int = 0) -> RecBaseTokenizer:
-    """A tokenizer holding ``items`` items of one domain with distinct random IDs and random content vectors."""
+def synthetic_catalogue(items: int, other_items: int = 0, seed: int = 0) -> RecBaseTokenizer:
+    """A tokenizer holding ``items`` items of ``shop`` and ``other_items`` of ``other``, with distinct random IDs and
+    random content vectors (built in one pass: what indexing them would leave)."""
     generator = torch.Generator().manual_seed(seed)
     tokenizer = RecBaseTokenizer(codebook_sizes=CODEBOOKS, disambiguation_size=DISAMBIGUATION)
-    flat = torch.randperm(CODEBOOKS[0] * CODEBOOKS[1] * CODEBOOKS[2], generator=generator)[:items].tolist()
-    keys = [f"shop/{index}" for index in range(items)]
-    codes = {key: (code // 65536, code // 256 % 256, code % 256, 0) for key, code in zip(keys, flat)}
-    tokenizer.set_items(codes, {key: key for key in keys})
-    tokenizer.set_item_vectors(dict(zip(keys, torch.randn(items, VECTOR_SIZE, generator=generator))))
+    total = items + other_items
+    flat = torch.randperm(CODEBOOKS[0] * CODEBOOKS[1] * CODEBOOKS[2], generator=generator)[:total]
+    codes = torch.stack([flat // 65536, flat // 256 % 256, flat % 256, torch.zeros_like(flat)], -1).tolist()
+    keys = [f"other/{index}" for index in range(other_items)] + [f"shop/{index}" for index in range(items)]
+    tokenizer.set_items(dict(zip(keys, codes)), {key: key for key in keys})
+    tokenizer.set_item_vectors(dict(zip(keys, torch.randn(total, VECTOR_SIZE, generator=generator))))
     return tokenizer
 
 
@@ -303,20 +305,6 @@ def scaling(quick: bool) -> dict:
     return {"history": history, "catalogue": catalogue}
 
 
-def two_domain_catalogue(domain_items: int, other_items: int, seed: int = 0) -> RecBaseTokenizer:
-    """A tokenizer holding ``domain_items`` items of ``shop`` and ``other_items`` of ``other``, with distinct random
-    IDs and random content vectors (built in one pass: what indexing them would leave)."""
-    generator = torch.Generator().manual_seed(seed)
-    tokenizer = RecBaseTokenizer(codebook_sizes=CODEBOOKS, disambiguation_size=DISAMBIGUATION)
-    total = domain_items + other_items
-    flat = torch.randperm(CODEBOOKS[0] * CODEBOOKS[1] * CODEBOOKS[2], generator=generator)[:total]
-    codes = torch.stack([flat // 65536, flat // 256 % 256, flat % 256, torch.zeros_like(flat)], -1).tolist()
-    keys = [f"other/{index}" for index in range(other_items)] + [f"shop/{index}" for index in range(domain_items)]
-    tokenizer.set_items(dict(zip(keys, codes)), {key: key for key in keys})
-    tokenizer._set_vectors(keys, torch.randn(total, VECTOR_SIZE, generator=generator))
-    return tokenizer
-
-
 def percentiles(latencies: list[float]) -> dict:
     ordered = sorted(latencies)
     return {"p50": statistics.median(ordered), "p95": ordered[int(0.95 * (len(ordered) - 1))]}
@@ -332,7 +320,7 @@ def catalogue(quick: bool) -> dict:
     model = tiny_model(dense_head=True)
     rows = []
     for others in (0, 20000) if quick else (0, 100000, 1000000):
-        tokenizer = two_domain_catalogue(items, others)
+        tokenizer = synthetic_catalogue(items, others)
         keys = tokenizer.domain_items("shop")
         vectors = tokenizer.item_vectors(keys).numpy()
         unit = vectors / numpy.linalg.norm(vectors, axis=1, keepdims=True)  # an index built once, as numpy would

@@ -245,3 +245,13 @@ def test_an_item_given_by_the_text_of_an_indexed_item_is_that_item(recommend):
     by_text = recommend({"history": ["music/3", {"text": tokenizer.item_text("music/7")}]}, top_k=10)
     assert by_text == by_key and "music/7" not in [row["item"] for row in by_text]
     assert dict(tokenizer.item_codes) == before
+
+
+def test_a_refused_set_items_adds_nothing(tokenizer):
+    before = dict(tokenizer.item_codes)
+    taken = next(iter(before.values()))
+    with pytest.raises(ValueError, match="would share the ID"):
+        tokenizer.set_items({"books/1": (1, 2, 3, 0), "books/2": taken}, {})
+    with pytest.raises(ValueError, match="would share the ID"):
+        tokenizer.set_items({"books/1": (1, 2, 3, 0), "books/2": (1, 2, 3, 0)}, {})
+    assert dict(tokenizer.item_codes) == before and "books" not in tokenizer.domains

@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from transformers.utils import logging
 
+from .item_store_recbase import group_by_domain
 from .item_text_recbase import TextEncoder, check_item_fields, unified_item_text
-from .quantization_recbase import SMALL_NEW_DOMAIN, align_by_domain, assign_unique_codes
+from .quantization_recbase import SMALL_NEW_DOMAIN, TOO_FEW_TO_ALIGN, align_by_domain, assign_unique_codes
 from .vocabulary_recbase import is_item_key, item_domain
 
 logger = logging.get_logger(__name__)
@@ -87,17 +88,11 @@ class ItemIndexingMixin:
         if embeddings is None:
             if texts is None:
                 raise ValueError("add_items needs texts or embeddings")
-            # What would fail after embedding is refused before it: the embedding is the slow part of a call.
-            texts_of_new_domains: dict[str, set[str]] = {}
-            for key, text in zip(keys, texts):
-                if item_domain(key) not in self._alignments:
-                    texts_of_new_domains.setdefault(item_domain(key), set()).add(text)
-            for domain, distinct in texts_of_new_domains.items():
-                if len(distinct) < 2:
-                    raise ValueError(
-                        f"new domain {domain!r}: a domain needs at least two distinct items to be aligned; index "
-                        "its items together"
-                    )
+            # A new domain that its alignment would refuse after the embedding (the slow part) is refused before it.
+            text_of = dict(zip(keys, texts))
+            for domain, domain_keys in group_by_domain(keys).items():
+                if domain not in self._alignments and len({text_of[key] for key in domain_keys}) < 2:
+                    raise ValueError(f"new domain {domain!r}: {TOO_FEW_TO_ALIGN}")
             embeddings = self.embed_texts(texts, progress=len(texts) >= 256)  # a bar when it takes seconds
         if embeddings.shape != (len(keys), self._quantizer.config["input_dim"]):
             raise ValueError(

@@ -15,15 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .item_store_recbase import NO_COUNT, DomainItems
-from .vocabulary_recbase import item_domain
-
-
-def _by_domain(keys) -> dict[str, list[str]]:
-    grouped: dict[str, list[str]] = {}
-    for key in keys:
-        grouped.setdefault(item_domain(key), []).append(key)
-    return grouped
+from .item_store_recbase import NO_COUNT, DomainItems, group_by_domain
 
 
 class ItemSignalsMixin:
@@ -36,10 +28,9 @@ class ItemSignalsMixin:
             if int(count) < 0:
                 raise ValueError(f"item {key!r}: a count must be >= 0, got {count!r}")
             self._check_key(key)
-        for domain, keys in _by_domain(counts).items():
+        for domain, keys in group_by_domain(counts).items():
             table = self._tables[domain]
-            rows = torch.tensor([table.row_of[key] for key in keys], dtype=torch.long)
-            table.set_counts(rows, torch.tensor([int(counts[key]) for key in keys], dtype=torch.long))
+            table.set_counts(table.rows(keys), torch.tensor([int(counts[key]) for key in keys], dtype=torch.long))
         self._counts.update((key, int(count)) for key, count in counts.items())
 
     @property
@@ -81,10 +72,10 @@ class ItemSignalsMixin:
         vectors = vectors.detach().half().float()  # as saved: the same after a reload
         self._vector_size = vectors.shape[-1]
         position = {key: index for index, key in enumerate(keys)}
-        for domain, domain_keys in _by_domain(keys).items():
+        for domain, domain_keys in group_by_domain(keys).items():
             table = self._tables[domain]
-            rows = torch.tensor([table.row_of[key] for key in domain_keys], dtype=torch.long)
-            table.set_vectors(rows, vectors[torch.tensor([position[key] for key in domain_keys], dtype=torch.long)])
+            at = torch.tensor([position[key] for key in domain_keys], dtype=torch.long)
+            table.set_vectors(table.rows(domain_keys), vectors[at])
 
     @property
     def item_vector_size(self) -> int:

@@ -22,9 +22,19 @@ from collections.abc import Sequence
 import torch
 from transformers.modeling_utils import safe_open, safe_save_file
 
+from .vocabulary_recbase import item_domain
+
 ITEMS_FORMAT = "recbase-items/1"
 METADATA_KEY = "recbase"  # the file's one metadata entry, a JSON object
 NO_COUNT = -1  # a row's count when the user gave none
+
+
+def group_by_domain(keys) -> dict[str, list[str]]:
+    """Item keys -> domain -> its keys, in the order given."""
+    grouped: dict[str, list[str]] = {}
+    for key in keys:
+        grouped.setdefault(item_domain(key), []).append(key)
+    return grouped
 
 
 class DomainItems:
@@ -60,6 +70,10 @@ class DomainItems:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def rows(self, keys: Sequence[str]) -> torch.Tensor:
+        """(len(keys),) the row of each of this table's ``keys``."""
+        return torch.tensor([self.row_of[key] for key in keys], dtype=torch.long)
 
     @property
     def token_ids(self) -> torch.Tensor:
@@ -223,4 +237,4 @@ def load_items(path: str | os.PathLike) -> dict:
         ) from error
 
 
-__all__ = ["NO_COUNT", "DomainItems", "load_items", "save_items"]
+__all__ = ["NO_COUNT", "DomainItems", "group_by_domain", "load_items", "save_items"]

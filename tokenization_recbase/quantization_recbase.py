@@ -24,6 +24,7 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 SMALL_NEW_DOMAIN = 64  # a new domain aligned on fewer items than this gets a warning: its frame is rough
+TOO_FEW_TO_ALIGN = "a domain needs at least two distinct items to be aligned; index its items together"
 
 
 class ResidualQuantizer(nn.Module):
@@ -93,7 +94,7 @@ def fit_domain_alignment(embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
     """
     distinct = torch.unique(embeddings.float(), dim=0)
     if distinct.shape[0] < 2:
-        raise ValueError("a domain needs at least two distinct items to be aligned; index its items together")
+        raise ValueError(TOO_FEW_TO_ALIGN)
     mean = distinct.mean(0)
     # The thin SVD's right factor is already (dim, dim) when N >= dim, and memory stays O(N dim); only a domain of
     # fewer items than dimensions needs the full one to complete its axes, and that one is small.

@@ -30,7 +30,7 @@ from transformers.tokenization_utils_base import TOKENIZER_CONFIG_FILE
 
 from .item_indexing_recbase import ItemIndexingMixin
 from .item_signals_recbase import ItemSignalsMixin
-from .item_store_recbase import NO_COUNT, DomainItems, load_items, save_items
+from .item_store_recbase import NO_COUNT, DomainItems, group_by_domain, load_items, save_items
 from .item_text_recbase import (
     DEFAULT_TEXT_ENCODER,
     ITEM_TEXT_FIELD_LIMITS,
@@ -262,11 +262,17 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
     def positions(self, keys: Sequence[str]) -> Mapping[str, int]:
         """key -> its index in ``keys``; for a whole domain in indexing order, that domain's own index (no per-key
         work)."""
-        keys = keys if isinstance(keys, list) else list(keys)
-        first = self._tables.get(item_domain(keys[0])) if keys and isinstance(keys[0], str) else None
-        if first is not None and len(keys) == len(first) and keys == first.keys:
-            return types.MappingProxyType(first.row_of)
+        whole = self._whole_domain(keys)
+        if whole is not None:
+            return types.MappingProxyType(whole.row_of)
         return {key: index for index, key in enumerate(keys)}
+
+    def _whole_domain(self, keys: Sequence[str]) -> DomainItems | None:
+        """The table whose keys, in indexing order, ``keys`` are (what ranking a domain asks for), else None: one
+        comparison of key lists."""
+        keys = keys if isinstance(keys, list) else list(keys)
+        table = self._tables.get(item_domain(keys[0])) if keys and isinstance(keys[0], str) else None
+        return table if table is not None and len(keys) == len(table) and keys == table.keys else None
 
     def _gather(self, keys: Sequence[str], column, empty: torch.Tensor) -> torch.Tensor:
         """Rows of a per-domain tensor for ``keys``: ``column(table)`` is (n, ...) for a domain's table of n items;
@@ -275,9 +281,9 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
         keys = keys if isinstance(keys, list) else list(keys)
         if not keys:
             return empty
-        first = self._tables.get(item_domain(keys[0])) if isinstance(keys[0], str) else None
-        if first is not None and len(keys) == len(first) and keys == first.keys:
-            return column(first)
+        whole = self._whole_domain(keys)
+        if whole is not None:
+            return column(whole)
         by_domain: dict[str, tuple[list[int], list[int]]] = {}
         for position, key in enumerate(keys):
             domain = item_domain(self._check_key(key))
@@ -372,8 +378,9 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
         return key
 
     def set_items(self, codes: Mapping[str, Sequence[int]], texts: Mapping[str, str]) -> None:
-        """Add items whose IDs are already decided (e.g. by fitting); IDs must be unique and in range."""
-        added: dict[str, list[str]] = {}
+        """Add items whose IDs are already decided (e.g. by fitting); IDs must be unique and in range. Every item is
+        checked before any is added, so a refused call adds nothing."""
+        new_ids: dict[tuple[int, ...], str] = {}
         for key, item_codes in codes.items():
             item_codes = tuple(int(c) for c in item_codes)
             if not self.layout.fits(item_codes):
@@ -382,28 +389,27 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
                 )
             if key in self._codes:
                 raise ValueError(f"item {key!r} is already indexed")
-            if item_codes in self._key_by_codes:
-                raise ValueError(
-                    f"item {key!r} would share the ID {item_codes} with {self._key_by_codes[item_codes]!r}"
-                )
+            owner = self._key_by_codes.get(item_codes, new_ids.get(item_codes))
+            if owner is not None:
+                raise ValueError(f"item {key!r} would share the ID {item_codes} with {owner!r}")
+            new_ids[item_codes] = key
+        for item_codes, key in new_ids.items():
             self._codes[key] = item_codes
             self._key_by_codes[item_codes] = key
             self._texts[key] = texts.get(key, "")
-            added.setdefault(item_domain(key), []).append(key)
         offsets = torch.tensor(self.layout.level_offsets, dtype=torch.long)
-        for domain, keys in added.items():
+        for domain, keys in group_by_domain(codes).items():
             token_ids = torch.tensor([self._codes[key] for key in keys], dtype=torch.long) + offsets
             self._tables.setdefault(domain, DomainItems(self.tokens_per_item)).append(keys, token_ids)
 
     def remove_items(self, keys: Sequence[str]) -> None:
         """Forget indexed items (their IDs become free again); a domain left with no items forgets its alignment."""
-        removed: dict[str, list[str]] = {}
-        for key in dict.fromkeys(keys):
+        keys = list(dict.fromkeys(keys))
+        for key in keys:
             self._key_by_codes.pop(self._codes.pop(self._check_key(key)))
             self._texts.pop(key)
             self._counts.pop(key, None)
-            removed.setdefault(item_domain(key), []).append(key)
-        for domain, domain_keys in removed.items():
+        for domain, domain_keys in group_by_domain(keys).items():
             self._tables[domain].remove(domain_keys)
             if not len(self._tables[domain]):
                 del self._tables[domain]

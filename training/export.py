@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -51,8 +50,8 @@ def export_folder(
                 write_json_atomically(
                     staging / "adapter_config.json", {**config, "base_model_name_or_path": base_model_id}
                 )
-            base = base_model_id or _base_relative_to(checkpoint, output_dir)
-            card = build_lora_card(staging, model_id, base, name=Path(output_dir).name)
+            # Without a Hub name, the card names the base relative to the staging folder, a sibling of output_dir.
+            card = build_lora_card(staging, model_id, base_model_id, name=Path(output_dir).name)
             write_text_atomically(staging / "README.md", str(card))
 
         return write_hub_folder(model, tokenizer, output_dir, run_dir=checkpoint, finish=finish)
@@ -65,12 +64,6 @@ def export_folder(
     return write_hub_folder(
         model, tokenizer, output_dir, run_dir=checkpoint, finish=lambda staging: write_model_card(staging, model_id)
     )
-
-
-def _base_relative_to(checkpoint: Path, output_dir: str | Path) -> str:
-    """The base model's path of a LoRA folder, relative to where the exported folder goes."""
-    base = json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
-    return os.path.relpath(Path(base).resolve(), Path(output_dir).resolve())
 
 
 def push_folder(folder: Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
