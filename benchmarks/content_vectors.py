@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from tokenization_recbase import RecBaseTokenizer, align
+from tokenization_recbase.embedding_cache_recbase import EmbeddingCache, default_cache_dir
 from training.checkpoint import write_text_atomically
 from training.corpus import load_corpus
-from training.embedding import DEFAULT_CACHE_DIR, EmbeddingCache
 from training.protocols import build_evaluation_set
 from training.ranking_metrics.ranking_metrics import auc, ndcg_at_k, recall_at_k
 
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--selection_dir", default="outputs/selection3")
     parser.add_argument("--domains", nargs="+", default=["amazon18_scientific", "xwines", "amazon14_beauty"])
     parser.add_argument("--users", type=int, default=500)
-    parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR))
+    parser.add_argument("--cache_dir", default=str(default_cache_dir()))
     args = parser.parse_args()
     tokenizer = RecBaseTokenizer.from_pretrained(Path(args.selection_dir) / "item-tokenizer")
     corpus = load_corpus(Path(args.selection_dir) / "corpus")

@@ -194,7 +194,8 @@ class NextItemGenerationPipeline(Pipeline):
         }
         missing = [text for text, key in new_keys.items() if key not in self.tokenizer.item_codes]
         if missing:
-            self.tokenizer.add_items([new_keys[text] for text in missing], texts=missing)
+            # A call's own texts are embedded in memory only: one disk shard per call would fill the cache folder.
+            self.tokenizer.add_items([new_keys[text] for text in missing], texts=missing, cache_embeddings=False)
             self._indexed_by_call.extend(new_keys[text] for text in missing)
         keys = [
             new_keys[texts_of[index]] if index in texts_of else entry

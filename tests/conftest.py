@@ -11,6 +11,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="recbase-modules-"))
+# add_items caches embeddings under $RECBASE_CACHE: the tests write theirs to a folder of their own.
+os.environ["RECBASE_CACHE"] = tempfile.mkdtemp(prefix="recbase-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

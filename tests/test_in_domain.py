@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 from modeling_recbase import ItemRanker, RankingPolicy, RecBaseConfig, RecBaseForCausalLM
 from tests.conftest import tiny_pretraining_flags
 from tokenization_recbase import RecBaseTokenizer
+from tokenization_recbase.embedding_cache_recbase import EmbeddingCache
 from training import pretrain
 from training.baselines import PopularityRecommender, RandomRecommender, TextSimilarityRecommender
 from training.corpus import load_corpus
-from training.embedding import EmbeddingCache
 from training.evaluate import RecBaseRecommender
 from training.protocols import build_evaluation_set, evaluate_recommender
 

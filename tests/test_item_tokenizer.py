@@ -12,9 +12,9 @@ from transformers import AutoTokenizer
 from modeling_recbase import RecBaseConfig
 from tests.conftest import REPO_ROOT
 from tokenization_recbase import SPECIAL_TOKENS, RecBaseTokenizer, assign_unique_codes, unified_item_text
-from training import embedding
+from tokenization_recbase import embedding_cache_recbase as embedding
+from tokenization_recbase.embedding_cache_recbase import EmbeddingCache
 from training.bundled_domains import read_domain
-from training.embedding import EmbeddingCache
 from training.fit_item_tokenizer import (
     QuantizerFitConfig,
     code_usage,
@@ -291,6 +291,38 @@ def test_embedding_cache_keeps_finished_shards_when_a_run_fails(tmp_path, monkey
     # A second run embeds nothing.
     monkeypatch.setattr(embedding.TextEncoder, "__init__", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
     assert torch.equal(EmbeddingCache(cache_dir=tmp_path).embed(texts, progress=False), vectors)
+
+
+def test_add_items_that_fails_after_embedding_loses_no_embedding(fitted, tmp_path, monkeypatch):
+    """The embeddings go to the cache before the items get IDs: a call that fails after embedding (here the IDs
+    run out) is repeated without embedding anything, in this tokenizer or a fresh one; a pipeline-style call with
+    ``cache_embeddings=False`` writes no shard."""
+    from tokenization_recbase import item_indexing_recbase
+
+    fitted[0].save_pretrained(tmp_path / "tokenizer")  # work on a copy: the fixture is shared
+    tokenizer = RecBaseTokenizer.from_pretrained(tmp_path / "tokenizer")
+    keys = [f"books/{i}" for i in range(4)]
+    texts = [f'Describe a book:\n{{"title": "Book {i}"}}' for i in range(4)]
+    real_assign = item_indexing_recbase.assign_unique_codes
+
+    def exhausted(*args, **kwargs):
+        raise ValueError("no free ID left")
+
+    monkeypatch.setattr(item_indexing_recbase, "assign_unique_codes", exhausted)
+    with pytest.raises(ValueError, match="no free ID left"):
+        tokenizer.add_items(keys, texts=texts, cache_dir=tmp_path / "cache")
+    assert "books/0" not in tokenizer.item_codes
+    monkeypatch.setattr(item_indexing_recbase, "assign_unique_codes", real_assign)
+    monkeypatch.setattr(embedding.TextEncoder, "encode", lambda *a, **k: pytest.fail("embedded again"))
+    codes = tokenizer.add_items(keys, texts=texts, cache_dir=tmp_path / "cache")
+    fresh = RecBaseTokenizer.from_pretrained(tmp_path / "tokenizer")
+    assert fresh.add_items(keys, texts=texts, cache_dir=tmp_path / "cache") == codes
+    shards = sorted((tmp_path / "cache").rglob("shard-*.pt"))
+    monkeypatch.undo()
+    fresh.add_items(
+        ["books/4"], texts=["Describe a book: a new one"], cache_dir=tmp_path / "cache", cache_embeddings=False
+    )
+    assert sorted((tmp_path / "cache").rglob("shard-*.pt")) == shards
 
 
 def test_a_downloaded_text_encoder_name_is_never_imported(tiny_run, tmp_path):

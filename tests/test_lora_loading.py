@@ -46,7 +46,15 @@ def lora_folder(tiny_run, tmp_path_factory):
 
 
 def rankings(recommend) -> list[tuple[str, float]]:
-    return [(row["item"], round(row["score"], 4)) for row in recommend(HISTORY, top_k=8)]
+    return [(row["item"], row["score"]) for row in recommend(HISTORY, top_k=8)]
+
+
+def same_ranking(left: list[tuple[str, float]], right: list[tuple[str, float]]) -> bool:
+    """The same items in the same order, with scores equal up to float rounding (merging the LoRA weights into
+    the base's changes the order of the additions, not the ranking)."""
+    return [item for item, _ in left] == [item for item, _ in right] and all(
+        abs(a - b) < 1e-4 for (_, a), (_, b) in zip(left, right)
+    )
 
 
 def loaded_ways(folder):
@@ -77,8 +85,10 @@ def test_a_lora_folder_ranks_the_same_loaded_every_way(lora_folder):
     base = pipeline("next-item-generation", model=str(lora_folder["base"]), trust_remote_code=True)
     results = {name: rankings(recommend) for name, recommend in ways.items()}
     reference = results["AutoPeftModelForCausalLM"]
-    assert reference != rankings(base)  # the adapter changes the ranking
-    assert {name: result == reference for name, result in results.items()} == dict.fromkeys(results, True), results
+    assert not same_ranking(reference, rankings(base))  # the adapter changes the ranking
+    assert {name: same_ranking(result, reference) for name, result in results.items()} == dict.fromkeys(
+        results, True
+    ), results
     for recommend in ways.values():
         # (the remote-code copy of the policy class is another class: compare the fields)
         assert vars(recommend.ranker.policy) == vars(

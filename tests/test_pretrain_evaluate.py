@@ -15,10 +15,10 @@ from transformers import AutoModelForCausalLM, pipeline
 from modeling_recbase import ItemRanker, RankingPolicy, RecBaseConfig, RecBaseForCausalLM
 from tests.conftest import tiny_pretraining_flags
 from tokenization_recbase import RecBaseTokenizer
+from tokenization_recbase.embedding_cache_recbase import EmbeddingCache
 from training.baselines import PopularityRecommender, RandomRecommender, TextSimilarityRecommender
 from training.checkpoint import load_checkpoint
 from training.corpus import load_corpus
-from training.embedding import EmbeddingCache
 from training.evaluate import RecBaseRecommender
 from training.pretrain import init_concept_embeddings_from_codebooks
 from training.pretraining_data import LengthGroupedSampler, training_windows

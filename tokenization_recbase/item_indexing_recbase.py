@@ -9,12 +9,15 @@ Shipped beside the weights (with the tokenizer): imports only torch, the standar
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from transformers.utils import logging
 
+from .embedding_cache_recbase import EmbeddingCache, default_cache_dir
 from .item_store_recbase import group_by_domain
 from .item_text_recbase import TextEncoder, check_item_fields, unified_item_text
 from .quantization_recbase import SMALL_NEW_DOMAIN, TOO_FEW_TO_ALIGN, align_by_domain, assign_unique_codes
@@ -35,11 +38,26 @@ class ItemIndexingMixin:
             check_item_fields(fields)
         return unified_item_text(fields, self.item_text_field_limits, self.item_text_max_categories)
 
-    def embed_texts(self, texts: Sequence[str], progress: bool = False) -> torch.Tensor:
-        """Embed item texts with the tokenizer's text encoder (loaded on first use)."""
+    def embed_texts(
+        self,
+        texts: Sequence[str],
+        progress: bool = False,
+        cache_dir: str | os.PathLike | None = None,
+        cache_embeddings: bool = True,
+    ) -> torch.Tensor:
+        """Embed item texts with the tokenizer's text encoder (loaded on first use): (len(texts), dim).
+
+        Through the embedding cache in ``cache_dir`` (default ``$RECBASE_CACHE/embeddings``, else
+        ``~/.cache/recbase/embeddings``), so a text embedded once, in any call or process, is never embedded
+        again; ``cache_embeddings=False`` embeds without it (texts used once, such as a pipeline call's)."""
         if self._encoder is None:
             self._encoder = TextEncoder(self.text_encoder, max_length=self.text_max_length)
-        return self._encoder.encode(list(texts), progress=progress)
+        if not cache_embeddings:
+            return self._encoder.encode(list(texts), progress=progress)
+        folder = Path(cache_dir if cache_dir is not None else default_cache_dir())
+        if self._embedding_cache is None or self._embedding_cache.folder.parent != folder:
+            self._embedding_cache = EmbeddingCache(self.text_encoder, folder, self.text_max_length, self._encoder)
+        return self._embedding_cache.embed(list(texts), progress=progress)
 
     def add_items(
         self,
@@ -47,6 +65,8 @@ class ItemIndexingMixin:
         texts: Sequence[str | Mapping] | None = None,
         embeddings: torch.Tensor | None = None,
         counts: Sequence[int] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        cache_embeddings: bool = True,
     ) -> dict[str, tuple[int, ...]]:
         """Cold start: index new items with the frozen quantizer, unique against every existing ID.
 
@@ -57,6 +77,9 @@ class ItemIndexingMixin:
                 ``text_encoder`` unless ``embeddings`` are given; kept for ``item_text``.
             embeddings: (len(keys), input_dim) precomputed text embeddings.
             counts: optional catalogue counts (interactions per item in its domain's log), see ``set_item_counts``.
+            cache_dir, cache_embeddings: where the text embeddings are cached, and whether (see ``embed_texts``). A
+                call that fails after embedding (IDs exhausted, a kill) loses no embedding: calling it again embeds
+                nothing.
         Returns:
             key -> code tuple for the new items.
         """
@@ -93,7 +116,9 @@ class ItemIndexingMixin:
             for domain, domain_keys in group_by_domain(keys).items():
                 if domain not in self._alignments and len({text_of[key] for key in domain_keys}) < 2:
                     raise ValueError(f"new domain {domain!r}: {TOO_FEW_TO_ALIGN}")
-            embeddings = self.embed_texts(texts, progress=len(texts) >= 256)  # a bar when it takes seconds
+            embeddings = self.embed_texts(  # a bar when it takes seconds
+                texts, progress=len(texts) >= 256, cache_dir=cache_dir, cache_embeddings=cache_embeddings
+            )
         if embeddings.shape != (len(keys), self._quantizer.config["input_dim"]):
             raise ValueError(
                 f"embeddings of shape {tuple(embeddings.shape)}, expected "

@@ -28,6 +28,7 @@ import torch
 from transformers import BatchEncoding, PreTrainedTokenizer
 from transformers.tokenization_utils_base import TOKENIZER_CONFIG_FILE
 
+from .embedding_cache_recbase import EmbeddingCache
 from .item_indexing_recbase import ItemIndexingMixin
 from .item_signals_recbase import ItemSignalsMixin
 from .item_store_recbase import NO_COUNT, DomainItems, group_by_domain, load_items, save_items
@@ -145,6 +146,7 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
         self._quantizer: ResidualQuantizer | None = None
         self._alignments: dict[str, dict[str, torch.Tensor]] = {}
         self._encoder: TextEncoder | None = None
+        self._embedding_cache: EmbeddingCache | None = None
         folder = kwargs.get("name_or_path")
         if folder and os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, TOKENIZER_CONFIG_FILE)):
             raise ValueError(

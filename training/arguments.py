@@ -21,8 +21,8 @@ from transformers import HfArgumentParser
 
 from modeling_recbase import RankingPolicy, RecBaseConfig
 from tokenization_recbase import DEFAULT_TEXT_ENCODER
+from tokenization_recbase.embedding_cache_recbase import default_cache_dir
 from training.bundled_domains import BUNDLED_DOMAINS, DEFAULT_DATA_DIR, DEFAULT_ZERO_SHOT_DOMAINS
-from training.embedding import DEFAULT_CACHE_DIR
 from training.protocols import RECBASE
 
 # Every linear layer of the decoder (Qwen2's names); the embeddings and head stay frozen.
@@ -207,7 +207,7 @@ class EvaluationArguments:
     )
     baselines: bool = field(default=True, metadata={"help": "also evaluate text similarity, popularity and random"})
     model_name: str = RECBASE
-    cache_dir: str = str(DEFAULT_CACHE_DIR)
+    cache_dir: str = str(default_cache_dir())
     output: str | None = field(
         default=None, metadata={"help": "results JSON (default: <checkpoint>/eval_results.json)"}
     )
@@ -231,7 +231,7 @@ class MainJobArguments:
     work_dir: str | None = field(
         default=None, metadata={"help": "corpus and tokenizer staging (default: <output_dir>-work)"}
     )
-    cache_dir: str = str(DEFAULT_CACHE_DIR)
+    cache_dir: str = str(default_cache_dir())
     domains: list[str] = field(default_factory=lambda: list(BUNDLED_DOMAINS))
     zero_shot: list[str] = field(default_factory=lambda: list(DEFAULT_ZERO_SHOT_DOMAINS))
     in_domain_eval: list[str] = field(default_factory=lambda: ["amazon14_beauty"])
@@ -266,7 +266,7 @@ class FitArguments:
         default_factory=lambda: list(DEFAULT_ZERO_SHOT_DOMAINS),
         metadata={"help": "domains that get IDs through add_items only (never fitted on)"},
     )
-    cache_dir: str = str(DEFAULT_CACHE_DIR)
+    cache_dir: str = str(default_cache_dir())
     seed: int = 0
 
 
@@ -279,7 +279,7 @@ class IndexArguments:
     domains: list[str]
     output_dir: str
     catalogue_counts: bool = False
-    cache_dir: str = str(DEFAULT_CACHE_DIR)
+    cache_dir: str = str(default_cache_dir())
 
 
 @dataclass
@@ -343,7 +343,7 @@ class SelectionArguments:
     output_dir: str = "outputs/selection"
     data_dir: str = str(DEFAULT_DATA_DIR)
     corpus_dir: str | None = field(default=None, metadata={"help": "a corpus already built (default: build one)"})
-    cache_dir: str = str(DEFAULT_CACHE_DIR)
+    cache_dir: str = str(default_cache_dir())
     domains: list[str] = field(default_factory=lambda: list(BUNDLED_DOMAINS))
     test_domains: list[str] = field(
         default_factory=lambda: list(DEFAULT_ZERO_SHOT_DOMAINS),

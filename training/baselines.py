@@ -10,7 +10,7 @@ import random
 import torch
 
 from tokenization_recbase import RecBaseTokenizer
-from training.embedding import EmbeddingCache
+from tokenization_recbase.embedding_cache_recbase import EmbeddingCache
 from training.protocols import POPULARITY, RANDOM, TEXT_SIMILARITY, EvaluationSet
 
 

@@ -19,11 +19,11 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_recbase import ItemRanker
+from tokenization_recbase.embedding_cache_recbase import EmbeddingCache
 from training.arguments import EvaluationArguments, parse_arguments
 from training.baselines import PopularityRecommender, RandomRecommender, TextSimilarityRecommender
 from training.checkpoint import load_checkpoint, write_json_atomically, write_text_atomically
 from training.corpus import load_corpus
-from training.embedding import EmbeddingCache
 from training.protocols import (
     PROTOCOLS,
     RECBASE,

@@ -36,10 +36,10 @@ from tokenization_recbase import (
     assign_unique_codes,
     unified_item_text,
 )
+from tokenization_recbase.embedding_cache_recbase import EmbeddingCache
 from training.arguments import FitArguments, ItemTokenizerArguments, QuantizerFitConfig, parse_arguments
 from training.checkpoint import write_json_atomically
 from training.corpus import build_corpus, load_corpus
-from training.embedding import DEFAULT_CACHE_DIR, EmbeddingCache
 from training.splits import split_domains
 
 
@@ -212,7 +212,7 @@ def fit_item_tokenizer(
     fit_config: QuantizerFitConfig,
     disambiguation_size: int = 64,
     text_encoder: str = DEFAULT_TEXT_ENCODER,
-    cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    cache_dir: str | Path | None = None,
     log=print,
 ) -> tuple[RecBaseTokenizer, dict]:
     """Fit the quantizer on the pretraining domains' items and index every item; returns (tokenizer, report)."""

@@ -22,7 +22,6 @@ from pathlib import Path
 from training.arguments import IndexArguments, parse_arguments
 from training.checkpoint import INDEXED_ITEMS_FILE, load_checkpoint, write_hub_folder, write_json_atomically
 from training.corpus import load_corpus
-from training.embedding import EmbeddingCache
 
 
 def index_items(args: IndexArguments) -> Path:
@@ -32,7 +31,6 @@ def index_items(args: IndexArguments) -> Path:
     source = Path(args.checkpoint)
     indexed: dict[str, int] = {}
     corpus = load_corpus(args.corpus_dir)
-    cache = EmbeddingCache(tokenizer.text_encoder, args.cache_dir, max_length=tokenizer.text_max_length)
     for domain in args.domains:
         rows = corpus["items"].filter(lambda d: d == domain, input_columns="domain")
         if len(rows) == 0:
@@ -45,7 +43,7 @@ def index_items(args: IndexArguments) -> Path:
             seen = Counter(key for items in train["items"] for key in items)
             counts = [seen[row["key"]] for row in rows]
         print(f"indexing {len(rows)} items of {domain}")
-        tokenizer.add_items([row["key"] for row in rows], texts=texts, embeddings=cache.embed(texts), counts=counts)
+        tokenizer.add_items([row["key"] for row in rows], texts=texts, counts=counts, cache_dir=args.cache_dir)
         indexed[domain] = len(rows)
 
     def keep_the_source_card(staging: Path) -> None:
