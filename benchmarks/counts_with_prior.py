@@ -27,11 +27,17 @@ from training.baselines import PopularityRecommender
 from training.bundled_domains import DEFAULT_ZERO_SHOT_DOMAINS
 from training.checkpoint import load_checkpoint, write_text_atomically
 from training.corpus import load_corpus
-from training.protocols import EvaluationSet, build_evaluation_set, evaluate_recommender
+from training.protocols import POPULARITY, EvaluationSet, build_evaluation_set, evaluate_recommender
 
 RESULTS = Path(__file__).resolve().parent / "results" / "counts_with_prior"
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
 METRICS = ("ndcg@10", "recall@10", "auc", "gauc")
+LEARNED = "prior + learned popularity bias"
+
+
+def mixture(weight: float) -> str:
+    """The results' name of the prior plus ``weight`` x log(1 + count)."""
+    return f"prior + {weight:g} x log(1 + count)"
 
 
 class ScoreTableRecommender:
@@ -77,15 +83,11 @@ def measure(model, tokenizer, corpus, domain: str, split: str, max_users: int, s
     )
     prior_scores, learned_scores = full_scores(prior, data), full_scores(learned, data)
     rows = {
-        f"prior + {weight:g} x log(1 + count)": evaluate_recommender(
-            ScoreTableRecommender(data, prior_scores, log_counts, weight), data
-        )
+        mixture(weight): evaluate_recommender(ScoreTableRecommender(data, prior_scores, log_counts, weight), data)
         for weight in WEIGHTS
     }
-    rows["prior + learned popularity bias"] = evaluate_recommender(
-        ScoreTableRecommender(data, learned_scores, log_counts, 0.0), data
-    )
-    rows["popularity (in-domain counts)"] = evaluate_recommender(PopularityRecommender(), data)
+    rows[LEARNED] = evaluate_recommender(ScoreTableRecommender(data, learned_scores, log_counts, 0.0), data)
+    rows[POPULARITY] = evaluate_recommender(PopularityRecommender(), data)
     return {"split": split, "users": len(data.targets), "models": rows}
 
 
@@ -94,7 +96,7 @@ def worst_share(results: dict, name: str) -> float:
     shares = []
     for entry in results.values():
         models = entry["models"]
-        best = max(models["popularity (in-domain counts)"]["ndcg@10"], models["prior + 0 x log(1 + count)"]["ndcg@10"])
+        best = max(models[POPULARITY]["ndcg@10"], models[mixture(0)]["ndcg@10"])
         shares.append(models[name]["ndcg@10"] / best if best else 1.0)
     return min(shares)
 
@@ -141,8 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     validation = {
         d: measure(model, tokenizer, corpus, d, "validation", args.max_users, args.seed) for d in validation_domains
     }
-    shares = {f"prior + {w:g} x log(1 + count)": 0.0 for w in WEIGHTS} | {"prior + learned popularity bias": 0.0}
-    shares = {name: worst_share(validation, name) for name in shares}
+    shares = {name: worst_share(validation, name) for name in [*map(mixture, WEIGHTS), LEARNED]}
     choice = max(shares, key=shares.get)
     test = {d: measure(model, tokenizer, corpus, d, "test", 0, args.seed) for d in args.test_domains}
     results = {**validation, **test}

@@ -20,6 +20,7 @@ import torch
 from transformers.utils.logging import tqdm
 
 from .item_text_recbase import DEFAULT_TEXT_ENCODER, TEXT_MAX_LENGTH, TextEncoder
+from .saving_recbase import write_atomically
 
 SHARD_SIZE = 4096  # texts per cache shard: an interrupted run loses at most one shard of work
 
@@ -85,12 +86,9 @@ class EmbeddingCache:
 
     def _write_shard(self, keys: list[str], vectors: torch.Tensor) -> None:
         name = f"shard-{time.time_ns():020d}-{os.getpid()}.pt"  # sorts by time; unique to this writer
-        temporary = self.folder / f".{name}.tmp"
-        try:
-            torch.save({"keys": keys, "vectors": vectors}, temporary)
-            os.replace(temporary, self.folder / name)
-        finally:
-            temporary.unlink(missing_ok=True)
+        write_atomically(
+            self.folder / name, lambda temporary: torch.save({"keys": keys, "vectors": vectors}, temporary)
+        )
         self._read_shards.add(name)
 
 

@@ -1,5 +1,6 @@
 """Saving a folder whole, file by file: what the model's and the tokenizer's ``save_pretrained`` write goes to a
-staging folder beside the target first, and each finished file is then renamed into the target. A kill at any
+staging folder beside the target first, and each finished file is then renamed into the target (one file alone:
+``write_atomically``). A kill at any
 moment leaves every file of the folder either as it was or as it is now, never cut short; the tokenizer's items
 are one file (``items.safetensors``), so its items are always those of one save.
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,4 +42,16 @@ def save_through_staging(save_directory: str | os.PathLike, write: Callable[[str
     return result
 
 
-__all__ = ["save_through_staging"]
+def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """``write(temporary_path)`` fills a temporary file beside ``path``, which then replaces ``path``; on failure the
+    temporary file is removed and ``path`` is unchanged. The temporary name is unique to the process and thread."""
+    temporary = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+__all__ = ["save_through_staging", "write_atomically"]

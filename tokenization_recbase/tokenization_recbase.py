@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,7 +39,7 @@ from .item_text_recbase import (
     TextEncoder,
 )
 from .quantization_recbase import ResidualQuantizer, load_quantizer, save_quantizer
-from .saving_recbase import save_through_staging
+from .saving_recbase import save_through_staging, write_atomically
 from .vocabulary_recbase import SPECIAL_TOKENS, VocabularyLayout, item_domain, recent_items
 
 TOKEN_PATTERN = re.compile("|".join([r"<[a-z]_\d+>", *map(re.escape, SPECIAL_TOKENS)]))
@@ -541,7 +540,7 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
 
         size = self._vector_size
         items_path = os.path.join(save_directory, prefix + self.vocab_files_names["items_file"])
-        _atomic_write(
+        write_atomically(
             items_path,
             lambda path: save_items(
                 path,
@@ -563,21 +562,9 @@ class RecBaseTokenizer(ItemIndexingMixin, ItemSignalsMixin, PreTrainedTokenizer)
         paths = [items_path]
         if self._quantizer is not None:
             quantizer_path = os.path.join(save_directory, prefix + self.vocab_files_names["quantizer_file"])
-            _atomic_write(quantizer_path, lambda path: save_quantizer(self._quantizer, path))
+            write_atomically(quantizer_path, lambda path: save_quantizer(self._quantizer, path))
             paths.append(quantizer_path)
         return tuple(paths)
-
-
-def _atomic_write(path: str, write) -> None:
-    """``write(temporary_path)`` fills a temporary file beside ``path``, which then replaces ``path``; on failure the
-    temporary file is removed and ``path`` is unchanged. The temporary name is unique to the process and thread."""
-    temporary = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 __all__ = ["RecBaseTokenizer", "check_model_config"]
