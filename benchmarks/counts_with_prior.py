@@ -3,7 +3,9 @@
 The dense head's prior scores an item by cosine / temperature, a logit; adding ``log(1 + count)`` multiplies each
 item's probability by its smoothed count (weight 1: a product of the two experts). The weight is chosen on the
 pretraining domains' validation users (never on the test domains), by the worst domain's NDCG@10 as a share of
-the better of popularity and the prior there; the test domains are reported with that weight.
+the better of popularity and the prior there; the test domains are reported with that weight. Beside it, each
+domain's own weight chosen on its training part by leave-last-out (``ItemRanker.fit_count_weight``, what
+``training.evaluate --catalogue_counts`` ranks with): it needs only the log the counts come from.
 
     python -m benchmarks.counts_with_prior --checkpoint outputs/recbase-tiny \
         --corpus_dir outputs/recbase-tiny-work/corpus
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 from modeling_recbase import ItemRanker
+from modeling_recbase.ranking_recbase import COUNT_WEIGHTS
 from training.baselines import PopularityRecommender
 from training.bundled_domains import DEFAULT_ZERO_SHOT_DOMAINS
 from training.checkpoint import load_checkpoint, write_text_atomically
@@ -30,9 +33,9 @@ from training.corpus import load_corpus
 from training.protocols import POPULARITY, EvaluationSet, build_evaluation_set, evaluate_recommender
 
 RESULTS = Path(__file__).resolve().parent / "results" / "counts_with_prior"
-WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
 METRICS = ("ndcg@10", "recall@10", "auc", "gauc")
 LEARNED = "prior + learned popularity bias"
+FITTED = "prior + weight fit on the domain's own log"
 
 
 def mixture(weight: float) -> str:
@@ -81,14 +84,23 @@ def measure(model, tokenizer, corpus, domain: str, split: str, max_users: int, s
     learned = ItemRanker(
         model, tokenizer, dataclasses.replace(model.ranking_policy.prior_only(), popularity_bias=True)
     )
+    fitted = ItemRanker(model, tokenizer, dataclasses.replace(model.ranking_policy.prior_only(), popularity_bias=True))
+    fit = fitted.fit_count_weight(data.train_histories, seed=seed)
     prior_scores, learned_scores = full_scores(prior, data), full_scores(learned, data)
     rows = {
         mixture(weight): evaluate_recommender(ScoreTableRecommender(data, prior_scores, log_counts, weight), data)
-        for weight in WEIGHTS
+        for weight in COUNT_WEIGHTS
     }
     rows[LEARNED] = evaluate_recommender(ScoreTableRecommender(data, learned_scores, log_counts, 0.0), data)
+    rows[FITTED] = evaluate_recommender(ScoreTableRecommender(data, full_scores(fitted, data), log_counts, 0.0), data)
     rows[POPULARITY] = evaluate_recommender(PopularityRecommender(), data)
-    return {"split": split, "users": len(data.targets), "models": rows}
+    return {
+        "split": split,
+        "users": len(data.targets),
+        "fitted_weight": fitted.policy.count_weights[domain],
+        "leave_last_out_ndcg@10": {f"{weight:g}": value for weight, value in fit.items()},
+        "models": rows,
+    }
 
 
 def worst_share(results: dict, name: str) -> float:
@@ -121,6 +133,7 @@ def markdown(results: dict, choice: str, shares: dict[str, float], command: str)
     for domain, entry in results.items():
         for name, metrics in entry["models"].items():
             mark = " (chosen)" if name == choice else ""
+            mark += f" (weight {entry['fitted_weight']:g})" if name == FITTED else ""
             values = " | ".join(f"{metrics[m]:.4f}" for m in METRICS)
             lines.append(f"| {domain} ({entry['split']}, {entry['users']}) | {name}{mark} | {values} |")
     return "\n".join(lines) + "\n"
@@ -143,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     validation = {
         d: measure(model, tokenizer, corpus, d, "validation", args.max_users, args.seed) for d in validation_domains
     }
-    shares = {name: worst_share(validation, name) for name in [*map(mixture, WEIGHTS), LEARNED]}
+    shares = {name: worst_share(validation, name) for name in [*map(mixture, COUNT_WEIGHTS), LEARNED, FITTED]}
     choice = max(shares, key=shares.get)
     test = {d: measure(model, tokenizer, corpus, d, "test", 0, args.seed) for d in args.test_domains}
     results = {**validation, **test}

@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import json
 import os
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from .vocabulary_recbase import item_domain
 
 RANKING_CONFIG_NAME = "ranking_config.json"
 SCORING_ROWS = 1024  # (user, candidate) rows scored at once by the code head: bounds score's memory
+COUNT_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # the weights of log(1 + count) that fit_count_weight tries
 # Ranking fields that an older release kept in config.json, and their names here.
 OLD_CONFIG_FIELDS = {
     "code_score_weight": "code_score_weight",
@@ -51,7 +53,11 @@ class RankingPolicy:
             by its code head on every domain.
         calibrated_code_score: score the code head by pointwise mutual information: the log-likelihood after the
             history minus the log-likelihood after an empty history.
-        popularity_bias: add the learned popularity bias to the dense score of items with catalogue counts.
+        popularity_bias: use catalogue counts where items have them: add ``count_weights[domain]`` x
+            log(1 + count) to the dense score of an item of a domain in ``count_weights``, else the learned
+            popularity bias (False: counts are ignored).
+        count_weights: domain -> the weight of log(1 + catalogue count) in its items' dense scores, in place of the
+            learned popularity bias there (``ItemRanker.fit_count_weight`` chooses it on the domain's own log).
         shortlist_size: items the dense head shortlists, next to the beam's, for scoring by both heads.
         num_beams: beams of the constrained beam search that proposes the code head's candidates.
         exclude_history: never recommend an item of the history (a call may override it).
@@ -63,6 +69,7 @@ class RankingPolicy:
     code_score_domains: list[str] | None = None
     calibrated_code_score: bool = False
     popularity_bias: bool = True
+    count_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     shortlist_size: int = 100
     num_beams: int = 20
     exclude_history: bool = True
@@ -73,10 +80,14 @@ class RankingPolicy:
             self.code_score_domains = sorted(self.code_score_domains)
         if self.residual_domains is not None:
             self.residual_domains = sorted(self.residual_domains)
+        self.count_weights = {domain: float(weight) for domain, weight in sorted(self.count_weights.items())}
         if self.code_score_weight < 0 or self.shortlist_size < 0 or self.num_beams < 1:
             raise ValueError(
                 f"a ranking policy needs code_score_weight >= 0, shortlist_size >= 0, num_beams >= 1: {self}"
             )
+        negative = {domain: weight for domain, weight in self.count_weights.items() if not weight >= 0}
+        if negative:
+            raise ValueError(f"count weights must be >= 0, got {negative}")
         if self.max_history_items is not None and self.max_history_items < 1:
             raise ValueError(f"max_history_items must be at least 1 or None, got {self.max_history_items}")
 
@@ -141,7 +152,8 @@ class ItemRanker:
     """Ranks and scores items for histories with a model, its tokenizer and a ``RankingPolicy``.
 
     With a dense head, every allowed item is scored by the cosine between the predicted next-item content vector
-    and its own (plus its popularity bias given catalogue counts). Where the policy gives the code head weight, the
+    and its own (plus, given catalogue counts, its domain's count weight x log(1 + count), or its learned popularity
+    bias where the policy has no count weight for the domain). Where the policy gives the code head weight, the
     beam's items (constrained beam search) and the dense head's best ``shortlist_size`` are scored by both heads
     (``score``). Without a dense head, the constrained beam search ranks. A user's dense query holds the learned
     residual where the policy's ``residual_domains`` holds the domain ranked (of ``item_keys``, or of the user's
@@ -226,9 +238,66 @@ class ItemRanker:
             return_dense_queries=True,
             residual_weights=weights,
         ).dense_queries[:, -1]
-        buckets = self._buckets(item_keys)
+        buckets, counted = self._count_signals(item_keys)
         vectors = tokenizer.unit_item_vectors(item_keys).to(model.device)
-        return model.dense_scores(queries, vectors, buckets, unit_latents=True)
+        scores = model.dense_scores(queries, vectors, buckets, unit_latents=True)
+        return scores if counted is None else scores + counted
+
+    @torch.no_grad()
+    def fit_count_weight(
+        self,
+        sequences: Sequence[Sequence[str]],
+        weights: Sequence[float] = COUNT_WEIGHTS,
+        max_users: int = 1000,
+        seed: int = 0,
+        batch_size: int = 64,
+    ) -> dict[float, float]:
+        """Choose the weight of log(1 + catalogue count) for one domain on that domain's own log and set it in this
+        ranker's policy (``count_weights``); returns the NDCG@10 of each weight tried. Nothing is trained.
+
+        ``sequences``: each user's interactions with the domain's items in order, the log its catalogue counts come
+        from. Leave-last-out: each of up to ``max_users`` users (sampled with ``seed``) with two items or more has
+        the last one ranked among the domain's items after the others (which are excluded from the ranking when the
+        policy excludes the history), by the dense score plus weight x log(1 + count), the count taken over the
+        whole log less that one interaction. The best NDCG@10 wins; a tie goes to the smaller weight."""
+        domains = {item_domain(key) for sequence in sequences for key in sequence}
+        if len(domains) != 1:
+            raise ValueError(f"fit_count_weight takes the log of one domain, got items of {sorted(domains)}")
+        (domain,) = domains
+        items = self.tokenizer.domain_items(domain)
+        positions = self.tokenizer.positions(items)
+        unknown = next((key for sequence in sequences for key in sequence if key not in positions), None)
+        if unknown is not None:
+            raise ValueError(f"item {unknown!r} of the log is not indexed; index it before fitting its count weight")
+        logged = torch.tensor([positions[key] for sequence in sequences for key in sequence], dtype=torch.long)
+        counts = torch.bincount(logged, minlength=len(items)).float()  # (items,) interactions in the log
+        users = [list(sequence) for sequence in sequences if len(sequence) >= 2]
+        if not users:
+            raise ValueError(f"the log of {domain!r} has no user with two interactions to leave the last one out")
+        if len(users) > max_users:
+            users = random.Random(seed).sample(users, max_users)
+        plain = ItemRanker(self.model, self.tokenizer, dataclasses.replace(self.policy, popularity_bias=False))
+        gains = torch.zeros(len(weights))
+        for start in range(0, len(users), batch_size):
+            batch = users[start : start + batch_size]
+            rows = torch.arange(len(batch))
+            targets = torch.tensor([positions[sequence[-1]] for sequence in batch])
+            scores = plain.dense_scores([sequence[:-1] for sequence in batch], items).cpu()  # (batch, items)
+            if self.policy.exclude_history:
+                for row, sequence in enumerate(batch):
+                    scores[row, [positions[key] for key in set(sequence[:-1])]] = float("-inf")
+            log_counts = counts.log1p().repeat(len(batch), 1)  # (batch, items)
+            log_counts[rows, targets] = (counts[targets] - 1).clamp(min=0).log1p()
+            for index, weight in enumerate(weights):
+                total = scores + weight * log_counts
+                target_scores = total[rows, targets]  # (batch,)
+                rank = (total > target_scores[:, None]).sum(-1)
+                hit = (rank < 10) & (target_scores > float("-inf"))
+                gains[index] += torch.where(hit, 1 / torch.log2(rank.float() + 2), 0.0).sum()
+        ndcg = {float(weight): float(gain) / len(users) for weight, gain in zip(weights, gains)}
+        best = max(ndcg, key=lambda weight: (ndcg[weight], -weight))
+        self.policy = dataclasses.replace(self.policy, count_weights={**self.policy.count_weights, domain: best})
+        return ndcg
 
     def _residual_weights(self, keys: Sequence[str]) -> torch.Tensor | None:
         """Per user (the domain of ``keys[user]``), the residual's weight; None where it counts everywhere."""
@@ -236,9 +305,24 @@ class ItemRanker:
             return None
         return self.policy.residual_weights(keys).to(self.model.device)
 
-    def _buckets(self, keys: Sequence[str]) -> torch.LongTensor | None:
-        buckets = self.model.config.popularity_buckets if self.policy.popularity_bias else 0
-        return self.tokenizer.popularity_buckets(keys, buckets).to(self.model.device) if buckets else None
+    def _count_signals(self, keys: Sequence[str]) -> tuple[torch.LongTensor | None, torch.Tensor | None]:
+        """What catalogue counts add to the dense scores of ``keys``: the learned bias's (len(keys),) buckets (0, no
+        bias, for an item of a domain in ``count_weights``) and (len(keys),) ``count_weights[domain]`` x
+        log(1 + count) where the policy has count weights (an item without a count counts 0)."""
+        policy, device = self.policy, self.model.device
+        if not policy.popularity_bias:
+            return None, None
+        num_buckets = self.model.config.popularity_buckets
+        buckets = self.tokenizer.popularity_buckets(keys, num_buckets).to(device) if num_buckets else None
+        if not policy.count_weights:
+            return buckets, None
+        domains = [item_domain(key) for key in keys]
+        weights = torch.tensor([policy.count_weights.get(domain, 0.0) for domain in domains], device=device)
+        counts = self.tokenizer.catalogue_counts(keys).to(device).clamp(min=0)
+        if buckets is not None:
+            fitted = torch.tensor([domain in policy.count_weights for domain in domains], device=device)
+            buckets = buckets.masked_fill(fitted, 0)
+        return buckets, weights * counts.float().log1p()
 
     @torch.no_grad()
     def score(self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
@@ -248,7 +332,7 @@ class ItemRanker:
         tokens (minus its empty-history log-probability with ``calibrated_code_score``), plus, with a dense head,
         the cosine between the predicted and the candidate's content vector over ``dense_temperature``, less the
         mean of that cosine over the candidate's domain (a user's ranking is unchanged, users become comparable),
-        plus its popularity bias given catalogue counts. The history runs once; its cache is then repeated for the
+        plus what its catalogue count adds (as in ``rank``). The history runs once; its cache is then repeated for the
         candidates, ``SCORING_ROWS`` (user, candidate) rows at a time."""
         model, tokenizer, config = self.model, self.tokenizer, self.model.config
         per_user = len(candidates[0])
@@ -279,9 +363,11 @@ class ItemRanker:
         if config.dense_head:
             vectors = tokenizer.unit_item_vectors(flat).to(model.device).view(users, per_user, -1)
             centres = tokenizer.domain_centres(flat).to(model.device).view(users, per_user, -1)
-            buckets = self._buckets(flat)
+            buckets, counted = self._count_signals(flat)
             buckets = buckets.view(users, per_user) if buckets is not None else None
             scores += model.dense_scores(prefix.dense_queries[:, -1], vectors, buckets, centres, unit_latents=True)
+            if counted is not None:
+                scores += counted.view(users, per_user)
         return scores.tolist()
 
     def _code_scores(self, prefix, attention_mask: torch.Tensor, candidate_ids: torch.LongTensor) -> torch.Tensor:

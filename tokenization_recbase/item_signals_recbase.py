@@ -38,6 +38,10 @@ class ItemSignalsMixin:
         """Read-only: item key -> its catalogue count, for the items that have one."""
         return types.MappingProxyType(self._counts)
 
+    def catalogue_counts(self, keys: Sequence[str]) -> torch.LongTensor:
+        """(len(keys),) the catalogue count of each item, ``NO_COUNT`` (-1) where none was given."""
+        return self._gather(keys, lambda table: table.counts, torch.zeros(0, dtype=torch.long))
+
     def popularity_buckets(self, keys: Sequence[str], num_buckets: int) -> torch.LongTensor:
         """(len(keys),) bucket of each item: 0 when its count is unknown, else 1 + the share of its domain's
         counted items that have a smaller count, in ``num_buckets`` equal steps (so a bucket means the same

@@ -63,7 +63,9 @@ def evaluate(args: EvaluationArguments, ranking: dict | None = None) -> dict:
     baselines on ``args.domains``; returns the results dict.
 
     ``catalogue_counts``: the model is given each evaluated domain's item counts from that domain's training
-    part (what popularity counts), the "zero-shot + catalogue counts" setting. The checkpoint ranks with its own
+    part (what popularity counts), the "zero-shot + catalogue counts" setting, with their weight chosen on that
+    training part by leave-last-out (``ItemRanker.fit_count_weight``, reported as the entry's
+    ``count_weight_fit``). The checkpoint ranks with its own
     ranking policy, changed for this run by ``args.ranking_overrides()`` and by ``ranking`` (``RankingPolicy``
     fields). ``exclude_history``: full rankings (of every model) leave out the items of the user's history."""
     if not (args.checkpoint and args.corpus_dir and args.domains):
@@ -99,14 +101,20 @@ def evaluate(args: EvaluationArguments, ranking: dict | None = None) -> dict:
         data = build_evaluation_set(
             corpus, domain, tokenizer.domain_items(domain), args.split, args.max_users, args.negatives, args.seed
         )
-        if args.catalogue_counts:
-            counts = data.training_counts()
-            tokenizer.set_item_counts({key: counts[key] for key in data.items})
         entry = {
             "role": "zero-shot" if domain in args.zero_shot else "in-domain",
             "users": len(data.targets),
             "models": {},
         }
+        if args.catalogue_counts:
+            counts = data.training_counts()
+            tokenizer.set_item_counts({key: counts[key] for key in data.items})
+            ranker = recommenders[0].ranker
+            ndcg = ranker.fit_count_weight(data.train_histories, seed=args.seed)
+            entry["count_weight_fit"] = {
+                "weight": ranker.policy.count_weights[domain],
+                "ndcg@10 by weight": {f"{weight:g}": value for weight, value in ndcg.items()},
+            }
         for recommender in recommenders:
             entry["models"][recommender.name] = evaluate_recommender(
                 recommender, data, exclude_history=args.exclude_history

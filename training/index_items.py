@@ -7,7 +7,8 @@ Each item's fields become its unified text with the template saved in the tokeni
 and get concept IDs from the frozen quantizer (``add_items``; a new domain is aligned on all its items at
 once). The new folder is what the pipeline, ``training.evaluate`` (zero-shot) and ``training.adapt`` (LoRA)
 take. ``--catalogue_counts True`` also gives each item its number of interactions in the corpus's training part
-(the separate "catalogue counts" setting). The source folder's model card, plots and run files are kept, and
+(the separate "catalogue counts" setting) and saves the counts' weight in the ranking policy, chosen on that
+training part (``ItemRanker.fit_count_weight``). The source folder's model card, plots and run files are kept, and
 ``indexed_items.json`` records the domains indexed here, which ``training.export`` shows on the card.
 """
 
@@ -19,6 +20,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from modeling_recbase import ItemRanker
 from training.arguments import IndexArguments, parse_arguments
 from training.checkpoint import INDEXED_ITEMS_FILE, load_checkpoint, write_hub_folder, write_json_atomically
 from training.corpus import load_corpus
@@ -35,16 +37,21 @@ def index_items(args: IndexArguments) -> Path:
         rows = corpus["items"].filter(lambda d: d == domain, input_columns="domain")
         if len(rows) == 0:
             raise ValueError(f"{args.corpus_dir}: no items of domain {domain!r}")
-        rows = [row for row in rows if row["key"] not in tokenizer.item_codes]
-        texts = [tokenizer.item_text_from_fields(row) for row in rows]
-        counts = None
-        if args.catalogue_counts:
+        new_rows = [row for row in rows if row["key"] not in tokenizer.item_codes]
+        print(f"indexing {len(new_rows)} items of {domain} ({len(rows) - len(new_rows)} indexed already)")
+        if new_rows:
+            texts = [tokenizer.item_text_from_fields(row) for row in new_rows]
+            tokenizer.add_items([row["key"] for row in new_rows], texts=texts, cache_dir=args.cache_dir)
+        indexed[domain] = len(new_rows)
+        if args.catalogue_counts:  # every item's count, and the counts' weight in the ranking, from the training part
             train = corpus["train"].filter(lambda d: d == domain, input_columns="domain")
             seen = Counter(key for items in train["items"] for key in items)
-            counts = [seen[row["key"]] for row in rows]
-        print(f"indexing {len(rows)} items of {domain}")
-        tokenizer.add_items([row["key"] for row in rows], texts=texts, counts=counts, cache_dir=args.cache_dir)
-        indexed[domain] = len(rows)
+            tokenizer.set_item_counts({key: seen[key] for key in rows["key"]})
+            ranker = ItemRanker(model, tokenizer)
+            ndcg = ranker.fit_count_weight(train["items"])
+            model.ranking_policy = ranker.policy
+            weight = ranker.policy.count_weights[domain]
+            print(f"{domain}: weight {weight:g} of log(1 + count) (leave-last-out NDCG@10 {ndcg[weight]:.4f})")
 
     def keep_the_source_card(staging: Path) -> None:
         """The source's card and plots travel with it (its run files do through ``run_dir``), and
