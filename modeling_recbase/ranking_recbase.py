@@ -259,7 +259,8 @@ class ItemRanker:
         from. Leave-last-out: each of up to ``max_users`` users (sampled with ``seed``) with two items or more has
         the last one ranked among the domain's items after the others (which are excluded from the ranking when the
         policy excludes the history), by the dense score plus weight x log(1 + count), the count taken over the
-        whole log less that one interaction. The best NDCG@10 wins; a tie goes to the smaller weight."""
+        whole log less that one interaction (items tied with it count half). The best NDCG@10 wins; a tie goes to
+        the smaller weight."""
         domains = {item_domain(key) for sequence in sequences for key in sequence}
         if len(domains) != 1:
             raise ValueError(f"fit_count_weight takes the log of one domain, got items of {sorted(domains)}")
@@ -291,7 +292,10 @@ class ItemRanker:
             for index, weight in enumerate(weights):
                 total = scores + weight * log_counts
                 target_scores = total[rows, targets]  # (batch,)
-                rank = (total > target_scores[:, None]).sum(-1)
+                # Items tied with the target (equal texts, equal counts) count half: the expected rank when ties
+                # break at random, so no weight gains by breaking ties its way.
+                ties = (total == target_scores[:, None]).sum(-1) - 1
+                rank = (total > target_scores[:, None]).sum(-1) + ties / 2
                 hit = (rank < 10) & (target_scores > float("-inf"))
                 gains[index] += torch.where(hit, 1 / torch.log2(rank.float() + 2), 0.0).sum()
         ndcg = {float(weight): float(gain) / len(users) for weight, gain in zip(weights, gains)}
