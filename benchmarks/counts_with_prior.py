@@ -81,10 +81,8 @@ def measure(model, tokenizer, corpus, domain: str, split: str, max_users: int, s
     tokenizer.set_item_counts({key: counts[key] for key in data.items})
     log_counts = torch.tensor([float(counts[key]) for key in data.items]).log1p()
     prior = ItemRanker(model, tokenizer, model.ranking_policy.prior_only())
-    learned = ItemRanker(
-        model, tokenizer, dataclasses.replace(model.ranking_policy.prior_only(), popularity_bias=True)
-    )
-    fitted = ItemRanker(model, tokenizer, dataclasses.replace(model.ranking_policy.prior_only(), popularity_bias=True))
+    with_counts = dataclasses.replace(model.ranking_policy.prior_only(), popularity_bias=True)
+    learned, fitted = ItemRanker(model, tokenizer, with_counts), ItemRanker(model, tokenizer, with_counts)
     fit = fitted.fit_count_weight(data.train_histories, seed=seed)
     prior_scores, learned_scores = full_scores(prior, data), full_scores(learned, data)
     rows = {

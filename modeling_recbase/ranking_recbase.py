@@ -252,15 +252,15 @@ class ItemRanker:
         seed: int = 0,
         batch_size: int = 64,
     ) -> dict[float, float]:
-        """Choose the weight of log(1 + catalogue count) for one domain on that domain's own log and set it in this
-        ranker's policy (``count_weights``); returns the NDCG@10 of each weight tried. Nothing is trained.
+        """Give one domain's items their catalogue counts from that domain's log (``tokenizer.set_item_counts``;
+        an item the log never names counts 0), choose the weight of log(1 + count) on the same log and set it in
+        this ranker's policy (``count_weights``); returns the NDCG@10 of each weight tried. Nothing is trained.
 
-        ``sequences``: each user's interactions with the domain's items in order, the log its catalogue counts come
-        from. Leave-last-out: each of up to ``max_users`` users (sampled with ``seed``) with two items or more has
-        the last one ranked among the domain's items after the others (which are excluded from the ranking when the
-        policy excludes the history), by the dense score plus weight x log(1 + count), the count taken over the
-        whole log less that one interaction (items tied with it count half). The best NDCG@10 wins; a tie goes to
-        the smaller weight."""
+        ``sequences``: each user's interactions with the domain's items in order. Leave-last-out: each of up to
+        ``max_users`` users (sampled with ``seed``) with two items or more has the last one ranked among the
+        domain's items after the others (which are excluded from the ranking when the policy excludes the history),
+        by the dense score plus weight x log(1 + count), the count taken over the whole log less that one
+        interaction (items tied with it count half). The best NDCG@10 wins; a tie goes to the smaller weight."""
         domains = {item_domain(key) for sequence in sequences for key in sequence}
         if len(domains) != 1:
             raise ValueError(f"fit_count_weight takes the log of one domain, got items of {sorted(domains)}")
@@ -271,7 +271,9 @@ class ItemRanker:
         if unknown is not None:
             raise ValueError(f"item {unknown!r} of the log is not indexed; index it before fitting its count weight")
         logged = torch.tensor([positions[key] for sequence in sequences for key in sequence], dtype=torch.long)
-        counts = torch.bincount(logged, minlength=len(items)).float()  # (items,) interactions in the log
+        counts = torch.bincount(logged, minlength=len(items))  # (items,) interactions in the log
+        self.tokenizer.set_item_counts(dict(zip(items, counts.tolist())))
+        counts = counts.float()
         users = [list(sequence) for sequence in sequences if len(sequence) >= 2]
         if not users:
             raise ValueError(f"the log of {domain!r} has no user with two interactions to leave the last one out")

@@ -55,6 +55,7 @@ def test_the_fitted_weight_is_the_best_leave_last_out_ndcg_computed_by_hand(tiny
     model, tokenizer = trained_looking(tiny_run)
     ranker = ItemRanker(model, tokenizer)
     ndcg = ranker.fit_count_weight(LOG, weights=(0.0, 1.0, 8.0))
+    assert tokenizer.catalogue_counts(["music/5", "music/9", "music/0"]).tolist() == [3, 1, 0]  # the log's counts
     for weight in (0.0, 1.0, 8.0):
         assert ndcg[weight] == pytest.approx(leave_last_out_by_hand(model, tokenizer, LOG, weight), abs=1e-6)
     best = max(ndcg.values())

@@ -106,9 +106,7 @@ def evaluate(args: EvaluationArguments, ranking: dict | None = None) -> dict:
             "users": len(data.targets),
             "models": {},
         }
-        if args.catalogue_counts:
-            counts = data.training_counts()
-            tokenizer.set_item_counts({key: counts[key] for key in data.items})
+        if args.catalogue_counts:  # the counts of the training part, and their weight fit on it
             ranker = recommenders[0].ranker
             ndcg = ranker.fit_count_weight(data.train_histories, seed=args.seed)
             entry["count_weight_fit"] = {

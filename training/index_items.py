@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections import Counter
 from pathlib import Path
 
 from modeling_recbase import ItemRanker
@@ -45,8 +44,6 @@ def index_items(args: IndexArguments) -> Path:
         indexed[domain] = len(new_rows)
         if args.catalogue_counts:  # every item's count, and the counts' weight in the ranking, from the training part
             train = corpus["train"].filter(lambda d: d == domain, input_columns="domain")
-            seen = Counter(key for items in train["items"] for key in items)
-            tokenizer.set_item_counts({key: seen[key] for key in rows["key"]})
             ranker = ItemRanker(model, tokenizer)
             ndcg = ranker.fit_count_weight(train["items"])
             model.ranking_policy = ranker.policy
