@@ -16,15 +16,31 @@ part minus the prior in every metric, so a part earns its place only where the w
   whether it repeats one, and its norm relative to the history's mean norm;
 - ``axis weights``: one learned weight per principal axis of the aligned frame (axes are ordered by variance in
   every domain), applied to query and items before the cosine;
-- both together.
+- both together;
+- ``pair kernel`` (``PairKernel``): the prior sums, over the history, each item's weight times its centred cosine
+  to the candidate; this part passes each of those cosines through a learned piecewise-linear function of its own
+  (one per history position), the identity at init, so it can learn a sharper, max-like match or a flatter one;
+- ``pair kernel, domains alike``: the same, trained with every pretraining domain drawn equally often (the other
+  parts draw a domain by the square root of its size), so the popularity-driven domains do not outweigh the
+  catalogues;
+- ``pair kernel, hard negatives`` and ``history weights, hard negatives``: trained with half of the 128 negatives
+  taken from the items the prior ranks highest (``hard_negatives``), so the loss is about the top of the list;
+- ``pair kernel, catalogue softmax`` and ``history weights, catalogue softmax``: trained with the uniform negatives'
+  logits corrected by the log of their sampling probability (``sampled_loss``), so the loss estimates the softmax
+  over the whole catalogue instead of over 129 items.
+
+``--train_on_held_out`` is a diagnostic: each part is trained on the held-out domain's own training split, which
+tells a part that cannot help at all from one that does not transfer.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +53,7 @@ from training.protocols import build_evaluation_set
 from training.ranking_metrics.ranking_metrics import candidate_metrics, ranking_means
 
 HISTORY_ITEMS, DECAY, TEMPERATURE = 10, 0.5, 0.1  # the dense head's defaults (RecBaseConfig)
-RESULTS = Path(__file__).parent / "results" / "frame_invariant_screen"
+RESULTS = Path(__file__).parent / "results" / "frame_invariant_screen"  # .json and .md
 
 
 HISTORY_FEATURES = 4  # besides the position: cosine to the last item, to the others, repeat, relative norm
@@ -89,6 +105,26 @@ class HistoryWeights(nn.Module):
         return self.fc_out(F.gelu(self.fc_in(features))).squeeze(-1)
 
 
+KERNEL_KNOTS = torch.linspace(-0.2, 0.8, 6)  # centred cosines lie in about [-0.3, 0.9]
+
+
+class PairKernel(nn.Module):
+    """A learned function of each history item's centred cosine to the candidate, the identity at init.
+
+    ``phi_k(s) = s + sum_j a_kj * relu(s - t_j)`` for the item ``k`` steps back, knots ``t_j`` fixed, ``a`` zero at
+    init. Cosines between vectors of one frame mean the same whatever the frame's rotation: it is frame-invariant."""
+
+    def __init__(self, items: int = HISTORY_ITEMS) -> None:
+        super().__init__()
+        self.register_buffer("knots", KERNEL_KNOTS.clone())
+        self.slopes = nn.Parameter(torch.zeros(items, len(KERNEL_KNOTS)))
+
+    def forward(self, cosines: torch.Tensor) -> torch.Tensor:
+        """cosines (B, K, C) -> (B, K, C)."""
+        hinges = F.relu(cosines[..., None] - self.knots)  # (B, K, C, J)
+        return cosines + torch.einsum("bkcj,kj->bkc", hinges, self.slopes)
+
+
 class DomainTable:
     """One domain's items: keys, content vectors and unit vectors."""
 
@@ -108,31 +144,43 @@ class DomainTable:
 
 
 class FrameInvariantHead(nn.Module):
-    """The prior, with the model's learned history weights and/or per-axis weights, both the identity at init."""
+    """The prior, with learned history weights, per-axis weights and/or a pair kernel, each the identity at init."""
 
-    def __init__(self, history_weights: bool, axis_weights: bool, dim: int) -> None:
+    def __init__(self, history_weights: bool, axis_weights: bool, dim: int, pair_kernel: bool = False) -> None:
         super().__init__()
         self.history_weights = HistoryWeights() if history_weights else None
         self.log_axis = nn.Parameter(torch.zeros(dim)) if axis_weights else None
+        if pair_kernel and axis_weights:
+            raise ValueError(
+                "the pair kernel reads cosines in the aligned frame; it is not combined with axis weights"
+            )
+        self.pair_kernel = PairKernel() if pair_kernel else None
         self.register_buffer("decay", DECAY ** torch.arange(HISTORY_ITEMS, dtype=torch.float))
 
-    def query(self, vectors: torch.Tensor) -> torch.Tensor:
-        """(B, K, D) history vectors -> (B, D): the weighted sum of their unit vectors."""
-        weights = self.decay.expand(vectors.shape[:2])
+    def weights(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(B, K, D) history vectors -> (B, K) weights of their unit vectors, zero where there is no item."""
+        weights = self.decay * (vectors.norm(dim=-1) > 0)
         if self.history_weights is not None:
             weights = weights * torch.exp(self.history_weights(vectors))
-        return (weights[..., None] * F.normalize(vectors, dim=-1)).sum(1)
+        return weights
 
     def transform(self, vectors: torch.Tensor) -> torch.Tensor:
         return F.normalize(vectors * torch.exp(self.log_axis), dim=-1) if self.log_axis is not None else vectors
 
-    def scores(self, query: torch.Tensor, items: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-        """query (B, D); items (B, C, D) or (C, D) unit vectors; centre (D,) -> (B, C) centred cosines / T."""
-        query = F.normalize(self.transform(query), dim=-1)
+    def scores(self, vectors: torch.Tensor, items: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        """vectors (B, K, D) of the history; items (B, C, D) or (C, D) unit vectors; centre (D,) -> (B, C).
+
+        The prior: the cosine between q, the weighted sum of the history's unit vectors, and the centred item, over
+        T. Written per history item it is ``sum_k w_k s_k / |q| / T``, ``s_k`` the centred cosine to item k; the
+        pair kernel replaces ``s_k`` by ``phi_k(s_k)``."""
+        weights = self.weights(vectors)  # (B, K)
+        query = (weights[..., None] * F.normalize(vectors, dim=-1)).sum(1)  # (B, D)
         items = self.transform(items) - centre
-        if items.ndim == 2:
-            return query @ items.T / TEMPERATURE
-        return (items @ query[..., None]).squeeze(-1) / TEMPERATURE
+        items_t = items.T if items.ndim == 2 else items.transpose(-1, -2)  # (D, C) or (B, D, C)
+        if self.pair_kernel is None:
+            return (F.normalize(self.transform(query), dim=-1)[:, None] @ items_t).squeeze(1) / TEMPERATURE
+        cosines = self.pair_kernel(F.normalize(vectors, dim=-1) @ items_t)  # (B, K, C)
+        return (weights[..., None] * cosines).sum(1) / query.norm(dim=-1, keepdim=True).clamp(min=1e-12) / TEMPERATURE
 
     def centre(self, table: DomainTable) -> torch.Tensor:
         return self.transform(table.unit).mean(0)
@@ -144,24 +192,69 @@ def training_pairs(corpus, domain: str) -> list[tuple[list[str], str]]:
     return [(items[max(0, t - HISTORY_ITEMS) : t], items[t]) for items in rows for t in range(1, len(items))]
 
 
-def train(head: FrameInvariantHead, tables: dict, pairs: dict, steps: int, seed: int) -> None:
+class Part(NamedTuple):
+    """One learned part of the screen and how it is trained."""
+
+    history_weights: bool = False
+    axis_weights: bool = False
+    pair_kernel: bool = False
+    domains_alike: bool = False  # every training domain drawn equally often, not by the square root of its size
+    hard_negatives: bool = False  # half the negatives are the prior's top-ranked items, not uniformly drawn ones
+    catalogue_softmax: bool = False  # uniform negatives weighted to stand for the whole catalogue (``sampled_loss``)
+
+
+HARD_NEGATIVES = 64  # of the 128 negatives, with ``Part.hard_negatives``
+
+
+@torch.no_grad()
+def hard_negatives(table: DomainTable, batch: list[tuple[list[str], str]], count: int) -> torch.Tensor:
+    """(B, count) rows of the items the prior ranks highest for each history, its own items and the next one excluded:
+    the near neighbours that compete for the top ten, which uniformly drawn negatives almost never are. (A domain of
+    fewer than ``count`` other items fills up with excluded ones; the loss masks the next item wherever it is.)"""
+    prior = FrameInvariantHead(False, False, table.unit.shape[1])
+    scores = prior.scores(table.history_vectors([history for history, _ in batch]), table.unit, prior.centre(table))
+    for row, (history, target) in enumerate(batch):
+        scores[row, [table.row[key] for key in {*history, target}]] = float("-inf")
+    return scores.topk(min(count, len(table.keys)), dim=-1).indices
+
+
+def sampled_loss(scores: torch.Tensor, catalogue_size: int | None = None) -> torch.Tensor:
+    """Cross-entropy of the next item, scores (B, 1 + M): the next item's first, then M negatives drawn uniformly with
+    replacement (-inf where one is the next item).
+
+    Without ``catalogue_size`` it is a softmax over those 1 + M items, which a ranker wins by separating the next item
+    from random ones. With it, each negative stands for ``catalogue_size / M`` items (its logit gets
+    ``log(catalogue_size / M)``, the log-sampling-probability correction), so the loss estimates the softmax over the
+    whole catalogue, whose denominator the near neighbours at the top of the list dominate."""
+    if catalogue_size is not None:
+        negatives = scores.shape[1] - 1
+        scores = scores + F.pad(torch.full_like(scores[:, 1:], math.log(catalogue_size / negatives)), (1, 0))
+    return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long))
+
+
+def train(head: FrameInvariantHead, tables: dict, pairs: dict, steps: int, seed: int, part: Part) -> None:
     if not list(head.parameters()):
         return
     rng, generator = random.Random(seed), torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=0.0)
     domains = sorted(pairs)
     sizes = torch.tensor([len(pairs[d]) for d in domains], dtype=torch.float).sqrt()  # flatter than by size
+    if part.domains_alike:
+        sizes = torch.ones(len(domains))
     for _ in range(steps):
         domain = domains[int(torch.multinomial(sizes, 1, generator=generator))]
         table, batch = tables[domain], rng.sample(pairs[domain], min(256, len(pairs[domain])))
         vectors = table.history_vectors([history for history, _ in batch])
         targets = torch.tensor([table.row[target] for _, target in batch])
-        negatives = torch.randint(len(table.keys), (len(batch), 128), generator=generator)
+        uniform = 128 - HARD_NEGATIVES if part.hard_negatives else 128
+        negatives = torch.randint(len(table.keys), (len(batch), uniform), generator=generator)
+        if part.hard_negatives:
+            negatives = torch.cat([hard_negatives(table, batch, HARD_NEGATIVES), negatives], 1)
         candidates = table.unit[torch.cat([targets[:, None], negatives], 1)]  # (B, 1 + 128, D)
-        # No centring: it shifts every candidate of a row alike, which the softmax ignores.
-        scores = head.scores(head.query(vectors), candidates, torch.zeros(candidates.shape[-1]))
+        # Centred as in ranking: a nonlinear pair kernel sees the cosines it will see there.
+        scores = head.scores(vectors, candidates, head.centre(table))
         scores = scores.masked_fill(F.pad(negatives == targets[:, None], (1, 0), value=False), float("-inf"))
-        loss = F.cross_entropy(scores, torch.zeros(len(batch), dtype=torch.long))
+        loss = sampled_loss(scores, len(table.keys) if part.catalogue_softmax else None)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -171,21 +264,31 @@ def train(head: FrameInvariantHead, tables: dict, pairs: dict, steps: int, seed:
 def measure(head: FrameInvariantHead, table: DomainTable, data) -> dict[str, float]:
     """Full ranking (history excluded) and candidate scoring on one domain's evaluation users."""
     centre, ranked, scored = head.centre(table), [], []
-    for start in range(0, len(data.histories), 256):
-        histories = data.histories[start : start + 256]
-        query = head.query(table.history_vectors(histories))
-        scores = head.scores(query, table.unit, centre)
+    for start in range(0, len(data.histories), 64):
+        histories = data.histories[start : start + 64]
+        vectors = table.history_vectors(histories)
+        scores = head.scores(vectors, table.unit, centre)
         for row, history in enumerate(histories):
             scores[row, [table.row[key] for key in set(history)]] = float("-inf")
         ranked += [[table.keys[i] for i in row] for row in scores.topk(10, dim=-1).indices.tolist()]
-        rows = [[table.row[k] for k in row] for row in data.candidates[start : start + 256]]
+        rows = [[table.row[k] for k in row] for row in data.candidates[start : start + 64]]
         candidates = table.unit[torch.tensor(rows)]
-        scored += head.scores(query, candidates, centre).tolist()
+        scored += head.scores(vectors, candidates, centre).tolist()
     labels = [[1] + [0] * (len(row) - 1) for row in data.candidates]
     return {**ranking_means(ranked, data.targets, (10,)), **candidate_metrics(scored, labels)}
 
 
-PARTS = {"history weights": (True, False), "axis weights": (False, True), "both": (True, True)}
+PARTS = {
+    "history weights": Part(history_weights=True),
+    "axis weights": Part(axis_weights=True),
+    "both": Part(history_weights=True, axis_weights=True),
+    "pair kernel": Part(pair_kernel=True),
+    "pair kernel, domains alike": Part(pair_kernel=True, domains_alike=True),
+    "pair kernel, hard negatives": Part(pair_kernel=True, hard_negatives=True),
+    "history weights, hard negatives": Part(history_weights=True, hard_negatives=True),
+    "pair kernel, catalogue softmax": Part(pair_kernel=True, catalogue_softmax=True),
+    "history weights, catalogue softmax": Part(history_weights=True, catalogue_softmax=True),
+}
 
 
 def main() -> None:
@@ -204,39 +307,57 @@ def main() -> None:
         help="each is held out in turn (a fold)",
     )
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     parser.add_argument("--users", type=int, default=2000, help="validation users per held-out domain")
+    parser.add_argument("--negatives", type=int, default=20, help="sampled negatives per user for AUC and GAUC")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train_on_held_out",
+        action="store_true",
+        help="diagnostic: train on the held-out domain's own training split instead (can the part help at all?)",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="path of the results, without suffix")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     tokenizer = RecBaseTokenizer.from_pretrained(args.tokenizer_dir)
     corpus = load_corpus(args.corpus_dir)
     tables = {domain: DomainTable(tokenizer, domain) for domain in args.pretraining_domains}
     pairs = {domain: training_pairs(corpus, domain) for domain in args.pretraining_domains}
-    results = {"settings": vars(args), "folds": {}}
+    results = {"settings": {**vars(args), "results": str(args.results)}, "folds": {}}
     for held_out in args.held_out:
-        data = build_evaluation_set(corpus, held_out, tables[held_out].keys, "validation", args.users, 20, args.seed)
+        data = build_evaluation_set(
+            corpus, held_out, tables[held_out].keys, "validation", args.users, args.negatives, args.seed
+        )
         fold = {"prior": measure(FrameInvariantHead(False, False, 384), tables[held_out], data)}
-        for name, (history_weights, axis_weights) in PARTS.items():
-            started = time.perf_counter()
-            head = FrameInvariantHead(history_weights, axis_weights, 384)
-            train(head, tables, {d: p for d, p in pairs.items() if d != held_out}, args.steps, args.seed)
+        for name in args.parts:
+            part, started = PARTS[name], time.perf_counter()
+            head = FrameInvariantHead(part.history_weights, part.axis_weights, 384, part.pair_kernel)
+            others = {d: p for d, p in pairs.items() if (d == held_out) == args.train_on_held_out}
+            train(head, tables, others, args.steps, args.seed, part)
             fold[name] = {**measure(head, tables[held_out], data), "train_seconds": time.perf_counter() - started}
+            if head.pair_kernel is not None:  # what it learned: phi_k at a few cosines, for the newest three items
+                grid = torch.tensor([-0.2, 0.0, 0.2, 0.4, 0.6, 0.8])
+                with torch.no_grad():
+                    learned = head.pair_kernel(grid.expand(1, HISTORY_ITEMS, -1))[0, :3]
+                fold[name]["kernel"] = {"cosines": grid.tolist(), "phi_newest_three": learned.tolist()}
             print(
                 held_out,
                 name,
-                {k: round(v, 4) for k, v in fold[name].items()},
+                {k: round(v, 4) for k, v in fold[name].items() if k != "kernel"},
                 "prior",
                 {k: round(v, 4) for k, v in fold["prior"].items()},
                 flush=True,
             )
         results["folds"][held_out] = fold
-        write_json_atomically(RESULTS.with_suffix(".json"), results)  # after each fold: a long run keeps what it did
-        write_text_atomically(RESULTS.with_suffix(".md"), markdown(results) + "\n")
+        # After each fold: a long run keeps what it did.
+        write_json_atomically(args.results.with_suffix(".json"), results)
+        write_text_atomically(args.results.with_suffix(".md"), markdown(results) + "\n")
     print(markdown(results))
 
 
 def markdown(results: dict) -> str:
     metrics = ("ndcg@10", "recall@10", "auc", "gauc")
+    parts = [name for name in PARTS if all(name in fold for fold in results["folds"].values())]
     lines = [
         "| held-out domain | part | " + " | ".join(f"{m} (gain over the prior)" for m in metrics) + " |",
         "|---|---|" + "---|" * len(metrics),
@@ -244,7 +365,7 @@ def markdown(results: dict) -> str:
     for domain, fold in results["folds"].items():
         prior = fold["prior"]
         lines.append(f"| {domain} | prior (no training) | " + " | ".join(f"{prior[m]:.4f}" for m in metrics) + " |")
-        for name in PARTS:
+        for name in parts:
             row = fold[name]
             lines.append(
                 f"| {domain} | {name} | "
@@ -253,7 +374,7 @@ def markdown(results: dict) -> str:
             )
     worst = {
         name: {m: min(f[name][m] - f["prior"][m] for f in results["folds"].values()) for m in metrics}
-        for name in PARTS
+        for name in parts
     }
     lines += [
         "",
@@ -262,7 +383,7 @@ def markdown(results: dict) -> str:
         "| part | " + " | ".join(metrics) + " |",
         "|---|" + "---|" * len(metrics),
     ]
-    lines += [f"| {name} | " + " | ".join(f"{worst[name][m]:+.4f}" for m in metrics) + " |" for name in PARTS]
+    lines += [f"| {name} | " + " | ".join(f"{worst[name][m]:+.4f}" for m in metrics) + " |" for name in parts]
     return "\n".join(lines)
 
 

@@ -1,0 +1,106 @@
+"""Invariants of the learned parts the frame-invariant screen measures: each starts as the prior exactly, the pair
+kernel gives the same scores whatever the rotation of a domain's frame, hard negatives are the prior's top items; and
+the screen runs end to end on a tiny corpus."""
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks.frame_invariant_screen import (
+    PARTS,
+    DomainTable,
+    FrameInvariantHead,
+    hard_negatives,
+    main,
+    sampled_loss,
+)
+from tokenization_recbase import RecBaseTokenizer
+
+
+def history_and_items(dim: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(3, 10, dim) histories, the second one only 4 items long; 30 unit item vectors; their centre."""
+    generator = torch.Generator().manual_seed(0)
+    history = torch.randn(3, 10, dim, generator=generator)
+    history[1, 4:] = 0
+    items = F.normalize(torch.randn(30, dim, generator=generator), dim=-1)
+    return history, items, items.mean(0)
+
+
+@pytest.mark.parametrize("part", list(PARTS))
+def test_every_part_scores_as_the_prior_at_init(part):
+    history, items, centre = history_and_items()
+    prior = FrameInvariantHead(False, False, 16).scores(history, items, centre)
+    head = FrameInvariantHead(PARTS[part].history_weights, PARTS[part].axis_weights, 16, PARTS[part].pair_kernel)
+    learned = head.scores(history, items, centre)
+    torch.testing.assert_close(learned, prior)
+
+
+def test_the_prior_is_the_centred_cosine_to_the_weighted_history():
+    history, items, centre = history_and_items()
+    weights = 0.5 ** torch.arange(10.0) * (history.norm(dim=-1) > 0)
+    query = F.normalize((weights[..., None] * F.normalize(history, dim=-1)).sum(1), dim=-1)
+    expected = query @ (items - centre).T / 0.1
+    torch.testing.assert_close(FrameInvariantHead(False, False, 16).scores(history, items, centre), expected)
+
+
+def test_a_trained_pair_kernel_is_unchanged_by_rotating_the_frame():
+    history, items, centre = history_and_items()
+    head = FrameInvariantHead(False, False, 16, pair_kernel=True)
+    with torch.no_grad():
+        head.pair_kernel.slopes.normal_(generator=torch.Generator().manual_seed(1))
+    rotation, _ = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(2)))
+    scores = head.scores(history, items, centre)
+    assert not torch.allclose(scores, FrameInvariantHead(False, False, 16).scores(history, items, centre))
+    torch.testing.assert_close(head.scores(history @ rotation, items @ rotation, centre @ rotation), scores)
+
+
+def test_the_pair_kernel_does_not_combine_with_axis_weights():
+    with pytest.raises(ValueError, match="axis weights"):
+        FrameInvariantHead(False, True, 16, pair_kernel=True)
+
+
+def test_hard_negatives_are_the_priors_top_items_less_the_history_and_the_next_item(tiny_run):
+    table = DomainTable(RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"]), "music")
+    batch = [(["music/0", "music/4", "music/8"], "music/12"), (["music/1"], "music/5")]
+    negatives = hard_negatives(table, batch, 5)
+    prior = FrameInvariantHead(False, False, table.unit.shape[1])
+    scores = prior.scores(table.history_vectors([history for history, _ in batch]), table.unit, prior.centre(table))
+    for row, (history, target) in enumerate(batch):
+        excluded = {table.row[key] for key in {*history, target}}
+        chosen = set(negatives[row].tolist())
+        assert len(chosen) == 5 and not chosen & excluded
+        others = [i for i in range(len(table.keys)) if i not in chosen | excluded]
+        assert scores[row, list(chosen)].min() >= scores[row, others].max()
+
+
+def test_the_catalogue_softmax_loss_is_its_definition_on_a_hand_made_batch():
+    # Two users; the next item's score first, then two uniformly drawn negatives of a 10-item catalogue, each standing
+    # for 5 items; the second user's first negative is its next item drawn again (masked).
+    scores = torch.tensor([[2.0, 1.0, 0.5], [0.3, float("-inf"), 1.2]])
+    by_hand = [
+        -2.0 + math.log(math.exp(2.0) + 5 * math.exp(1.0) + 5 * math.exp(0.5)),
+        -0.3 + math.log(math.exp(0.3) + 5 * math.exp(1.2)),
+    ]
+    torch.testing.assert_close(sampled_loss(scores, catalogue_size=10), torch.tensor(sum(by_hand) / 2))
+    plain = [
+        -2.0 + math.log(math.exp(2.0) + math.exp(1.0) + math.exp(0.5)),
+        -0.3 + math.log(math.exp(0.3) + math.exp(1.2)),
+    ]
+    torch.testing.assert_close(sampled_loss(scores), torch.tensor(sum(plain) / 2))
+
+
+def test_the_screen_writes_its_gain_table(tiny_run, tmp_path, monkeypatch):
+    results = tmp_path / "screen"
+    arguments = ["--tokenizer_dir", str(tiny_run["tokenizer"]), "--corpus_dir", str(tiny_run["corpus"])]
+    arguments += ["--pretraining_domains", "music", "films", "--held_out", "films", "--steps", "2", "--users", "10"]
+    arguments += ["--negatives", "5"]
+    arguments += ["--parts", "pair kernel, hard negatives", "--results", str(results)]
+    monkeypatch.setattr(sys, "argv", ["frame_invariant_screen", *arguments])
+    main()
+    fold = json.loads(results.with_suffix(".json").read_text())["folds"]["films"]
+    assert set(fold) == {"prior", "pair kernel, hard negatives"}
+    assert "| films | pair kernel, hard negatives |" in results.with_suffix(".md").read_text()
