@@ -202,8 +202,12 @@ class Part(NamedTuple):
     hard_negatives: bool = False  # half the negatives are the prior's top-ranked items, not uniformly drawn ones
     catalogue_softmax: bool = False  # uniform negatives weighted to stand for the whole catalogue (``sampled_loss``)
 
+    def head(self, dim: int) -> FrameInvariantHead:
+        """The part's head for item vectors of size ``dim``, the prior exactly until trained."""
+        return FrameInvariantHead(self.history_weights, self.axis_weights, dim, self.pair_kernel)
 
-HARD_NEGATIVES = 64  # of the 128 negatives, with ``Part.hard_negatives``
+
+NEGATIVES, HARD_NEGATIVES = 128, 64  # negatives per training pair; of them, the prior's top items with hard_negatives
 
 
 @torch.no_grad()
@@ -211,7 +215,7 @@ def hard_negatives(table: DomainTable, batch: list[tuple[list[str], str]], count
     """(B, count) rows of the items the prior ranks highest for each history, its own items and the next one excluded:
     the near neighbours that compete for the top ten, which uniformly drawn negatives almost never are. (A domain of
     fewer than ``count`` other items fills up with excluded ones; the loss masks the next item wherever it is.)"""
-    prior = FrameInvariantHead(False, False, table.unit.shape[1])
+    prior = Part().head(table.unit.shape[1])
     scores = prior.scores(table.history_vectors([history for history, _ in batch]), table.unit, prior.centre(table))
     for row, (history, target) in enumerate(batch):
         scores[row, [table.row[key] for key in {*history, target}]] = float("-inf")
@@ -246,11 +250,11 @@ def train(head: FrameInvariantHead, tables: dict, pairs: dict, steps: int, seed:
         table, batch = tables[domain], rng.sample(pairs[domain], min(256, len(pairs[domain])))
         vectors = table.history_vectors([history for history, _ in batch])
         targets = torch.tensor([table.row[target] for _, target in batch])
-        uniform = 128 - HARD_NEGATIVES if part.hard_negatives else 128
+        uniform = NEGATIVES - HARD_NEGATIVES if part.hard_negatives else NEGATIVES
         negatives = torch.randint(len(table.keys), (len(batch), uniform), generator=generator)
         if part.hard_negatives:
             negatives = torch.cat([hard_negatives(table, batch, HARD_NEGATIVES), negatives], 1)
-        candidates = table.unit[torch.cat([targets[:, None], negatives], 1)]  # (B, 1 + 128, D)
+        candidates = table.unit[torch.cat([targets[:, None], negatives], 1)]  # (B, 1 + NEGATIVES, D)
         # Centred as in ranking: a nonlinear pair kernel sees the cosines it will see there.
         scores = head.scores(vectors, candidates, head.centre(table))
         scores = scores.masked_fill(F.pad(negatives == targets[:, None], (1, 0), value=False), float("-inf"))
@@ -328,18 +332,18 @@ def main() -> None:
         data = build_evaluation_set(
             corpus, held_out, tables[held_out].keys, "validation", args.users, args.negatives, args.seed
         )
-        fold = {"prior": measure(FrameInvariantHead(False, False, 384), tables[held_out], data)}
+        dim = tables[held_out].unit.shape[1]
+        fold = {"prior": measure(Part().head(dim), tables[held_out], data)}
         for name in args.parts:
             part, started = PARTS[name], time.perf_counter()
-            head = FrameInvariantHead(part.history_weights, part.axis_weights, 384, part.pair_kernel)
+            head = part.head(dim)
             others = {d: p for d, p in pairs.items() if (d == held_out) == args.train_on_held_out}
             train(head, tables, others, args.steps, args.seed, part)
             fold[name] = {**measure(head, tables[held_out], data), "train_seconds": time.perf_counter() - started}
             if head.pair_kernel is not None:  # what it learned: phi_k at a few cosines, for the newest three items
-                grid = torch.tensor([-0.2, 0.0, 0.2, 0.4, 0.6, 0.8])
                 with torch.no_grad():
-                    learned = head.pair_kernel(grid.expand(1, HISTORY_ITEMS, -1))[0, :3]
-                fold[name]["kernel"] = {"cosines": grid.tolist(), "phi_newest_three": learned.tolist()}
+                    learned = head.pair_kernel(KERNEL_KNOTS.expand(1, HISTORY_ITEMS, -1))[0, :3]
+                fold[name]["kernel"] = {"cosines": KERNEL_KNOTS.tolist(), "phi_newest_three": learned.tolist()}
             print(
                 held_out,
                 name,

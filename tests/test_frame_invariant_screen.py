@@ -34,9 +34,7 @@ def history_and_items(dim: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.
 def test_every_part_scores_as_the_prior_at_init(part):
     history, items, centre = history_and_items()
     prior = FrameInvariantHead(False, False, 16).scores(history, items, centre)
-    head = FrameInvariantHead(PARTS[part].history_weights, PARTS[part].axis_weights, 16, PARTS[part].pair_kernel)
-    learned = head.scores(history, items, centre)
-    torch.testing.assert_close(learned, prior)
+    torch.testing.assert_close(PARTS[part].head(16).scores(history, items, centre), prior)
 
 
 def test_the_prior_is_the_centred_cosine_to_the_weighted_history():
