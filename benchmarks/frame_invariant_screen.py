@@ -27,7 +27,15 @@ part minus the prior in every metric, so a part earns its place only where the w
   taken from the items the prior ranks highest (``hard_negatives``), so the loss is about the top of the list;
 - ``pair kernel, catalogue softmax`` and ``history weights, catalogue softmax``: trained with the uniform negatives'
   logits corrected by the log of their sampling probability (``sampled_loss``), so the loss estimates the softmax
-  over the whole catalogue instead of over 129 items.
+  over the whole catalogue instead of over 129 items;
+- ``shared adapter``: one low-rank linear map (``ADAPTER_RANK``) of the text embeddings, shared by every domain and the
+  identity at init, applied to history and items before the cosine. It reads the shared semantic frame, each domain's
+  embeddings centred but not rotated (``DomainTable(..., shared_frame=True)``), so its inputs mean the same in every
+  domain without any per-domain rotation; ``shared adapter, catalogue softmax`` trains it with ``sampled_loss``'s
+  correction.
+
+``--measure_every N`` also measures each part after every N training steps, so one run gives the learning curve (an
+early stop chosen on it is chosen on the held-out pretraining domains, never on a test domain).
 
 ``--train_on_held_out`` is a diagnostic: each part is trained on the held-out domain's own training split, which
 tells a part that cannot help at all from one that does not transfer.
@@ -39,6 +47,7 @@ import argparse
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -126,12 +135,18 @@ class PairKernel(nn.Module):
 
 
 class DomainTable:
-    """One domain's items: keys, content vectors and unit vectors."""
+    """One domain's items: keys, content vectors and unit vectors.
 
-    def __init__(self, tokenizer: RecBaseTokenizer, domain: str) -> None:
+    The content vectors are in the domain's aligned frame (centred, rotated onto its principal axes), or with
+    ``shared_frame`` rotated back into the text encoder's own frame, the same for every domain (centred only).
+    Cosines and norms are the same in both, so is every part but the axis weights and the shared adapter."""
+
+    def __init__(self, tokenizer: RecBaseTokenizer, domain: str, shared_frame: bool = False) -> None:
         self.keys = tokenizer.domain_items(domain)
         self.row = {key: i for i, key in enumerate(self.keys)}
         self.vectors = tokenizer.item_vectors(self.keys).float()
+        if shared_frame:  # aligned = (embedding - mean) @ rotation, the rotation orthogonal
+            self.vectors = self.vectors @ tokenizer.domain_alignments[domain]["rotation"].float().T
         self.unit = F.normalize(self.vectors, dim=-1)
 
     def history_vectors(self, histories: list[list[str]]) -> torch.Tensor:
@@ -143,10 +158,16 @@ class DomainTable:
         return vectors
 
 
-class FrameInvariantHead(nn.Module):
-    """The prior, with learned history weights, per-axis weights and/or a pair kernel, each the identity at init."""
+ADAPTER_RANK = 32
 
-    def __init__(self, history_weights: bool, axis_weights: bool, dim: int, pair_kernel: bool = False) -> None:
+
+class FrameInvariantHead(nn.Module):
+    """The prior, with learned history weights, per-axis weights, a pair kernel and/or a shared adapter, each the
+    identity at init."""
+
+    def __init__(
+        self, history_weights: bool, axis_weights: bool, dim: int, pair_kernel: bool = False, adapter: bool = False
+    ) -> None:
         super().__init__()
         self.history_weights = HistoryWeights() if history_weights else None
         self.log_axis = nn.Parameter(torch.zeros(dim)) if axis_weights else None
@@ -154,7 +175,12 @@ class FrameInvariantHead(nn.Module):
             raise ValueError(
                 "the pair kernel reads cosines in the aligned frame; it is not combined with axis weights"
             )
+        if adapter and (axis_weights or pair_kernel):
+            raise ValueError("the shared adapter is not combined with axis weights or the pair kernel")
         self.pair_kernel = PairKernel() if pair_kernel else None
+        # v -> v + (v @ down) @ up, up zero at init: the identity, and the same map for every domain.
+        self.adapter_down = nn.Parameter(torch.randn(dim, ADAPTER_RANK) / dim**0.5) if adapter else None
+        self.adapter_up = nn.Parameter(torch.zeros(ADAPTER_RANK, dim)) if adapter else None
         self.register_buffer("decay", DECAY ** torch.arange(HISTORY_ITEMS, dtype=torch.float))
 
     def weights(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -165,7 +191,12 @@ class FrameInvariantHead(nn.Module):
         return weights
 
     def transform(self, vectors: torch.Tensor) -> torch.Tensor:
-        return F.normalize(vectors * torch.exp(self.log_axis), dim=-1) if self.log_axis is not None else vectors
+        """(..., D) unit vectors -> (..., D) unit vectors: reweighted axes or the adapter's map, else unchanged."""
+        if self.log_axis is not None:
+            return F.normalize(vectors * torch.exp(self.log_axis), dim=-1)
+        if self.adapter_up is not None:
+            return F.normalize(vectors + (vectors @ self.adapter_down) @ self.adapter_up, dim=-1)
+        return vectors
 
     def scores(self, vectors: torch.Tensor, items: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
         """vectors (B, K, D) of the history; items (B, C, D) or (C, D) unit vectors; centre (D,) -> (B, C).
@@ -201,10 +232,11 @@ class Part(NamedTuple):
     domains_alike: bool = False  # every training domain drawn equally often, not by the square root of its size
     hard_negatives: bool = False  # half the negatives are the prior's top-ranked items, not uniformly drawn ones
     catalogue_softmax: bool = False  # uniform negatives weighted to stand for the whole catalogue (``sampled_loss``)
+    shared_adapter: bool = False  # a linear map of the shared frame (needs tables with ``shared_frame``)
 
     def head(self, dim: int) -> FrameInvariantHead:
         """The part's head for item vectors of size ``dim``, the prior exactly until trained."""
-        return FrameInvariantHead(self.history_weights, self.axis_weights, dim, self.pair_kernel)
+        return FrameInvariantHead(self.history_weights, self.axis_weights, dim, self.pair_kernel, self.shared_adapter)
 
 
 NEGATIVES, HARD_NEGATIVES = 128, 64  # negatives per training pair; of them, the prior's top items with hard_negatives
@@ -236,7 +268,18 @@ def sampled_loss(scores: torch.Tensor, catalogue_size: int | None = None) -> tor
     return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long))
 
 
-def train(head: FrameInvariantHead, tables: dict, pairs: dict, steps: int, seed: int, part: Part) -> None:
+def train(
+    head: FrameInvariantHead,
+    tables: dict,
+    pairs: dict,
+    steps: int,
+    seed: int,
+    part: Part,
+    every: int = 0,
+    at_step: Callable[[int], None] | None = None,
+) -> None:
+    """Train ``head`` for ``steps`` batches of 256 pairs, one domain per batch; ``at_step(step)`` after every
+    ``every`` steps before the last (the learning curve a single run can give)."""
     if not list(head.parameters()):
         return
     rng, generator = random.Random(seed), torch.Generator().manual_seed(seed)
@@ -245,7 +288,7 @@ def train(head: FrameInvariantHead, tables: dict, pairs: dict, steps: int, seed:
     sizes = torch.tensor([len(pairs[d]) for d in domains], dtype=torch.float).sqrt()  # flatter than by size
     if part.domains_alike:
         sizes = torch.ones(len(domains))
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         domain = domains[int(torch.multinomial(sizes, 1, generator=generator))]
         table, batch = tables[domain], rng.sample(pairs[domain], min(256, len(pairs[domain])))
         vectors = table.history_vectors([history for history, _ in batch])
@@ -262,6 +305,8 @@ def train(head: FrameInvariantHead, tables: dict, pairs: dict, steps: int, seed:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if every and step % every == 0 and step < steps:
+            at_step(step)
 
 
 @torch.no_grad()
@@ -292,6 +337,8 @@ PARTS = {
     "history weights, hard negatives": Part(history_weights=True, hard_negatives=True),
     "pair kernel, catalogue softmax": Part(pair_kernel=True, catalogue_softmax=True),
     "history weights, catalogue softmax": Part(history_weights=True, catalogue_softmax=True),
+    "shared adapter": Part(shared_adapter=True),
+    "shared adapter, catalogue softmax": Part(shared_adapter=True, catalogue_softmax=True),
 }
 
 
@@ -311,6 +358,9 @@ def main() -> None:
         help="each is held out in turn (a fold)",
     )
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument(
+        "--measure_every", type=int, default=0, help="also measure each part after every this many steps (0: never)"
+    )
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     parser.add_argument("--users", type=int, default=2000, help="validation users per held-out domain")
     parser.add_argument("--negatives", type=int, default=20, help="sampled negatives per user for AUC and GAUC")
@@ -325,7 +375,11 @@ def main() -> None:
     torch.manual_seed(args.seed)
     tokenizer = RecBaseTokenizer.from_pretrained(args.tokenizer_dir)
     corpus = load_corpus(args.corpus_dir)
-    tables = {domain: DomainTable(tokenizer, domain) for domain in args.pretraining_domains}
+    frames = {
+        shared: {domain: DomainTable(tokenizer, domain, shared) for domain in args.pretraining_domains}
+        for shared in {PARTS[name].shared_adapter for name in args.parts} | {False}
+    }
+    tables = frames[False]
     pairs = {domain: training_pairs(corpus, domain) for domain in args.pretraining_domains}
     results = {"settings": {**vars(args), "results": str(args.results)}, "folds": {}}
     for held_out in args.held_out:
@@ -338,8 +392,16 @@ def main() -> None:
             part, started = PARTS[name], time.perf_counter()
             head = part.head(dim)
             others = {d: p for d, p in pairs.items() if (d == held_out) == args.train_on_held_out}
-            train(head, tables, others, args.steps, args.seed, part)
-            fold[name] = {**measure(head, tables[held_out], data), "train_seconds": time.perf_counter() - started}
+            part_tables, by_step = frames[part.shared_adapter], {}
+
+            def at_step(step: int) -> None:
+                by_step[step] = measure(head, part_tables[held_out], data)
+                print(held_out, name, "step", step, {k: round(v, 4) for k, v in by_step[step].items()}, flush=True)
+
+            train(head, part_tables, others, args.steps, args.seed, part, args.measure_every, at_step)
+            fold[name] = {**measure(head, part_tables[held_out], data), "train_seconds": time.perf_counter() - started}
+            if by_step:
+                fold[name]["by_step"] = by_step
             if head.pair_kernel is not None:  # what it learned: phi_k at a few cosines, for the newest three items
                 with torch.no_grad():
                     learned = head.pair_kernel(KERNEL_KNOTS.expand(1, HISTORY_ITEMS, -1))[0, :3]
@@ -347,7 +409,7 @@ def main() -> None:
             print(
                 held_out,
                 name,
-                {k: round(v, 4) for k, v in fold[name].items() if k != "kernel"},
+                {k: round(v, 4) for k, v in fold[name].items() if k not in ("kernel", "by_step")},
                 "prior",
                 {k: round(v, 4) for k, v in fold["prior"].items()},
                 flush=True,
@@ -388,6 +450,21 @@ def markdown(results: dict) -> str:
         "|---|" + "---|" * len(metrics),
     ]
     lines += [f"| {name} | " + " | ".join(f"{worst[name][m]:+.4f}" for m in metrics) + " |" for name in parts]
+    folds = results["folds"]
+    for name in parts:
+        steps = sorted({step for fold in folds.values() for step in fold[name].get("by_step", {})})
+        if not steps:
+            continue
+        lines += ["", f"{name}: NDCG@10 / AUC gain over the prior along training (each fold, then the worst)", ""]
+        lines += ["| step | " + " | ".join(folds) + " | worst |", "|---|" + "---|" * (len(folds) + 1)]
+        stages = [(str(step), [fold[name]["by_step"][step] for fold in folds.values()]) for step in steps]
+        for label, rows in [*stages, ("end", [fold[name] for fold in folds.values()])]:
+            gains = [
+                (row["ndcg@10"] - f["prior"]["ndcg@10"], row["auc"] - f["prior"]["auc"])
+                for row, f in zip(rows, folds.values())
+            ]
+            worst_gain = f"{min(n for n, _ in gains):+.4f} / {min(a for _, a in gains):+.3f}"
+            lines.append(f"| {label} | " + " | ".join(f"{n:+.4f} / {a:+.3f}" for n, a in gains) + f" | {worst_gain} |")
     return "\n".join(lines)
 
 

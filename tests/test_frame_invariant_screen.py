@@ -61,6 +61,35 @@ def test_the_pair_kernel_does_not_combine_with_axis_weights():
         FrameInvariantHead(False, True, 16, pair_kernel=True)
 
 
+def test_the_shared_frame_undoes_the_domains_rotation_and_keeps_its_cosines_and_the_prior(tiny_run):
+    tokenizer = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"])
+    aligned, shared = DomainTable(tokenizer, "music"), DomainTable(tokenizer, "music", shared_frame=True)
+    rotation = tokenizer.domain_alignments["music"]["rotation"].float()
+    assert not torch.allclose(shared.vectors, aligned.vectors, atol=1e-3)
+    torch.testing.assert_close(shared.vectors @ rotation, aligned.vectors, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(shared.unit @ shared.unit.T, aligned.unit @ aligned.unit.T, atol=1e-5, rtol=1e-4)
+    prior, histories = FrameInvariantHead(False, False, aligned.unit.shape[1]), [["music/0", "music/4"], ["music/1"]]
+    for_frame = [
+        prior.scores(table.history_vectors(histories), table.unit, prior.centre(table)) for table in (aligned, shared)
+    ]
+    torch.testing.assert_close(*for_frame, atol=1e-4, rtol=1e-4)
+
+
+def test_a_trained_shared_adapter_is_one_linear_map_of_the_shared_frame_then_the_prior():
+    history, items, _ = history_and_items()
+    head = PARTS["shared adapter"].head(16)
+    with torch.no_grad():
+        head.adapter_up.normal_(generator=torch.Generator().manual_seed(1))
+    mapping = torch.eye(16) + head.adapter_down @ head.adapter_up  # (D, D), row vectors times it
+    mapped_items = F.normalize(items @ mapping, dim=-1)
+    centre = mapped_items.mean(0)
+    weights = 0.5 ** torch.arange(10.0) * (history.norm(dim=-1) > 0)
+    query = F.normalize(((weights[..., None] * F.normalize(history, dim=-1)).sum(1)) @ mapping, dim=-1)
+    expected = query @ (mapped_items - centre).T / 0.1
+    torch.testing.assert_close(head.scores(history, items, head.transform(items).mean(0)), expected)
+    assert not torch.allclose(expected, FrameInvariantHead(False, False, 16).scores(history, items, items.mean(0)))
+
+
 def test_hard_negatives_are_the_priors_top_items_less_the_history_and_the_next_item(tiny_run):
     table = DomainTable(RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"]), "music")
     batch = [(["music/0", "music/4", "music/8"], "music/12"), (["music/1"], "music/5")]
@@ -95,10 +124,13 @@ def test_the_screen_writes_its_gain_table(tiny_run, tmp_path, monkeypatch):
     results = tmp_path / "screen"
     arguments = ["--tokenizer_dir", str(tiny_run["tokenizer"]), "--corpus_dir", str(tiny_run["corpus"])]
     arguments += ["--pretraining_domains", "music", "films", "--held_out", "films", "--steps", "2", "--users", "10"]
-    arguments += ["--negatives", "5"]
-    arguments += ["--parts", "pair kernel, hard negatives", "--results", str(results)]
+    arguments += ["--negatives", "5", "--measure_every", "1"]
+    arguments += ["--parts", "pair kernel, hard negatives", "shared adapter", "--results", str(results)]
     monkeypatch.setattr(sys, "argv", ["frame_invariant_screen", *arguments])
     main()
     fold = json.loads(results.with_suffix(".json").read_text())["folds"]["films"]
-    assert set(fold) == {"prior", "pair kernel, hard negatives"}
-    assert "| films | pair kernel, hard negatives |" in results.with_suffix(".md").read_text()
+    assert set(fold) == {"prior", "pair kernel, hard negatives", "shared adapter"}
+    table = results.with_suffix(".md").read_text()
+    assert "| films | pair kernel, hard negatives |" in table and "| films | shared adapter |" in table
+    assert set(fold["shared adapter"]["by_step"]) == {"1"}  # measured after step 1 of 2, and at the end
+    assert "shared adapter: NDCG@10 / AUC gain over the prior along training" in table and "| end |" in table
