@@ -139,7 +139,7 @@ class DomainTable:
 
     The content vectors are in the domain's aligned frame (centred, rotated onto its principal axes), or with
     ``shared_frame`` rotated back into the text encoder's own frame, the same for every domain (centred only).
-    Cosines and norms are the same in both, so is every part but the axis weights and the shared adapter."""
+    Cosines and norms are the same in both, so every part but the axis weights and the shared adapter scores alike."""
 
     def __init__(self, tokenizer: RecBaseTokenizer, domain: str, shared_frame: bool = False) -> None:
         self.keys = tokenizer.domain_items(domain)
@@ -375,11 +375,11 @@ def main() -> None:
     torch.manual_seed(args.seed)
     tokenizer = RecBaseTokenizer.from_pretrained(args.tokenizer_dir)
     corpus = load_corpus(args.corpus_dir)
-    frames = {
-        shared: {domain: DomainTable(tokenizer, domain, shared) for domain in args.pretraining_domains}
-        for shared in {PARTS[name].shared_adapter for name in args.parts} | {False}
-    }
-    tables = frames[False]
+    tables = {domain: DomainTable(tokenizer, domain) for domain in args.pretraining_domains}
+    if any(PARTS[name].shared_adapter for name in args.parts):
+        shared_tables = {
+            domain: DomainTable(tokenizer, domain, shared_frame=True) for domain in args.pretraining_domains
+        }
     pairs = {domain: training_pairs(corpus, domain) for domain in args.pretraining_domains}
     results = {"settings": {**vars(args), "results": str(args.results)}, "folds": {}}
     for held_out in args.held_out:
@@ -392,7 +392,7 @@ def main() -> None:
             part, started = PARTS[name], time.perf_counter()
             head = part.head(dim)
             others = {d: p for d, p in pairs.items() if (d == held_out) == args.train_on_held_out}
-            part_tables, by_step = frames[part.shared_adapter], {}
+            part_tables, by_step = shared_tables if part.shared_adapter else tables, {}
 
             def at_step(step: int) -> None:
                 by_step[step] = measure(head, part_tables[held_out], data)
