@@ -148,6 +148,17 @@ class RankingPolicy:
             raise ValueError(f"{path}: not a RecBase ranking policy ({error})") from error
 
 
+def one_standard_error_choice(weights: Sequence[float], gains: torch.Tensor) -> float:
+    """The smallest of ``weights`` whose mean gain is within one standard error of the best's (the one-standard-
+    error rule of model selection): a difference the sampled users cannot tell apart does not move the weight
+    away from the smaller, simpler one. ``gains``: (weights, users) each user's gain (NDCG@10) under each weight;
+    the standard error is that of the paired per-user difference from the best weight."""
+    means = gains.mean(-1)  # (weights,)
+    differences = gains[means.argmax()] - gains  # (weights, users)
+    standard_errors = (differences.var(-1, correction=0) / gains.shape[-1]).sqrt()  # (weights,)
+    return min(float(weight) for weight, close in zip(weights, means >= means.max() - standard_errors) if close)
+
+
 class ItemRanker:
     """Ranks and scores items for histories with a model, its tokenizer and a ``RankingPolicy``.
 
@@ -256,11 +267,13 @@ class ItemRanker:
         an item the log never names counts 0), choose the weight of log(1 + count) on the same log and set it in
         this ranker's policy (``count_weights``); returns the NDCG@10 of each weight tried. Nothing is trained.
 
-        ``sequences``: each user's interactions with the domain's items in order. Leave-last-out: each of up to
-        ``max_users`` users (sampled with ``seed``) with two items or more has the last one ranked among the
-        domain's items after the others (which are excluded from the ranking when the policy excludes the history),
-        by the dense score plus weight x log(1 + count), the count taken over the whole log less that one
-        interaction (items tied with it count half). The best NDCG@10 wins; a tie goes to the smaller weight."""
+        ``sequences``: each user's interactions with the domain's items in order. Leave-last-out, the log split
+        once more the way it was split from the test: each of up to ``max_users`` users (sampled with ``seed``)
+        with two items or more has the last one ranked among the domain's items after the others (which are
+        excluded from the ranking when the policy excludes the history), by the dense score plus weight x
+        log(1 + count), the count taken over the log less every user's last interaction, as the counts given at
+        test time hold no test interaction (items tied with the target count half). The weight is chosen by
+        ``one_standard_error_choice`` on the users' NDCG@10."""
         domains = {item_domain(key) for sequence in sequences for key in sequence}
         if len(domains) != 1:
             raise ValueError(f"fit_count_weight takes the log of one domain, got items of {sorted(domains)}")
@@ -270,17 +283,24 @@ class ItemRanker:
         unknown = next((key for sequence in sequences for key in sequence if key not in positions), None)
         if unknown is not None:
             raise ValueError(f"item {unknown!r} of the log is not indexed; index it before fitting its count weight")
-        logged = torch.tensor([positions[key] for sequence in sequences for key in sequence], dtype=torch.long)
-        counts = torch.bincount(logged, minlength=len(items))  # (items,) interactions in the log
-        self.tokenizer.set_item_counts(dict(zip(items, counts.tolist())))
-        counts = counts.float()
+
+        def count(logged: list[str]) -> torch.Tensor:
+            """(items,) how often each of the domain's items is in ``logged``."""
+            return torch.bincount(
+                torch.tensor([positions[key] for key in logged], dtype=torch.long), minlength=len(items)
+            )
+
+        whole_log = count([key for sequence in sequences for key in sequence])
+        self.tokenizer.set_item_counts(dict(zip(items, whole_log.tolist())))
+        # Counts without any user's last interaction: the targets below are counted as the test items are at test.
+        log_counts = count([key for sequence in sequences for key in sequence[:-1]]).float().log1p()  # (items,)
         users = [list(sequence) for sequence in sequences if len(sequence) >= 2]
         if not users:
             raise ValueError(f"the log of {domain!r} has no user with two interactions to leave the last one out")
         if len(users) > max_users:
             users = random.Random(seed).sample(users, max_users)
         plain = ItemRanker(self.model, self.tokenizer, dataclasses.replace(self.policy, popularity_bias=False))
-        gains = torch.zeros(len(weights))
+        gains = []  # per batch, (weights, batch) each user's NDCG@10
         for start in range(0, len(users), batch_size):
             batch = users[start : start + batch_size]
             rows = torch.arange(len(batch))
@@ -289,21 +309,21 @@ class ItemRanker:
             if self.policy.exclude_history:
                 for row, sequence in enumerate(batch):
                     scores[row, [positions[key] for key in set(sequence[:-1])]] = float("-inf")
-            log_counts = counts.log1p().repeat(len(batch), 1)  # (batch, items)
-            log_counts[rows, targets] = (counts[targets] - 1).clamp(min=0).log1p()
+            batch_gains = torch.zeros(len(weights), len(batch))
             for index, weight in enumerate(weights):
-                total = scores + weight * log_counts
+                total = scores + weight * log_counts  # (batch, items)
                 target_scores = total[rows, targets]  # (batch,)
                 # Items tied with the target (equal texts, equal counts) count half: the expected rank when ties
                 # break at random, so no weight gains by breaking ties its way.
                 ties = (total == target_scores[:, None]).sum(-1) - 1
                 rank = (total > target_scores[:, None]).sum(-1) + ties / 2
                 hit = (rank < 10) & (target_scores > float("-inf"))
-                gains[index] += torch.where(hit, 1 / torch.log2(rank.float() + 2), 0.0).sum()
-        ndcg = {float(weight): float(gain) / len(users) for weight, gain in zip(weights, gains)}
-        best = max(ndcg, key=lambda weight: (ndcg[weight], -weight))
-        self.policy = dataclasses.replace(self.policy, count_weights={**self.policy.count_weights, domain: best})
-        return ndcg
+                batch_gains[index] = torch.where(hit, 1 / torch.log2(rank.float() + 2), 0.0)
+            gains.append(batch_gains)
+        user_gains = torch.cat(gains, dim=1)  # (weights, users)
+        chosen = one_standard_error_choice(weights, user_gains)
+        self.policy = dataclasses.replace(self.policy, count_weights={**self.policy.count_weights, domain: chosen})
+        return {float(weight): float(mean) for weight, mean in zip(weights, user_gains.mean(-1))}
 
     def _residual_weights(self, keys: Sequence[str]) -> torch.Tensor | None:
         """Per user (the domain of ``keys[user]``), the residual's weight; None where it counts everywhere."""

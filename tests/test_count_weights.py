@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from modeling_recbase import ItemRanker, RankingPolicy, RecBaseForCausalLM
+from modeling_recbase.ranking_recbase import one_standard_error_choice
 from tests.test_prior_floor import trained_looking  # the residual and the popularity bias as if trained
 from training import index_items
 
@@ -37,32 +38,52 @@ def test_a_count_weight_adds_weight_times_log_count_in_place_of_the_learned_bias
     assert ItemRanker(model, tokenizer, ignored).rank(histories, music, 5) == without_counts.rank(histories, music, 5)
 
 
-def leave_last_out_by_hand(model, tokenizer, log: list[list[str]], weight: float) -> float:
-    """NDCG@10 of each user's last item ranked by the public API, the counts set to the log's less that item."""
+def leave_last_out_by_hand(model, tokenizer, log: list[list[str]], weight: float) -> list[float]:
+    """Each user's NDCG@10 of their last item ranked by the public API, the counts set to the log's less every
+    user's last item (as the counts at test time hold no test item)."""
     music = tokenizer.domain_items("music")
+    tokenizer.set_item_counts({key: sum(other[:-1].count(key) for other in log) for key in music})
     ndcg = []
     for sequence in (sequence for sequence in log if len(sequence) >= 2):
-        counts = {key: sum(other.count(key) for other in log) for key in music}
-        counts[sequence[-1]] -= 1
-        tokenizer.set_item_counts(counts)
         policy = dataclasses.replace(model.ranking_policy, count_weights={"music": weight})
         ranked = [key for key, _ in ItemRanker(model, tokenizer, policy).rank([sequence[:-1]], music, 10)[0]]
         ndcg.append(1 / math.log2(ranked.index(sequence[-1]) + 2) if sequence[-1] in ranked else 0.0)
-    return sum(ndcg) / len(ndcg)
+    return ndcg
 
 
-def test_the_fitted_weight_is_the_best_leave_last_out_ndcg_computed_by_hand(tiny_run):
+def test_the_fitted_weight_follows_the_one_standard_error_rule_on_the_leave_last_out_ndcg_computed_by_hand(tiny_run):
     model, tokenizer = trained_looking(tiny_run)
     ranker = ItemRanker(model, tokenizer)
-    ndcg = ranker.fit_count_weight(LOG, weights=(0.0, 1.0, 8.0))
+    weights = (0.0, 1.0, 8.0)
+    ndcg = ranker.fit_count_weight(LOG, weights=weights)
     assert tokenizer.catalogue_counts(["music/5", "music/9", "music/0"]).tolist() == [3, 1, 0]  # the log's counts
-    for weight in (0.0, 1.0, 8.0):
-        assert ndcg[weight] == pytest.approx(leave_last_out_by_hand(model, tokenizer, LOG, weight), abs=1e-6)
-    best = max(ndcg.values())
-    assert ranker.policy.count_weights == {"music": min(w for w, value in ndcg.items() if value == best)}
+    by_hand = torch.tensor([leave_last_out_by_hand(model, tokenizer, LOG, weight) for weight in weights])
+    for weight, users in zip(weights, by_hand):
+        assert ndcg[weight] == pytest.approx(users.mean().item(), abs=1e-6)
+    assert ranker.policy.count_weights == {"music": one_standard_error_choice(weights, by_hand)}
     assert model.ranking_policy.count_weights == {}  # the model's own policy is left as it was
     # With music/5 the last item of most users, counts win over the untrained-looking dense score.
     assert ndcg[8.0] > ndcg[0.0]
+
+
+@pytest.mark.parametrize(
+    ("gains", "chosen"),
+    [
+        # Weight 1 is better for every user: a clear win moves the weight.
+        ([[0.1, 0.2, 0.3, 0.4], [0.2, 0.3, 0.4, 0.5], [0.0, 0.1, 0.2, 0.3]], 1.0),
+        # Weight 1 wins on average but helps some users and hurts others: within one standard error of it, the
+        # smallest weight stays.
+        ([[0.5, 0.5, 0.5, 0.5], [1.0, 0.0, 1.0, 0.5], [0.0, 0.0, 0.0, 0.0]], 0.0),
+        # Every weight alike: the smallest.
+        ([[0.3, 0.3], [0.3, 0.3], [0.3, 0.3]], 0.0),
+        # One user: no spread to judge by, so the best mean wins.
+        ([[0.0], [0.0], [1.0]], 8.0),
+    ],
+)
+def test_the_one_standard_error_rule_keeps_the_smallest_weight_the_users_cannot_tell_from_the_best(gains, chosen):
+    assert one_standard_error_choice((0.0, 1.0, 8.0), torch.tensor(gains)) == chosen
+    # The order the weights are listed in does not matter.
+    assert one_standard_error_choice((8.0, 1.0, 0.0), torch.tensor(gains).flip(0)) == chosen
 
 
 def test_a_log_that_cannot_be_fitted_is_refused_with_its_reason(tiny_run):
