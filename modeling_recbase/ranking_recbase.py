@@ -293,7 +293,8 @@ class ItemRanker:
         whole_log = count([key for sequence in sequences for key in sequence])
         self.tokenizer.set_item_counts(dict(zip(items, whole_log.tolist())))
         # Counts without any user's last interaction: the targets below are counted as the test items are at test.
-        log_counts = count([key for sequence in sequences for key in sequence[:-1]]).float().log1p()  # (items,)
+        last_items = count([sequence[-1] for sequence in sequences if sequence])
+        log_counts = (whole_log - last_items).float().log1p()  # (items,)
         users = [list(sequence) for sequence in sequences if len(sequence) >= 2]
         if not users:
             raise ValueError(f"the log of {domain!r} has no user with two interactions to leave the last one out")
