@@ -32,7 +32,17 @@ part minus the prior in every metric, so a part earns its place only where the w
   identity at init, applied to history and items before the cosine. It reads the shared semantic frame, each domain's
   embeddings centred but not rotated (``DomainTable(..., shared_frame=True)``), so its inputs mean the same in every
   domain without any per-domain rotation; ``shared adapter, catalogue softmax`` trains it with ``sampled_loss``'s
-  correction.
+  correction;
+- ``candidate typicality`` (``TypicalityBias``): every part above reads the candidate only through its cosines to the
+  history. This one adds a learned bias of the candidate's own place in its catalogue, from the catalogue alone: its
+  distance to the domain's centre and its mean cosine to its ten nearest catalogue neighbours (how typical it is),
+  each as a z-score within its domain, and each times the history's recency-weighted mean of the same feature (a user
+  of typical items may want typical ones). Zero at init; norms and cosines are the same in every frame;
+- ``pair kernel, worst domain`` and ``history weights, worst domain``: every part above helps some held-out domains
+  and hurts others, and the rule asks for the worst one. These train for it (a group-robust objective, as in group
+  DRO): every step takes 256 pairs split evenly over the training domains and minimises their losses above the
+  prior's on the same batches, each domain weighted by the running sum of its excess (``WorstDomainWeights``), so the
+  domain the part serves worst relative to the prior gets the step.
 
 ``--measure_every N`` also measures each part after every N training steps, so one run gives the learning curve (an
 early stop chosen on it is chosen on the held-out pretraining domains, never on a test domain).
@@ -134,6 +144,49 @@ class PairKernel(nn.Module):
         return cosines + torch.einsum("bkcj,kj->bkc", hinges, self.slopes)
 
 
+TYPICALITY_NEIGHBOURS = 10
+TYPICALITY_KNOTS = torch.linspace(-2.0, 2.0, 5)  # z-scores
+
+
+@torch.no_grad()
+def typicality_features(vectors: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """(C, D) one domain's centred content vectors -> (C, 2): the log distance to the domain's centre and the mean
+    cosine to the ``TYPICALITY_NEIGHBOURS`` nearest other items, each z-scored over the domain. Both read only norms
+    and cosines, so they do not depend on the frame's rotation."""
+    unit = F.normalize(vectors.float(), dim=-1)
+    neighbours = min(TYPICALITY_NEIGHBOURS, len(unit) - 1)
+    density = torch.cat(
+        [
+            (unit[start : start + chunk] @ unit.T).topk(neighbours + 1, dim=-1).values[:, 1:].mean(-1)
+            for start in range(0, len(unit), chunk)
+        ]
+    )  # the top cosine is the item itself
+    features = torch.stack([vectors.float().norm(dim=-1).clamp(min=1e-12).log(), density], -1)
+    return (features - features.mean(0)) / features.std(0).clamp(min=1e-12)
+
+
+class TypicalityBias(nn.Module):
+    """A learned bias of each candidate's typicality features, and of each times the history's mean of it.
+
+    ``b(c) = sum_f phi_f(z_cf) + beta_f * z_cf * m_f``, ``z_c`` the candidate's features (``typicality_features``),
+    ``m`` their recency-weighted mean over the history, ``phi_f`` piecewise linear; zero at init."""
+
+    def __init__(self, features: int = 2) -> None:
+        super().__init__()
+        self.register_buffer("knots", TYPICALITY_KNOTS.clone())
+        self.slopes = nn.Parameter(torch.zeros(features, len(TYPICALITY_KNOTS) + 1))  # a linear term, then hinges
+        self.with_history = nn.Parameter(torch.zeros(features))
+
+    def forward(self, items: torch.Tensor, history: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """items (C, F) or (B, C, F); history (B, K, F); weights (B, K) -> (B, C)."""
+        basis = torch.cat([items[..., None], F.relu(items[..., None] - self.knots)], -1)  # (..., C, F, 1 + J)
+        alone = torch.einsum("...cfj,fj->...c", basis, self.slopes)
+        mean = (weights[..., None] * history).sum(1) / weights.sum(1, keepdim=True).clamp(min=1e-12)  # (B, F)
+        if items.ndim == 2:
+            return alone + (mean * self.with_history) @ items.T
+        return alone + torch.einsum("bcf,bf->bc", items, mean * self.with_history)
+
+
 class DomainTable:
     """One domain's items: keys, content vectors and unit vectors.
 
@@ -148,25 +201,50 @@ class DomainTable:
         if shared_frame:  # aligned = (embedding - mean) @ rotation, the rotation orthogonal
             self.vectors = self.vectors @ tokenizer.domain_alignments[domain]["rotation"].float().T
         self.unit = F.normalize(self.vectors, dim=-1)
+        self._typicality: torch.Tensor | None = None
+
+    @property
+    def typicality(self) -> torch.Tensor:
+        """(C, 2) ``typicality_features`` of the items, computed on first use."""
+        if self._typicality is None:
+            self._typicality = typicality_features(self.vectors)
+        return self._typicality
+
+    def history_rows(self, histories: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K) rows of each history's last K items, newest first (0 where none), and (B, K) where there is one."""
+        rows = torch.zeros(len(histories), HISTORY_ITEMS, dtype=torch.long)
+        valid = torch.zeros(len(histories), HISTORY_ITEMS, dtype=torch.bool)
+        for b, history in enumerate(histories):
+            recent = [self.row[key] for key in history[-HISTORY_ITEMS:]][::-1]
+            rows[b, : len(recent)], valid[b, : len(recent)] = torch.tensor(recent, dtype=torch.long), True
+        return rows, valid
+
+    def history_typicality(self, histories: list[list[str]]) -> torch.Tensor:
+        """(B, K, 2) the typicality features of each history's last K items, newest first, zero where none."""
+        rows, valid = self.history_rows(histories)
+        return self.typicality[rows] * valid[..., None]
 
     def history_vectors(self, histories: list[list[str]]) -> torch.Tensor:
         """(B, K, D): the content vectors of each history's last K items, newest first, zero where none."""
-        vectors = torch.zeros(len(histories), HISTORY_ITEMS, self.vectors.shape[1])
-        for b, history in enumerate(histories):
-            recent = [self.row[key] for key in history[-HISTORY_ITEMS:]][::-1]
-            vectors[b, : len(recent)] = self.vectors[recent]
-        return vectors
+        rows, valid = self.history_rows(histories)
+        return self.vectors[rows] * valid[..., None]
 
 
 ADAPTER_RANK = 32
 
 
 class FrameInvariantHead(nn.Module):
-    """The prior, with learned history weights, per-axis weights, a pair kernel and/or a shared adapter, each the
-    identity at init."""
+    """The prior, with learned history weights, per-axis weights, a pair kernel, a shared adapter and/or a candidate
+    typicality bias, each the identity at init."""
 
     def __init__(
-        self, history_weights: bool, axis_weights: bool, dim: int, pair_kernel: bool = False, adapter: bool = False
+        self,
+        history_weights: bool,
+        axis_weights: bool,
+        dim: int,
+        pair_kernel: bool = False,
+        adapter: bool = False,
+        typicality: bool = False,
     ) -> None:
         super().__init__()
         self.history_weights = HistoryWeights() if history_weights else None
@@ -181,6 +259,7 @@ class FrameInvariantHead(nn.Module):
         # v -> v + (v @ down) @ up, up zero at init: the identity, and the same map for every domain.
         self.adapter_down = nn.Parameter(torch.randn(dim, ADAPTER_RANK) / dim**0.5) if adapter else None
         self.adapter_up = nn.Parameter(torch.zeros(ADAPTER_RANK, dim)) if adapter else None
+        self.typicality = TypicalityBias() if typicality else None
         self.register_buffer("decay", DECAY ** torch.arange(HISTORY_ITEMS, dtype=torch.float))
 
     def weights(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -198,20 +277,35 @@ class FrameInvariantHead(nn.Module):
             return F.normalize(vectors + (vectors @ self.adapter_down) @ self.adapter_up, dim=-1)
         return vectors
 
-    def scores(self, vectors: torch.Tensor, items: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    def scores(
+        self,
+        vectors: torch.Tensor,
+        items: torch.Tensor,
+        centre: torch.Tensor,
+        typicality: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """vectors (B, K, D) of the history; items (B, C, D) or (C, D) unit vectors; centre (D,) -> (B, C).
+        ``typicality``: the items' (like items, F features) and the history's (B, K, F) ``typicality_features``,
+        needed by the typicality bias only.
 
         The prior: the cosine between q, the weighted sum of the history's unit vectors, and the centred item, over
         T. Written per history item it is ``sum_k w_k s_k / |q| / T``, ``s_k`` the centred cosine to item k; the
-        pair kernel replaces ``s_k`` by ``phi_k(s_k)``."""
+        pair kernel replaces ``s_k`` by ``phi_k(s_k)``; the typicality bias adds a term of the candidate alone."""
         weights = self.weights(vectors)  # (B, K)
         query = (weights[..., None] * F.normalize(vectors, dim=-1)).sum(1)  # (B, D)
         items = self.transform(items) - centre
         items_t = items.T if items.ndim == 2 else items.transpose(-1, -2)  # (D, C) or (B, D, C)
         if self.pair_kernel is None:
-            return (F.normalize(self.transform(query), dim=-1)[:, None] @ items_t).squeeze(1) / TEMPERATURE
-        cosines = self.pair_kernel(F.normalize(vectors, dim=-1) @ items_t)  # (B, K, C)
-        return (weights[..., None] * cosines).sum(1) / query.norm(dim=-1, keepdim=True).clamp(min=1e-12) / TEMPERATURE
+            scores = (F.normalize(self.transform(query), dim=-1)[:, None] @ items_t).squeeze(1) / TEMPERATURE
+        else:
+            cosines = self.pair_kernel(F.normalize(vectors, dim=-1) @ items_t)  # (B, K, C)
+            scores = (weights[..., None] * cosines).sum(1) / query.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+            scores = scores / TEMPERATURE
+        if self.typicality is not None:
+            if typicality is None:
+                raise ValueError("the typicality bias needs the items' and the history's typicality features")
+            scores = scores + self.typicality(*typicality, weights)
+        return scores
 
     def centre(self, table: DomainTable) -> torch.Tensor:
         return self.transform(table.unit).mean(0)
@@ -233,10 +327,19 @@ class Part(NamedTuple):
     hard_negatives: bool = False  # half the negatives are the prior's top-ranked items, not uniformly drawn ones
     catalogue_softmax: bool = False  # uniform negatives weighted to stand for the whole catalogue (``sampled_loss``)
     shared_adapter: bool = False  # a linear map of the shared frame (needs tables with ``shared_frame``)
+    candidate_typicality: bool = False  # a learned bias of the candidate's typicality features
+    worst_domain: bool = False  # every step on every domain, the smooth maximum of their losses above the prior's
 
     def head(self, dim: int) -> FrameInvariantHead:
         """The part's head for item vectors of size ``dim``, the prior exactly until trained."""
-        return FrameInvariantHead(self.history_weights, self.axis_weights, dim, self.pair_kernel, self.shared_adapter)
+        return FrameInvariantHead(
+            self.history_weights,
+            self.axis_weights,
+            dim,
+            self.pair_kernel,
+            self.shared_adapter,
+            self.candidate_typicality,
+        )
 
 
 NEGATIVES, HARD_NEGATIVES = 128, 64  # negatives per training pair; of them, the prior's top items with hard_negatives
@@ -268,6 +371,51 @@ def sampled_loss(scores: torch.Tensor, catalogue_size: int | None = None) -> tor
     return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long))
 
 
+def batch_losses(
+    heads: list[FrameInvariantHead],
+    table: DomainTable,
+    batch: list[tuple[list[str], str]],
+    part: Part,
+    generator: torch.Generator,
+) -> list[torch.Tensor]:
+    """The loss of each head on one batch of one domain's (history, next item) pairs, with the same negatives."""
+    vectors = table.history_vectors([history for history, _ in batch])
+    targets = torch.tensor([table.row[target] for _, target in batch])
+    uniform = NEGATIVES - HARD_NEGATIVES if part.hard_negatives else NEGATIVES
+    negatives = torch.randint(len(table.keys), (len(batch), uniform), generator=generator)
+    if part.hard_negatives:
+        negatives = torch.cat([hard_negatives(table, batch, HARD_NEGATIVES), negatives], 1)
+    rows = torch.cat([targets[:, None], negatives], 1)  # (B, 1 + NEGATIVES)
+    typicality = None
+    if any(head.typicality is not None for head in heads):
+        typicality = (table.typicality[rows], table.history_typicality([history for history, _ in batch]))
+    is_target = F.pad(negatives == targets[:, None], (1, 0), value=False)
+    losses = []
+    for head in heads:
+        # Centred as in ranking: a nonlinear pair kernel sees the cosines it will see there.
+        scores = head.scores(vectors, table.unit[rows], head.centre(table), typicality)
+        scores = scores.masked_fill(is_target, float("-inf"))
+        losses.append(sampled_loss(scores, len(table.keys) if part.catalogue_softmax else None))
+    return losses
+
+
+class WorstDomainWeights:
+    """Online weights of the training domains for a group-robust loss (group DRO, Sagawa et al. 2020), on the part's
+    loss above the prior's: after each step ``log q_d += step_size * (loss_d - prior_loss_d)``, and the loss is
+    ``sum_d q_d (loss_d - prior_loss_d)`` with ``q = softmax(log q)``. A domain the part keeps serving worse than the
+    prior gains weight step after step, so the part is pushed to what helps every training domain, the held-out rule's
+    worst fold. (The weights follow the running sum of each domain's excess, not one noisy batch.)"""
+
+    def __init__(self, domains: int, step_size: float = 1.0) -> None:
+        self.log_weights, self.step_size = torch.zeros(domains), step_size
+
+    def loss(self, losses: torch.Tensor, prior_losses: torch.Tensor) -> torch.Tensor:
+        """(domains,) losses of the part and of the prior on the same batches -> the weighted excess (a scalar)."""
+        excess = losses - prior_losses.detach()
+        self.log_weights += self.step_size * excess.detach()
+        return (torch.softmax(self.log_weights, 0) * excess).sum()
+
+
 def train(
     head: FrameInvariantHead,
     tables: dict,
@@ -278,8 +426,9 @@ def train(
     every: int = 0,
     at_step: Callable[[int], None] | None = None,
 ) -> None:
-    """Train ``head`` for ``steps`` batches of 256 pairs, one domain per batch; ``at_step(step)`` after every
-    ``every`` steps before the last (the learning curve a single run can give)."""
+    """Train ``head`` for ``steps`` batches of 256 pairs, one domain per batch (with ``worst_domain``: 256 pairs
+    split evenly over the domains, for ``WorstDomainWeights``); ``at_step(step)`` after every ``every`` steps before
+    the last (the learning curve a single run can give)."""
     if not list(head.parameters()):
         return
     rng, generator = random.Random(seed), torch.Generator().manual_seed(seed)
@@ -288,20 +437,22 @@ def train(
     sizes = torch.tensor([len(pairs[d]) for d in domains], dtype=torch.float).sqrt()  # flatter than by size
     if part.domains_alike:
         sizes = torch.ones(len(domains))
+    # The prior's loss on the same batches, where the worst-domain loss needs it.
+    prior, per_domain = Part().head(tables[domains[0]].unit.shape[1]), 256 // len(domains)
+    worst_domain = WorstDomainWeights(len(domains))
     for step in range(1, steps + 1):
-        domain = domains[int(torch.multinomial(sizes, 1, generator=generator))]
-        table, batch = tables[domain], rng.sample(pairs[domain], min(256, len(pairs[domain])))
-        vectors = table.history_vectors([history for history, _ in batch])
-        targets = torch.tensor([table.row[target] for _, target in batch])
-        uniform = NEGATIVES - HARD_NEGATIVES if part.hard_negatives else NEGATIVES
-        negatives = torch.randint(len(table.keys), (len(batch), uniform), generator=generator)
-        if part.hard_negatives:
-            negatives = torch.cat([hard_negatives(table, batch, HARD_NEGATIVES), negatives], 1)
-        candidates = table.unit[torch.cat([targets[:, None], negatives], 1)]  # (B, 1 + NEGATIVES, D)
-        # Centred as in ranking: a nonlinear pair kernel sees the cosines it will see there.
-        scores = head.scores(vectors, candidates, head.centre(table))
-        scores = scores.masked_fill(F.pad(negatives == targets[:, None], (1, 0), value=False), float("-inf"))
-        loss = sampled_loss(scores, len(table.keys) if part.catalogue_softmax else None)
+        if part.worst_domain:
+            losses = [
+                batch_losses(
+                    [head, prior], tables[d], rng.sample(pairs[d], min(per_domain, len(pairs[d]))), part, generator
+                )
+                for d in domains
+            ]
+            loss = worst_domain.loss(*(torch.stack(column) for column in zip(*losses)))
+        else:
+            domain = domains[int(torch.multinomial(sizes, 1, generator=generator))]
+            batch = rng.sample(pairs[domain], min(256, len(pairs[domain])))
+            (loss,) = batch_losses([head], tables[domain], batch, part, generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -316,13 +467,17 @@ def measure(head: FrameInvariantHead, table: DomainTable, data) -> dict[str, flo
     for start in range(0, len(data.histories), 64):
         histories = data.histories[start : start + 64]
         vectors = table.history_vectors(histories)
-        scores = head.scores(vectors, table.unit, centre)
+        rows = torch.tensor([[table.row[k] for k in row] for row in data.candidates[start : start + 64]])
+        catalogue = candidates = None
+        if head.typicality is not None:
+            history_features = table.history_typicality(histories)
+            catalogue = (table.typicality, history_features)
+            candidates = (table.typicality[rows], history_features)
+        scores = head.scores(vectors, table.unit, centre, catalogue)
         for row, history in enumerate(histories):
             scores[row, [table.row[key] for key in set(history)]] = float("-inf")
         ranked += [[table.keys[i] for i in row] for row in scores.topk(10, dim=-1).indices.tolist()]
-        rows = [[table.row[k] for k in row] for row in data.candidates[start : start + 64]]
-        candidates = table.unit[torch.tensor(rows)]
-        scored += head.scores(vectors, candidates, centre).tolist()
+        scored += head.scores(vectors, table.unit[rows], centre, candidates).tolist()
     labels = [[1] + [0] * (len(row) - 1) for row in data.candidates]
     return {**ranking_means(ranked, data.targets, (10,)), **candidate_metrics(scored, labels)}
 
@@ -339,6 +494,9 @@ PARTS = {
     "history weights, catalogue softmax": Part(history_weights=True, catalogue_softmax=True),
     "shared adapter": Part(shared_adapter=True),
     "shared adapter, catalogue softmax": Part(shared_adapter=True, catalogue_softmax=True),
+    "candidate typicality": Part(candidate_typicality=True),
+    "pair kernel, worst domain": Part(pair_kernel=True, worst_domain=True),
+    "history weights, worst domain": Part(history_weights=True, worst_domain=True),
 }
 
 

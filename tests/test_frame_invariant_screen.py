@@ -1,6 +1,7 @@
 """Invariants of the learned parts the frame-invariant screen measures: each starts as the prior exactly, the pair
-kernel gives the same scores whatever the rotation of a domain's frame, hard negatives are the prior's top items; and
-the screen runs end to end on a tiny corpus."""
+kernel and the typicality features are the same whatever the rotation of a domain's frame, hard negatives are the
+prior's top items, the losses equal their definitions on hand-made numbers; and the screen runs end to end on a tiny
+corpus."""
 
 import json
 import math
@@ -14,9 +15,11 @@ from benchmarks.frame_invariant_screen import (
     PARTS,
     DomainTable,
     FrameInvariantHead,
+    WorstDomainWeights,
     hard_negatives,
     main,
     sampled_loss,
+    typicality_features,
 )
 from tokenization_recbase import RecBaseTokenizer
 
@@ -30,11 +33,58 @@ def history_and_items(dim: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.
     return history, items, items.mean(0)
 
 
+def typicality_of(history: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Made-up typicality features (2 per item) of 30 items and of the (3, 10) history, zero where no item."""
+    generator = torch.Generator().manual_seed(3)
+    return torch.randn(len(items), 2, generator=generator), torch.randn(*history.shape[:2], 2, generator=generator) * (
+        history.norm(dim=-1, keepdim=True) > 0
+    )
+
+
 @pytest.mark.parametrize("part", list(PARTS))
 def test_every_part_scores_as_the_prior_at_init(part):
     history, items, centre = history_and_items()
     prior = FrameInvariantHead(False, False, 16).scores(history, items, centre)
-    torch.testing.assert_close(PARTS[part].head(16).scores(history, items, centre), prior)
+    scores = PARTS[part].head(16).scores(history, items, centre, typicality_of(history, items))
+    torch.testing.assert_close(scores, prior)
+
+
+def test_the_typicality_features_are_z_scored_distance_and_density_unchanged_by_rotating_the_frame():
+    vectors = torch.randn(40, 16, generator=torch.Generator().manual_seed(4))
+    features = typicality_features(vectors)
+    unit = F.normalize(vectors, dim=-1)
+    cosines = (unit @ unit.T).fill_diagonal_(-2.0)
+    by_hand = torch.stack([vectors.norm(dim=-1).log(), cosines.topk(10, dim=-1).values.mean(-1)], -1)
+    by_hand = (by_hand - by_hand.mean(0)) / by_hand.std(0)
+    torch.testing.assert_close(features, by_hand)
+    rotation, _ = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(5)))
+    torch.testing.assert_close(typicality_features(vectors @ rotation), features, atol=1e-5, rtol=1e-4)
+    assert torch.equal(typicality_features(vectors, chunk=7), typicality_features(vectors))
+
+
+def test_a_trained_typicality_bias_adds_its_formula_to_the_prior():
+    history, items, centre = history_and_items()
+    item_features, history_features = typicality_of(history, items)
+    head = PARTS["candidate typicality"].head(16)
+    with torch.no_grad():
+        head.typicality.slopes.normal_(generator=torch.Generator().manual_seed(6))
+        head.typicality.with_history.normal_(generator=torch.Generator().manual_seed(7))
+    weights = 0.5 ** torch.arange(10.0) * (history.norm(dim=-1) > 0)
+    mean = (weights[..., None] * history_features).sum(1) / weights.sum(1, keepdim=True)  # (3, 2)
+    slopes, knots = head.typicality.slopes, torch.linspace(-2.0, 2.0, 5)
+    alone = sum(
+        slopes[f, 0] * item_features[:, f] + (slopes[f, 1:] * F.relu(item_features[:, f, None] - knots)).sum(-1)
+        for f in range(2)
+    )  # (30,)
+    expected = FrameInvariantHead(False, False, 16).scores(history, items, centre) + alone
+    expected = expected + (mean * head.typicality.with_history) @ item_features.T
+    scores = head.scores(history, items, centre, (item_features, history_features))
+    torch.testing.assert_close(scores, expected)
+    # The same bias for candidates given per user (B, C, F), as in candidate scoring.
+    per_user = head.scores(history, items, centre, (item_features.expand(3, -1, -1), history_features))
+    torch.testing.assert_close(per_user, expected)
+    with pytest.raises(ValueError, match="typicality features"):
+        head.scores(history, items, centre)
 
 
 def test_the_prior_is_the_centred_cosine_to_the_weighted_history():
@@ -120,16 +170,37 @@ def test_the_catalogue_softmax_loss_is_its_definition_on_a_hand_made_batch():
     torch.testing.assert_close(sampled_loss(scores), torch.tensor(sum(plain) / 2))
 
 
+def test_the_worst_domain_weights_follow_each_domains_running_excess_over_the_prior():
+    weights = WorstDomainWeights(3, step_size=2.0)
+    first = weights.loss(torch.tensor([1.0, 2.0, 0.5]), torch.tensor([0.9, 2.05, 0.5]))
+    torch.testing.assert_close(
+        first, (torch.softmax(2.0 * torch.tensor([0.1, -0.05, 0.0]), 0) * torch.tensor([0.1, -0.05, 0.0])).sum()
+    )
+    losses = torch.tensor([1.0, 2.0, 0.6], requires_grad=True)
+    prior = torch.tensor([1.0, 1.9, 0.5], requires_grad=True)
+    second = weights.loss(losses, prior)
+    running = torch.tensor([0.1, -0.05, 0.0]) + torch.tensor([0.0, 0.1, 0.1])  # the sums of the two steps' excess
+    q = torch.softmax(2.0 * running, 0)
+    torch.testing.assert_close(second, (q * torch.tensor([0.0, 0.1, 0.1])).sum())
+    second.backward()
+    # The step goes to each domain by its weight; the prior's losses get no gradient.
+    torch.testing.assert_close(losses.grad, q)
+    assert prior.grad is None
+
+
 def test_the_screen_writes_its_gain_table(tiny_run, tmp_path, monkeypatch):
     results = tmp_path / "screen"
     arguments = ["--tokenizer_dir", str(tiny_run["tokenizer"]), "--corpus_dir", str(tiny_run["corpus"])]
     arguments += ["--pretraining_domains", "music", "films", "--held_out", "films", "--steps", "2", "--users", "10"]
     arguments += ["--negatives", "5", "--measure_every", "1"]
-    arguments += ["--parts", "pair kernel, hard negatives", "shared adapter", "--results", str(results)]
+    arguments += ["--parts", "pair kernel, hard negatives", "shared adapter", "candidate typicality"]
+    arguments += ["pair kernel, worst domain"]
+    arguments += ["--results", str(results)]
     monkeypatch.setattr(sys, "argv", ["frame_invariant_screen", *arguments])
     main()
     fold = json.loads(results.with_suffix(".json").read_text())["folds"]["films"]
-    assert set(fold) == {"prior", "pair kernel, hard negatives", "shared adapter"}
+    parts = {"pair kernel, hard negatives", "shared adapter", "candidate typicality", "pair kernel, worst domain"}
+    assert set(fold) == {"prior", *parts}
     table = results.with_suffix(".md").read_text()
     assert "| films | pair kernel, hard negatives |" in table and "| films | shared adapter |" in table
     assert set(fold["shared adapter"]["by_step"]) == {"1"}  # measured after step 1 of 2, and at the end
