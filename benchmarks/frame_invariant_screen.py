@@ -42,7 +42,8 @@ part minus the prior in every metric, so a part earns its place only where the w
   and hurts others, and the rule asks for the worst one. These train for it (a group-robust objective, as in group
   DRO): every step takes 256 pairs split evenly over the training domains and minimises their losses above the
   prior's on the same batches, each domain weighted by the running sum of its excess (``WorstDomainWeights``), so the
-  domain the part serves worst relative to the prior gets the step.
+  domain the part serves worst relative to the prior gets the step; ``history weights, worst domain, catalogue
+  softmax`` does the same with ``sampled_loss``'s correction.
 
 ``--measure_every N`` also measures each part after every N training steps, so one run gives the learning curve (an
 early stop chosen on it is chosen on the held-out pretraining domains, never on a test domain).
@@ -497,6 +498,9 @@ PARTS = {
     "candidate typicality": Part(candidate_typicality=True),
     "pair kernel, worst domain": Part(pair_kernel=True, worst_domain=True),
     "history weights, worst domain": Part(history_weights=True, worst_domain=True),
+    "history weights, worst domain, catalogue softmax": Part(
+        history_weights=True, worst_domain=True, catalogue_softmax=True
+    ),
 }
 
 
