@@ -329,7 +329,7 @@ class Part(NamedTuple):
     catalogue_softmax: bool = False  # uniform negatives weighted to stand for the whole catalogue (``sampled_loss``)
     shared_adapter: bool = False  # a linear map of the shared frame (needs tables with ``shared_frame``)
     candidate_typicality: bool = False  # a learned bias of the candidate's typicality features
-    worst_domain: bool = False  # every step on every domain, the smooth maximum of their losses above the prior's
+    worst_domain: bool = False  # every step on every domain, weighted by its running excess over the prior's loss
 
     def head(self, dim: int) -> FrameInvariantHead:
         """The part's head for item vectors of size ``dim``, the prior exactly until trained."""
@@ -438,9 +438,9 @@ def train(
     sizes = torch.tensor([len(pairs[d]) for d in domains], dtype=torch.float).sqrt()  # flatter than by size
     if part.domains_alike:
         sizes = torch.ones(len(domains))
-    # The prior's loss on the same batches, where the worst-domain loss needs it.
-    prior, per_domain = Part().head(tables[domains[0]].unit.shape[1]), 256 // len(domains)
-    worst_domain = WorstDomainWeights(len(domains))
+    if part.worst_domain:  # the prior scores the same batches: the loss is the part's excess over it
+        prior, per_domain = Part().head(tables[domains[0]].unit.shape[1]), 256 // len(domains)
+        worst_domain = WorstDomainWeights(len(domains))
     for step in range(1, steps + 1):
         if part.worst_domain:
             losses = [

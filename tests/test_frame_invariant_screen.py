@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import benchmarks.frame_invariant_screen as screen
 from benchmarks.frame_invariant_screen import (
     PARTS,
     DomainTable,
@@ -19,9 +20,12 @@ from benchmarks.frame_invariant_screen import (
     hard_negatives,
     main,
     sampled_loss,
+    train,
+    training_pairs,
     typicality_features,
 )
 from tokenization_recbase import RecBaseTokenizer
+from training.corpus import load_corpus
 
 
 def history_and_items(dim: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -186,6 +190,25 @@ def test_the_worst_domain_weights_follow_each_domains_running_excess_over_the_pr
     # The step goes to each domain by its weight; the prior's losses get no gradient.
     torch.testing.assert_close(losses.grad, q)
     assert prior.grad is None
+
+
+def test_a_worst_domain_step_scores_the_part_and_the_prior_on_every_training_domain(tiny_run, monkeypatch):
+    tokenizer, corpus = RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"]), load_corpus(tiny_run["corpus"])
+    tables = {domain: DomainTable(tokenizer, domain) for domain in ("music", "films")}
+    pairs = {domain: training_pairs(corpus, domain) for domain in tables}
+    calls, batch_losses = [], screen.batch_losses
+
+    def recorded(heads, table, batch, part, generator):
+        calls.append((len(heads), next(d for d, t in tables.items() if t is table), len(batch)))
+        return batch_losses(heads, table, batch, part, generator)
+
+    monkeypatch.setattr(screen, "batch_losses", recorded)
+    part = PARTS["history weights, worst domain"]
+    head = part.head(tables["music"].unit.shape[1])
+    train(head, tables, pairs, steps=2, seed=0, part=part)
+    # Each step: the part and the prior, on a batch of each domain, 256 pairs split between them.
+    assert calls == [(2, "films", 128), (2, "music", 128)] * 2
+    assert head.history_weights.fc_out.weight.abs().sum() > 0
 
 
 def test_the_screen_writes_its_gain_table(tiny_run, tmp_path, monkeypatch):
