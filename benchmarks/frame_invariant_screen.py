@@ -183,9 +183,7 @@ class TypicalityBias(nn.Module):
         basis = torch.cat([items[..., None], F.relu(items[..., None] - self.knots)], -1)  # (..., C, F, 1 + J)
         alone = torch.einsum("...cfj,fj->...c", basis, self.slopes)
         mean = (weights[..., None] * history).sum(1) / weights.sum(1, keepdim=True).clamp(min=1e-12)  # (B, F)
-        if items.ndim == 2:
-            return alone + (mean * self.with_history) @ items.T
-        return alone + torch.einsum("bcf,bf->bc", items, mean * self.with_history)
+        return alone + (items * (mean * self.with_history)[:, None]).sum(-1)  # items broadcast to (B, C, F)
 
 
 class DomainTable:
