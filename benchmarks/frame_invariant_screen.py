@@ -45,6 +45,20 @@ part minus the prior in every metric, so a part earns its place only where the w
   domain the part serves worst relative to the prior gets the step; ``history weights, worst domain, catalogue
   softmax`` does the same with ``sampled_loss``'s correction.
 
+- ``history weights, full softmax``, ``pair kernel, full softmax``, ``shared adapter, full softmax`` and ``axis
+  weights, full softmax``: every loss above is a softmax over the next item and 128 sampled items, which a part wins
+  by separating the next item from random ones. These are trained with the exact cross-entropy of the next item over
+  the whole catalogue, the history's other items masked (``Part.full_softmax``), the full ranking the metrics measure;
+  ``..., top pairs`` counts only the pairs whose next item the prior already ranks in its top ``TOP_PAIRS`` (where
+  NDCG@10 can change); ``axis weights, full and sampled softmax`` adds the plain sampled loss, so the bulk of the list
+  (what AUC counts) is in the loss beside its top.
+
+Two training-free diagnostics sit beside the prior in every fold: ``--whitening_powers`` measures the whitened prior
+(``whitened_prior``: each principal axis scaled by its spread to a power, what the axis weights learn) alone and summed
+with the prior (``ScoreSum``); ``--rerank_top K`` measures the prior with only its top K items reordered by a whitened
+prior or by each trained part (``TopReranked``), which leaves the order of the rest, and so nearly all of AUC, as the
+prior's.
+
 ``--measure_every N`` also measures each part after every N training steps, so one run gives the learning curve (an
 early stop chosen on it is chosen on the held-out pretraining domains, never on a test domain).
 
@@ -310,6 +324,63 @@ class FrameInvariantHead(nn.Module):
         return self.transform(table.unit).mean(0)
 
 
+def whitened_prior(table: DomainTable, power: float) -> FrameInvariantHead:
+    """The prior on whitened vectors, with no training: each axis of the domain's aligned frame (its principal axes)
+    scaled by its standard deviation to the power ``-power`` (1: every axis the same variance), for query and items.
+    A domain's own variances set the scales, so it needs no other domain."""
+    head = Part(axis_weights=True).head(table.vectors.shape[1])
+    variances = table.vectors.var(0)
+    with torch.no_grad():
+        head.log_axis.copy_(-power / 2 * variances.clamp(min=variances.max() * 1e-6).log())
+    return head
+
+
+class ScoreSum(nn.Module):
+    """The sum of several heads' scores, each with its own centre."""
+
+    typicality = None
+
+    def __init__(self, heads: list[FrameInvariantHead]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+
+    def centre(self, table: DomainTable) -> torch.Tensor:
+        return torch.stack([head.centre(table) for head in self.heads])  # (heads, D)
+
+    def scores(
+        self, vectors: torch.Tensor, items: torch.Tensor, centre: torch.Tensor, typicality=None
+    ) -> torch.Tensor:
+        return sum(head.scores(vectors, items, own) for head, own in zip(self.heads, centre))
+
+
+class TopReranked(nn.Module):
+    """The prior's ranking with its top ``top`` catalogue items (history included) reordered by another head.
+
+    An item inside the prior's top keeps the other head's score plus an offset above any prior score; one outside
+    keeps the prior's. So a target and a random item outside the top compare as under the prior (which AUC counts),
+    while the order at the top, which NDCG@10 counts, is the other head's."""
+
+    typicality, OFFSET = None, 1e4  # scores are cosines over the temperature, far below the offset
+
+    def __init__(self, reranker: FrameInvariantHead, table: DomainTable, top: int) -> None:
+        super().__init__()
+        self.prior, self.reranker, self.table, self.top = Part().head(table.unit.shape[1]), reranker, table, top
+
+    def centre(self, table: DomainTable) -> torch.Tensor:
+        return torch.stack([self.prior.centre(table), self.reranker.centre(table)])  # (2, D)
+
+    def scores(
+        self, vectors: torch.Tensor, items: torch.Tensor, centre: torch.Tensor, typicality=None
+    ) -> torch.Tensor:
+        catalogue = self.prior.scores(vectors, self.table.unit, centre[0])  # (B, C)
+        threshold = catalogue.topk(min(self.top, catalogue.shape[1]), dim=-1).values[:, -1:]  # (B, 1)
+        prior = self.prior.scores(vectors, items, centre[0])
+        # A slack far above rounding: the top's last item is inside whether scored with the catalogue or alone.
+        return torch.where(
+            prior >= threshold - 1e-4, self.OFFSET + self.reranker.scores(vectors, items, centre[1]), prior
+        )
+
+
 def training_pairs(corpus, domain: str) -> list[tuple[list[str], str]]:
     """(history, next item) at every position of the domain's training sequences."""
     rows = corpus["train"].filter(lambda d: d == domain, input_columns="domain")["items"]
@@ -328,6 +399,9 @@ class Part(NamedTuple):
     shared_adapter: bool = False  # a linear map of the shared frame (needs tables with ``shared_frame``)
     candidate_typicality: bool = False  # a learned bias of the candidate's typicality features
     worst_domain: bool = False  # every step on every domain, weighted by its running excess over the prior's loss
+    full_softmax: bool = False  # the exact softmax over the whole catalogue, the history's other items masked
+    top_pairs: bool = False  # with full_softmax: only pairs whose next item the prior ranks in its top TOP_PAIRS
+    sampled_too: bool = False  # with full_softmax: plus the plain sampled loss, so the bulk of the list counts too
 
     def head(self, dim: int) -> FrameInvariantHead:
         """The part's head for item vectors of size ``dim``, the prior exactly until trained."""
@@ -342,6 +416,7 @@ class Part(NamedTuple):
 
 
 NEGATIVES, HARD_NEGATIVES = 128, 64  # negatives per training pair; of them, the prior's top items with hard_negatives
+TOP_PAIRS = 100  # with top_pairs, a pair counts only where the prior ranks its next item above this
 
 
 @torch.no_grad()
@@ -377,24 +452,53 @@ def batch_losses(
     part: Part,
     generator: torch.Generator,
 ) -> list[torch.Tensor]:
-    """The loss of each head on one batch of one domain's (history, next item) pairs, with the same negatives."""
-    vectors = table.history_vectors([history for history, _ in batch])
+    """The loss of each head on one batch of one domain's (history, next item) pairs, with the same negatives.
+
+    With ``full_softmax`` there are no sampled negatives: the loss is the cross-entropy of the next item over the
+    whole catalogue, the history's other items masked, which is the ranking the metrics measure (full ranking,
+    history excluded), so it is decided at the top of the list, among the next item's near neighbours."""
+    histories = [history for history, _ in batch]
+    vectors = table.history_vectors(histories)
     targets = torch.tensor([table.row[target] for _, target in batch])
-    uniform = NEGATIVES - HARD_NEGATIVES if part.hard_negatives else NEGATIVES
-    negatives = torch.randint(len(table.keys), (len(batch), uniform), generator=generator)
-    if part.hard_negatives:
-        negatives = torch.cat([hard_negatives(table, batch, HARD_NEGATIVES), negatives], 1)
-    rows = torch.cat([targets[:, None], negatives], 1)  # (B, 1 + NEGATIVES)
-    typicality = None
-    if any(head.typicality is not None for head in heads):
-        typicality = (table.typicality[rows], table.history_typicality([history for history, _ in batch]))
-    is_target = F.pad(negatives == targets[:, None], (1, 0), value=False)
+    with_typicality = any(head.typicality is not None for head in heads)
+    if part.full_softmax:
+        candidates = table.unit
+        masked = torch.zeros(len(batch), len(table.keys), dtype=torch.bool)
+        for row, history in enumerate(histories):
+            masked[row, [table.row[key] for key in history]] = True
+        masked[torch.arange(len(batch)), targets] = False
+        typicality = (table.typicality, table.history_typicality(histories)) if with_typicality else None
+        if part.sampled_too:  # the plain loss's candidates, read off the catalogue's scores
+            negatives = torch.randint(len(table.keys), (len(batch), NEGATIVES), generator=generator)
+            rows = torch.cat([targets[:, None], negatives], 1)  # (B, 1 + NEGATIVES)
+            drawn_again = F.pad(negatives == targets[:, None], (1, 0), value=False)
+    else:
+        uniform = NEGATIVES - HARD_NEGATIVES if part.hard_negatives else NEGATIVES
+        negatives = torch.randint(len(table.keys), (len(batch), uniform), generator=generator)
+        if part.hard_negatives:
+            negatives = torch.cat([hard_negatives(table, batch, HARD_NEGATIVES), negatives], 1)
+        rows = torch.cat([targets[:, None], negatives], 1)  # (B, 1 + NEGATIVES)
+        candidates = table.unit[rows]
+        masked = F.pad(negatives == targets[:, None], (1, 0), value=False)
+        typicality = (table.typicality[rows], table.history_typicality(histories)) if with_typicality else None
+    counted = torch.ones(len(batch))
+    if part.top_pairs:  # NDCG@10 can only change where the next item is near the top already
+        with torch.no_grad():
+            prior = Part().head(table.unit.shape[1])
+            scores = prior.scores(vectors, candidates, prior.centre(table)).masked_fill(masked, float("-inf"))
+        counted = ((scores > scores.gather(1, targets[:, None])).sum(1) < TOP_PAIRS).float()
     losses = []
     for head in heads:
         # Centred as in ranking: a nonlinear pair kernel sees the cosines it will see there.
-        scores = head.scores(vectors, table.unit[rows], head.centre(table), typicality)
-        scores = scores.masked_fill(is_target, float("-inf"))
-        losses.append(sampled_loss(scores, len(table.keys) if part.catalogue_softmax else None))
+        scores = head.scores(vectors, candidates, head.centre(table), typicality).masked_fill(masked, float("-inf"))
+        if part.full_softmax:
+            per_pair = F.cross_entropy(scores, targets, reduction="none")
+            loss = (per_pair * counted).sum() / counted.sum().clamp(min=1)
+            if part.sampled_too:
+                loss = loss + sampled_loss(scores.gather(1, rows).masked_fill(drawn_again, float("-inf")))
+            losses.append(loss)
+        else:
+            losses.append(sampled_loss(scores, len(table.keys) if part.catalogue_softmax else None))
     return losses
 
 
@@ -460,7 +564,7 @@ def train(
 
 
 @torch.no_grad()
-def measure(head: FrameInvariantHead, table: DomainTable, data) -> dict[str, float]:
+def measure(head: FrameInvariantHead | ScoreSum | TopReranked, table: DomainTable, data) -> dict[str, float]:
     """Full ranking (history excluded) and candidate scoring on one domain's evaluation users."""
     centre, ranked, scored = head.centre(table), [], []
     for start in range(0, len(data.histories), 64):
@@ -499,6 +603,14 @@ PARTS = {
     "history weights, worst domain, catalogue softmax": Part(
         history_weights=True, worst_domain=True, catalogue_softmax=True
     ),
+    "history weights, full softmax": Part(history_weights=True, full_softmax=True),
+    "pair kernel, full softmax": Part(pair_kernel=True, full_softmax=True),
+    "shared adapter, full softmax": Part(shared_adapter=True, full_softmax=True),
+    "axis weights, full softmax": Part(axis_weights=True, full_softmax=True),
+    "axis weights, full and sampled softmax": Part(axis_weights=True, full_softmax=True, sampled_too=True),
+    "history weights, full softmax, top pairs": Part(history_weights=True, full_softmax=True, top_pairs=True),
+    "pair kernel, full softmax, top pairs": Part(pair_kernel=True, full_softmax=True, top_pairs=True),
+    "shared adapter, full softmax, top pairs": Part(shared_adapter=True, full_softmax=True, top_pairs=True),
 }
 
 
@@ -521,7 +633,7 @@ def main() -> None:
     parser.add_argument(
         "--measure_every", type=int, default=0, help="also measure each part after every this many steps (0: never)"
     )
-    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
+    parser.add_argument("--parts", nargs="*", default=list(PARTS), choices=list(PARTS))
     parser.add_argument("--users", type=int, default=2000, help="validation users per held-out domain")
     parser.add_argument("--negatives", type=int, default=20, help="sampled negatives per user for AUC and GAUC")
     parser.add_argument("--seed", type=int, default=0)
@@ -529,6 +641,21 @@ def main() -> None:
         "--train_on_held_out",
         action="store_true",
         help="diagnostic: train on the held-out domain's own training split instead (can the part help at all?)",
+    )
+    parser.add_argument(
+        "--whitening_powers",
+        nargs="*",
+        type=float,
+        default=[],
+        help="diagnostic: also measure the whitened prior (``whitened_prior``) with each power, alone and summed with "
+        "the prior (no training)",
+    )
+    parser.add_argument(
+        "--rerank_top",
+        type=int,
+        default=0,
+        help="also measure each trained part and whitened prior re-ranking only the prior's top this many items "
+        "(``TopReranked``; 0: not)",
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="path of the results, without suffix")
     args = parser.parse_args()
@@ -548,6 +675,15 @@ def main() -> None:
         )
         dim = tables[held_out].unit.shape[1]
         fold = {"prior": measure(Part().head(dim), tables[held_out], data)}
+        for power in args.whitening_powers:
+            whitened = whitened_prior(tables[held_out], power)
+            fold[f"whitened prior, power {power:g}"] = measure(whitened, tables[held_out], data)
+            summed = ScoreSum([Part().head(dim), whitened])
+            fold[f"prior + whitened prior, power {power:g}"] = measure(summed, tables[held_out], data)
+            if args.rerank_top:
+                reranked = TopReranked(whitened, tables[held_out], args.rerank_top)
+                name = f"prior, top {args.rerank_top} re-ranked by the whitened prior, power {power:g}"
+                fold[name] = measure(reranked, tables[held_out], data)
         for name in args.parts:
             part, started = PARTS[name], time.perf_counter()
             head = part.head(dim)
@@ -562,6 +698,13 @@ def main() -> None:
             fold[name] = {**measure(head, part_tables[held_out], data), "train_seconds": time.perf_counter() - started}
             if by_step:
                 fold[name]["by_step"] = by_step
+            if args.rerank_top:
+                reranked = TopReranked(head, part_tables[held_out], args.rerank_top)
+                fold[f"prior, top {args.rerank_top} re-ranked by {name}"] = measure(
+                    reranked, part_tables[held_out], data
+                )
+            if head.log_axis is not None:  # what it learned: each principal axis's weight, the largest first
+                fold[name]["axis_weights"] = torch.exp(head.log_axis.detach()).tolist()
             if head.pair_kernel is not None:  # what it learned: phi_k at a few cosines, for the newest three items
                 with torch.no_grad():
                     learned = head.pair_kernel(KERNEL_KNOTS.expand(1, HISTORY_ITEMS, -1))[0, :3]
@@ -569,7 +712,7 @@ def main() -> None:
             print(
                 held_out,
                 name,
-                {k: round(v, 4) for k, v in fold[name].items() if k not in ("kernel", "by_step")},
+                {k: round(v, 4) for k, v in fold[name].items() if k not in ("kernel", "by_step", "axis_weights")},
                 "prior",
                 {k: round(v, 4) for k, v in fold["prior"].items()},
                 flush=True,
@@ -583,7 +726,8 @@ def main() -> None:
 
 def markdown(results: dict) -> str:
     metrics = ("ndcg@10", "recall@10", "auc", "gauc")
-    parts = [name for name in PARTS if all(name in fold for fold in results["folds"].values())]
+    folds = results["folds"]
+    parts = [name for name in next(iter(folds.values())) if name != "prior" and all(name in f for f in folds.values())]
     lines = [
         "| held-out domain | part | " + " | ".join(f"{m} (gain over the prior)" for m in metrics) + " |",
         "|---|---|" + "---|" * len(metrics),
@@ -610,9 +754,10 @@ def markdown(results: dict) -> str:
         "|---|" + "---|" * len(metrics),
     ]
     lines += [f"| {name} | " + " | ".join(f"{worst[name][m]:+.4f}" for m in metrics) + " |" for name in parts]
-    folds = results["folds"]
     for name in parts:
-        steps = sorted({step for fold in folds.values() for step in fold[name].get("by_step", {})})
+        steps = sorted(
+            {step for fold in folds.values() for step in fold[name].get("by_step", {})}, key=int
+        )  # JSON: str
         if not steps:
             continue
         lines += ["", f"{name}: NDCG@10 / AUC gain over the prior along training (each fold, then the worst)", ""]

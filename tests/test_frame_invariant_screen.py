@@ -16,13 +16,17 @@ from benchmarks.frame_invariant_screen import (
     PARTS,
     DomainTable,
     FrameInvariantHead,
+    ScoreSum,
+    TopReranked,
     WorstDomainWeights,
+    batch_losses,
     hard_negatives,
     main,
     sampled_loss,
     train,
     training_pairs,
     typicality_features,
+    whitened_prior,
 )
 from tokenization_recbase import RecBaseTokenizer
 from training.corpus import load_corpus
@@ -174,6 +178,115 @@ def test_the_catalogue_softmax_loss_is_its_definition_on_a_hand_made_batch():
     torch.testing.assert_close(sampled_loss(scores), torch.tensor(sum(plain) / 2))
 
 
+def full_softmax_by_hand(table: DomainTable, batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pair's cross-entropy of its next item over the whole catalogue, the history's other items left out, and
+    the number of items the prior ranks above the next item among those left in, computed one pair at a time."""
+    prior = FrameInvariantHead(False, False, table.unit.shape[1])
+    losses, ranks = [], []
+    for history, target in batch:
+        scores = prior.scores(table.history_vectors([history]), table.unit, prior.centre(table))[0]
+        kept = [i for key, i in table.row.items() if key == target or key not in history]
+        losses.append(torch.logsumexp(scores[kept], 0) - scores[table.row[target]])
+        ranks.append(int((scores[kept] > scores[table.row[target]]).sum()))
+    return torch.stack(losses), torch.tensor(ranks)
+
+
+BATCH = [
+    (["music/0", "music/4", "music/8"], "music/12"),
+    (["music/1", "music/5"], "music/1"),  # the next item repeats a history item: it stays in the softmax
+    (["music/2"], "music/3"),
+    (["music/7", "music/11"], "music/6"),
+    (["music/9", "music/13", "music/17"], "music/21"),
+]
+
+
+def test_the_full_softmax_loss_is_the_cross_entropy_over_the_catalogue_less_the_history(tiny_run):
+    table = DomainTable(RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"]), "music")
+    prior = FrameInvariantHead(False, False, table.unit.shape[1])
+    by_hand, _ = full_softmax_by_hand(table, BATCH)
+    (loss,) = batch_losses([prior], table, BATCH, PARTS["history weights, full softmax"], torch.Generator())
+    torch.testing.assert_close(loss, by_hand.mean())
+
+
+def test_top_pairs_count_only_the_pairs_whose_next_item_the_prior_ranks_near_the_top(tiny_run, monkeypatch):
+    table = DomainTable(RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"]), "music")
+    by_hand, ranks = full_softmax_by_hand(table, BATCH)
+    monkeypatch.setattr(screen, "TOP_PAIRS", 3)
+    counted = ranks < 3
+    assert 0 < counted.sum() < len(BATCH)  # the batch has pairs on both sides of the cut
+    part, prior = PARTS["pair kernel, full softmax, top pairs"], FrameInvariantHead(False, False, table.unit.shape[1])
+    (loss,) = batch_losses([prior], table, BATCH, part, torch.Generator())
+    torch.testing.assert_close(loss, by_hand[counted].mean())
+    # The part's loss is counted on the same pairs, the ones the prior chose.
+    head = part.head(table.unit.shape[1])
+    with torch.no_grad():
+        head.pair_kernel.slopes.normal_(generator=torch.Generator().manual_seed(8))
+    (trained,) = batch_losses([head], table, BATCH, part, torch.Generator())
+    kept = [pair for pair, count in zip(BATCH, counted) if count]
+    (on_kept,) = batch_losses([head], table, kept, PARTS["pair kernel, full softmax"], torch.Generator())
+    torch.testing.assert_close(trained, on_kept)
+
+
+def test_the_full_and_sampled_softmax_is_the_sum_of_both_losses_on_the_same_scores(tiny_run):
+    table = DomainTable(RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"]), "music")
+    prior = FrameInvariantHead(False, False, table.unit.shape[1])
+    full, _ = full_softmax_by_hand(table, BATCH)
+    negatives = torch.randint(
+        len(table.keys), (len(BATCH), screen.NEGATIVES), generator=torch.Generator().manual_seed(9)
+    )
+    sampled = []
+    for (history, target), drawn in zip(BATCH, negatives.tolist()):
+        scores = prior.scores(table.history_vectors([history]), table.unit, prior.centre(table))[0]
+        left_out = {table.row[key] for key in history} - {table.row[target]}  # as in the full softmax
+        others = [scores[i] for i in drawn if i != table.row[target] and i not in left_out]
+        sampled.append(
+            torch.logsumexp(torch.stack([scores[table.row[target]], *others]), 0) - scores[table.row[target]]
+        )
+    part = PARTS["axis weights, full and sampled softmax"]
+    (loss,) = batch_losses([prior], table, BATCH, part, torch.Generator().manual_seed(9))
+    torch.testing.assert_close(loss, full.mean() + torch.stack(sampled).mean())
+
+
+def test_the_whitened_prior_is_the_prior_on_axes_scaled_by_their_spread_and_sums_with_it(tiny_run):
+    table = DomainTable(RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"]), "music")
+    prior, histories = FrameInvariantHead(False, False, table.unit.shape[1]), [h for h, _ in BATCH]
+    vectors = table.history_vectors(histories)
+    plain = prior.scores(vectors, table.unit, prior.centre(table))
+    torch.testing.assert_close(whitened_prior(table, 0.0).scores(vectors, table.unit, prior.centre(table)), plain)
+    # Power 1: the prior computed on the vectors with every axis divided by its standard deviation (24 items span
+    # fewer axes than the vectors have: an axis without spread counts as having a millionth of the largest variance).
+    variances = table.vectors.var(0)
+    assert variances.min() < variances.max() * 1e-6
+    spread = variances.clamp(min=variances.max() * 1e-6).sqrt()
+    unit = F.normalize(table.unit / spread, dim=-1)
+    weights = 0.5 ** torch.arange(10.0) * (vectors.norm(dim=-1) > 0)
+    query = F.normalize((weights[..., None] * F.normalize(vectors, dim=-1)).sum(1) / spread, dim=-1)
+    by_hand = query @ (unit - unit.mean(0)).T / 0.1
+    whitened = whitened_prior(table, 1.0)
+    torch.testing.assert_close(whitened.scores(vectors, table.unit, whitened.centre(table)), by_hand)
+    summed = ScoreSum([prior, whitened])
+    torch.testing.assert_close(summed.scores(vectors, table.unit, summed.centre(table)), plain + by_hand)
+
+
+def test_a_top_reranked_prior_reorders_only_the_priors_top_items(tiny_run):
+    table = DomainTable(RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"]), "music")
+    prior, histories = FrameInvariantHead(False, False, table.unit.shape[1]), [h for h, _ in BATCH]
+    vectors = table.history_vectors(histories)
+    plain = prior.scores(vectors, table.unit, prior.centre(table))  # (5, 24)
+    reranker = whitened_prior(table, 1.0)
+    other = reranker.scores(vectors, table.unit, reranker.centre(table))
+    head = TopReranked(reranker, table, top=5)
+    scores = head.scores(vectors, table.unit, head.centre(table))
+    inside = torch.zeros_like(plain, dtype=torch.bool).scatter_(1, plain.topk(5, dim=-1).indices, True)
+    torch.testing.assert_close(scores[~inside], plain[~inside])
+    torch.testing.assert_close(scores[inside], other[inside] + TopReranked.OFFSET)
+    assert (scores[inside].view(5, 5).min(-1).values > scores[~inside].view(5, 19).max(-1).values).all()
+    # Candidates given per user are judged against the whole catalogue's top, as in candidate scoring.
+    rows = torch.tensor([[0, 3, 7, 11, 20]] * len(BATCH))
+    per_user = head.scores(vectors, table.unit[rows], head.centre(table))
+    torch.testing.assert_close(per_user, scores.gather(1, rows))
+
+
 def test_the_worst_domain_weights_follow_each_domains_running_excess_over_the_prior():
     weights = WorstDomainWeights(3, step_size=2.0)
     first = weights.loss(torch.tensor([1.0, 2.0, 0.5]), torch.tensor([0.9, 2.05, 0.5]))
@@ -217,14 +330,20 @@ def test_the_screen_writes_its_gain_table(tiny_run, tmp_path, monkeypatch):
     arguments += ["--pretraining_domains", "music", "films", "--held_out", "films", "--steps", "2", "--users", "10"]
     arguments += ["--negatives", "5", "--measure_every", "1"]
     arguments += ["--parts", "pair kernel, hard negatives", "shared adapter", "candidate typicality"]
-    arguments += ["pair kernel, worst domain"]
-    arguments += ["--results", str(results)]
+    arguments += ["pair kernel, worst domain", "axis weights, full and sampled softmax"]
+    arguments += ["--whitening_powers", "1", "--results", str(results)]
     monkeypatch.setattr(sys, "argv", ["frame_invariant_screen", *arguments])
     main()
     fold = json.loads(results.with_suffix(".json").read_text())["folds"]["films"]
     parts = {"pair kernel, hard negatives", "shared adapter", "candidate typicality", "pair kernel, worst domain"}
+    parts |= {"axis weights, full and sampled softmax", "whitened prior, power 1", "prior + whitened prior, power 1"}
     assert set(fold) == {"prior", *parts}
+    assert (
+        len(fold["axis weights, full and sampled softmax"]["axis_weights"])
+        == DomainTable(RecBaseTokenizer.from_pretrained(tiny_run["tokenizer"]), "films").unit.shape[1]
+    )
     table = results.with_suffix(".md").read_text()
     assert "| films | pair kernel, hard negatives |" in table and "| films | shared adapter |" in table
+    assert "| films | prior + whitened prior, power 1 |" in table and "| prior + whitened prior, power 1 |" in table
     assert set(fold["shared adapter"]["by_step"]) == {"1"}  # measured after step 1 of 2, and at the end
     assert "shared adapter: NDCG@10 / AUC gain over the prior along training" in table and "| end |" in table
