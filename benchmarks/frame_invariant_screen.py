@@ -364,6 +364,8 @@ class TopReranked(nn.Module):
 
     def __init__(self, reranker: FrameInvariantHead, table: DomainTable, top: int) -> None:
         super().__init__()
+        if reranker.typicality is not None:
+            raise ValueError("TopReranked re-ranks by cosines only; a part with a typicality bias cannot re-rank")
         self.prior, self.reranker, self.table, self.top = Part().head(table.unit.shape[1]), reranker, table, top
 
     def centre(self, table: DomainTable) -> torch.Tensor:
@@ -416,7 +418,7 @@ class Part(NamedTuple):
 
 
 NEGATIVES, HARD_NEGATIVES = 128, 64  # negatives per training pair; of them, the prior's top items with hard_negatives
-TOP_PAIRS = 100  # with top_pairs, a pair counts only where the prior ranks its next item above this
+TOP_PAIRS = 100  # with top_pairs, a pair counts only where the prior ranks its next item within its top this many
 
 
 @torch.no_grad()
@@ -485,8 +487,8 @@ def batch_losses(
     if part.top_pairs:  # NDCG@10 can only change where the next item is near the top already
         with torch.no_grad():
             prior = Part().head(table.unit.shape[1])
-            scores = prior.scores(vectors, candidates, prior.centre(table)).masked_fill(masked, float("-inf"))
-        counted = ((scores > scores.gather(1, targets[:, None])).sum(1) < TOP_PAIRS).float()
+            by_prior = prior.scores(vectors, candidates, prior.centre(table)).masked_fill(masked, float("-inf"))
+        counted = ((by_prior > by_prior.gather(1, targets[:, None])).sum(1) < TOP_PAIRS).float()
     losses = []
     for head in heads:
         # Centred as in ranking: a nonlinear pair kernel sees the cosines it will see there.
@@ -610,7 +612,6 @@ PARTS = {
     "axis weights, full and sampled softmax": Part(axis_weights=True, full_softmax=True, sampled_too=True),
     "history weights, full softmax, top pairs": Part(history_weights=True, full_softmax=True, top_pairs=True),
     "pair kernel, full softmax, top pairs": Part(pair_kernel=True, full_softmax=True, top_pairs=True),
-    "shared adapter, full softmax, top pairs": Part(shared_adapter=True, full_softmax=True, top_pairs=True),
 }
 
 
@@ -659,6 +660,8 @@ def main() -> None:
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="path of the results, without suffix")
     args = parser.parse_args()
+    if args.rerank_top and any(PARTS[name].candidate_typicality for name in args.parts):
+        parser.error("--rerank_top re-ranks by cosines only: leave out the typicality parts")  # before any training
     torch.manual_seed(args.seed)
     tokenizer = RecBaseTokenizer.from_pretrained(args.tokenizer_dir)
     corpus = load_corpus(args.corpus_dir)
@@ -755,9 +758,8 @@ def markdown(results: dict) -> str:
     ]
     lines += [f"| {name} | " + " | ".join(f"{worst[name][m]:+.4f}" for m in metrics) + " |" for name in parts]
     for name in parts:
-        steps = sorted(
-            {step for fold in folds.values() for step in fold[name].get("by_step", {})}, key=int
-        )  # JSON: str
+        # Steps are ints when measured, strings when read back from the JSON file.
+        steps = sorted({step for fold in folds.values() for step in fold[name].get("by_step", {})}, key=int)
         if not steps:
             continue
         lines += ["", f"{name}: NDCG@10 / AUC gain over the prior along training (each fold, then the worst)", ""]

@@ -347,3 +347,21 @@ def test_the_screen_writes_its_gain_table(tiny_run, tmp_path, monkeypatch):
     assert "| films | prior + whitened prior, power 1 |" in table and "| prior + whitened prior, power 1 |" in table
     assert set(fold["shared adapter"]["by_step"]) == {"1"}  # measured after step 1 of 2, and at the end
     assert "shared adapter: NDCG@10 / AUC gain over the prior along training" in table and "| end |" in table
+
+
+def test_the_screen_measures_the_top_reranked_rows_and_refuses_a_typicality_part(tiny_run, tmp_path, monkeypatch):
+    results = tmp_path / "rerank"
+    arguments = ["--tokenizer_dir", str(tiny_run["tokenizer"]), "--corpus_dir", str(tiny_run["corpus"])]
+    arguments += ["--pretraining_domains", "music", "films", "--held_out", "films", "--steps", "2", "--users", "10"]
+    arguments += ["--negatives", "5", "--whitening_powers", "1", "--rerank_top", "3", "--results", str(results)]
+    monkeypatch.setattr(sys, "argv", ["frame_invariant_screen", *arguments, "--parts", "axis weights, full softmax"])
+    main()
+    fold = json.loads(results.with_suffix(".json").read_text())["folds"]["films"]
+    reranked = [
+        "prior, top 3 re-ranked by axis weights, full softmax",
+        "prior, top 3 re-ranked by the whitened prior, power 1",
+    ]
+    assert set(reranked) <= set(fold)
+    monkeypatch.setattr(sys, "argv", ["frame_invariant_screen", *arguments, "--parts", "candidate typicality"])
+    with pytest.raises(SystemExit):
+        main()
