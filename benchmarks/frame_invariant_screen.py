@@ -43,8 +43,7 @@ part minus the prior in every metric, so a part earns its place only where the w
   DRO): every step takes 256 pairs split evenly over the training domains and minimises their losses above the
   prior's on the same batches, each domain weighted by the running sum of its excess (``WorstDomainWeights``), so the
   domain the part serves worst relative to the prior gets the step; ``history weights, worst domain, catalogue
-  softmax`` does the same with ``sampled_loss``'s correction.
-
+  softmax`` does the same with ``sampled_loss``'s correction;
 - ``history weights, full softmax``, ``pair kernel, full softmax``, ``shared adapter, full softmax`` and ``axis
   weights, full softmax``: every loss above is a softmax over the next item and 128 sampled items, which a part wins
   by separating the next item from random ones. These are trained with the exact cross-entropy of the next item over
@@ -237,6 +236,13 @@ class DomainTable:
         rows, valid = self.history_rows(histories)
         return self.typicality[rows] * valid[..., None]
 
+    def history_mask(self, histories: list[list[str]]) -> torch.Tensor:
+        """(B, C): True at every item of each history (what full ranking excludes)."""
+        mask = torch.zeros(len(histories), len(self.keys), dtype=torch.bool)
+        for row, history in enumerate(histories):
+            mask[row, [self.row[key] for key in history]] = True
+        return mask
+
     def history_vectors(self, histories: list[list[str]]) -> torch.Tensor:
         """(B, K, D): the content vectors of each history's last K items, newest first, zero where none."""
         rows, valid = self.history_rows(histories)
@@ -376,7 +382,7 @@ class TopReranked(nn.Module):
     ) -> torch.Tensor:
         catalogue = self.prior.scores(vectors, self.table.unit, centre[0])  # (B, C)
         threshold = catalogue.topk(min(self.top, catalogue.shape[1]), dim=-1).values[:, -1:]  # (B, 1)
-        prior = self.prior.scores(vectors, items, centre[0])
+        prior = catalogue if items is self.table.unit else self.prior.scores(vectors, items, centre[0])
         # A slack far above rounding: the top's last item is inside whether scored with the catalogue or alone.
         return torch.where(
             prior >= threshold - 1e-4, self.OFFSET + self.reranker.scores(vectors, items, centre[1]), prior
@@ -465,10 +471,8 @@ def batch_losses(
     with_typicality = any(head.typicality is not None for head in heads)
     if part.full_softmax:
         candidates = table.unit
-        masked = torch.zeros(len(batch), len(table.keys), dtype=torch.bool)
-        for row, history in enumerate(histories):
-            masked[row, [table.row[key] for key in history]] = True
-        masked[torch.arange(len(batch)), targets] = False
+        masked = table.history_mask(histories)
+        masked[torch.arange(len(batch)), targets] = False  # a repeated next item stays in the softmax
         typicality = (table.typicality, table.history_typicality(histories)) if with_typicality else None
         if part.sampled_too:  # the plain loss's candidates, read off the catalogue's scores
             negatives = torch.randint(len(table.keys), (len(batch), NEGATIVES), generator=generator)
@@ -578,9 +582,9 @@ def measure(head: FrameInvariantHead | ScoreSum | TopReranked, table: DomainTabl
             history_features = table.history_typicality(histories)
             catalogue = (table.typicality, history_features)
             candidates = (table.typicality[rows], history_features)
-        scores = head.scores(vectors, table.unit, centre, catalogue)
-        for row, history in enumerate(histories):
-            scores[row, [table.row[key] for key in set(history)]] = float("-inf")
+        scores = head.scores(vectors, table.unit, centre, catalogue).masked_fill(
+            table.history_mask(histories), float("-inf")
+        )
         ranked += [[table.keys[i] for i in row] for row in scores.topk(10, dim=-1).indices.tolist()]
         scored += head.scores(vectors, table.unit[rows], centre, candidates).tolist()
     labels = [[1] + [0] * (len(row) - 1) for row in data.candidates]

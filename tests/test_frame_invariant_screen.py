@@ -67,7 +67,8 @@ def test_the_typicality_features_are_z_scored_distance_and_density_unchanged_by_
     torch.testing.assert_close(features, by_hand)
     rotation, _ = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(5)))
     torch.testing.assert_close(typicality_features(vectors @ rotation), features, atol=1e-5, rtol=1e-4)
-    assert torch.equal(typicality_features(vectors, chunk=7), typicality_features(vectors))
+    # Chunking changes only the matmul's blocking, so rounding: equal to float32 precision, not bit for bit.
+    torch.testing.assert_close(typicality_features(vectors, chunk=7), typicality_features(vectors))
 
 
 def test_a_trained_typicality_bias_adds_its_formula_to_the_prior():
