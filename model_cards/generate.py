@@ -24,7 +24,7 @@ from model_cards.plots import plot_training_loss, plot_zero_shot
 from modeling_recbase.hub_recbase import TASK
 from tokenization_recbase import RecBaseTokenizer
 from training.checkpoint import INDEXED_ITEMS_FILE, write_text_atomically
-from training.protocols import RECBASE, RECBASE_PRIOR, TEXT_SIMILARITY, all_results_markdown
+from training.protocols import RECBASE, RECBASE_PLAIN_PRIOR, RECBASE_PRIOR, TEXT_SIMILARITY, all_results_markdown
 
 TEMPLATE = Path(__file__).with_name("recbase_card.md.j2")
 LORA_TEMPLATE = Path(__file__).with_name("lora_card.md.j2")
@@ -47,13 +47,15 @@ def summary_lines(eval_results: dict) -> list[str]:
     lines = []
     for domain, entry in eval_results["domains"].items():
         ours, text = entry["models"][RECBASE], entry["models"].get(TEXT_SIMILARITY)
-        prior = entry["models"].get(RECBASE_PRIOR)
+        prior, plain = entry["models"].get(RECBASE_PRIOR), entry["models"].get(RECBASE_PLAIN_PRIOR)
         line = (
             f"{domain} ({entry['role']}, {entry['users']} test users): NDCG@10 {ours['ndcg@10']:.4f}, "
             f"Recall@10 {ours['recall@10']:.4f}, AUC {ours['auc']:.3f}"
         )
         if prior:
             line += f"; its training-free prior has NDCG@10 {prior['ndcg@10']:.4f} and AUC {prior['auc']:.3f}"
+        if plain:
+            line += f" (without the whitened re-rank, {plain['ndcg@10']:.4f} and {plain['auc']:.3f})"
         if text:
             line += (
                 f"; text similarity has NDCG@10 {text['ndcg@10']:.4f} and AUC {text['auc']:.3f}, so RecBase is "

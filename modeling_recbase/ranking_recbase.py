@@ -29,6 +29,10 @@ from .vocabulary_recbase import item_domain
 RANKING_CONFIG_NAME = "ranking_config.json"
 SCORING_ROWS = 1024  # (user, candidate) rows scored at once by the code head: bounds score's memory
 COUNT_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # the weights of log(1 + count) that fit_count_weight tries
+# A re-ranked item scores this many temperatures above its re-rank score: above any centred cosine (at most 2) over
+# the temperature, so the re-ranked top stays above every item outside it.
+RERANK_OFFSET_TEMPERATURES = 4.0
+RERANK_SLACK = 1e-4  # far above rounding: the top's last item is inside whether scored with the catalogue or alone
 # Ranking fields that an older release kept in config.json, and their names here.
 OLD_CONFIG_FIELDS = {
     "code_score_weight": "code_score_weight",
@@ -62,6 +66,15 @@ class RankingPolicy:
         num_beams: beams of the constrained beam search that proposes the code head's candidates.
         exclude_history: never recommend an item of the history (a call may override it).
         max_history_items: the most recent history items read (``None``: the model config's).
+        whitened_rerank_top: on a domain that the dense head's prior alone ranks (no residual, code score or
+            count weight above 0 there; ``reranks``), the best ``whitened_rerank_top`` items of the catalogue by
+            the dense score (the prior's cosine, plus the learned popularity bias of items with counts; history
+            included) are put in the order of the *whitened* prior, the same cosine with every
+            principal axis of the domain scaled by its variance to the power ``-whitening_power / 2``, for the query
+            and the items (``tokenizer.whitened_unit_item_vectors``); every other item keeps its dense score,
+            below them. So the order at the top is the whitened prior's, and an item outside the top compares as
+            before. Nothing is trained (0: no re-rank).
+        whitening_power: 1 gives every axis the same variance; 0 is the plain prior.
     """
 
     residual_domains: list[str] | None = None
@@ -74,6 +87,8 @@ class RankingPolicy:
     num_beams: int = 20
     exclude_history: bool = True
     max_history_items: int | None = None
+    whitened_rerank_top: int = 0
+    whitening_power: float = 0.5
 
     def __post_init__(self) -> None:
         if self.code_score_domains is not None:
@@ -90,6 +105,11 @@ class RankingPolicy:
             raise ValueError(f"count weights must be >= 0, got {negative}")
         if self.max_history_items is not None and self.max_history_items < 1:
             raise ValueError(f"max_history_items must be at least 1 or None, got {self.max_history_items}")
+        if self.whitened_rerank_top < 0 or not self.whitening_power >= 0:
+            raise ValueError(
+                f"a ranking policy needs whitened_rerank_top >= 0 and whitening_power >= 0, got "
+                f"{self.whitened_rerank_top} and {self.whitening_power}"
+            )
 
     def code_weights(self, keys: Sequence[str], dense_head: bool) -> list[float]:
         """The code head's weight in the score of each item key."""
@@ -105,8 +125,16 @@ class RankingPolicy:
         domains = set(self.residual_domains)
         return torch.tensor([float(item_domain(key) in domains) for key in keys])
 
+    def reranks(self, domain: str) -> bool:
+        """Whether ``domain``'s top items are re-ordered by the whitened prior: where the prior alone ranks it."""
+        residual = self.residual_domains is None or domain in self.residual_domains
+        code = self.code_score_weight > 0 and (self.code_score_domains is None or domain in self.code_score_domains)
+        counted = self.popularity_bias and self.count_weights.get(domain, 0.0) > 0  # a weight of 0 counts nothing
+        return self.whitened_rerank_top > 0 and not (residual or code or counted)
+
     def prior_only(self) -> RankingPolicy:
-        """This policy with nothing learned in the ranking: the dense head's training-free prior alone."""
+        """This policy with nothing learned in the ranking: the dense head's training-free prior alone (re-ranked as
+        this policy re-ranks a domain the prior ranks)."""
         return dataclasses.replace(self, residual_domains=[], code_score_weight=0.0, popularity_bias=False)
 
     def check(self, config) -> None:
@@ -168,7 +196,8 @@ class ItemRanker:
     beam's items (constrained beam search) and the dense head's best ``shortlist_size`` are scored by both heads
     (``score``). Without a dense head, the constrained beam search ranks. A user's dense query holds the learned
     residual where the policy's ``residual_domains`` holds the domain ranked (of ``item_keys``, or of the user's
-    first candidate).
+    first candidate). Where the prior alone ranks a domain, the policy's ``whitened_rerank_top`` best items are put in
+    the whitened prior's order, above the rest.
 
     Example:
         >>> ranker = ItemRanker(model, tokenizer)  # the model's own policy
@@ -206,7 +235,11 @@ class ItemRanker:
                 model, tokenizer, histories, item_keys, num_beams, self.max_history_items, exclude_history
             )
             return [row[:top_k] for row in ranked]
-        dense = self.dense_scores(histories, item_keys)  # (users, items)
+        queries = self._dense_queries(histories, item_keys[0])  # (users, item_vector_size)
+        dense = self._item_scores(queries, item_keys)  # (users, items)
+        if policy.reranks(item_domain(item_keys[0])):
+            top = dense.topk(min(policy.whitened_rerank_top, len(item_keys)), dim=-1).values[:, -1:]  # (users, 1)
+            dense = self._whitened_top(queries, dense, item_keys, top)
         positions = tokenizer.positions(item_keys)
         if exclude_history:
             for row, history in enumerate(histories):
@@ -236,23 +269,63 @@ class ItemRanker:
 
     @torch.no_grad()
     def dense_scores(self, histories: Sequence[Sequence[str]], item_keys: Sequence[str]) -> torch.Tensor:
-        """(users, items): the dense head's score of every item of ``item_keys`` after each history."""
-        model, tokenizer = self.model, self.tokenizer
-        encoded = tokenizer.encode_history(
+        """(users, items): the dense head's score of every item of ``item_keys`` after each history (no re-rank)."""
+        return self._item_scores(self._dense_queries(histories, item_keys[0]), item_keys)
+
+    def _dense_queries(self, histories: Sequence[Sequence[str]], domain_key: str) -> torch.Tensor:
+        """(users, item_vector_size): the dense head's query after each history, ranking the domain of
+        ``domain_key`` (where the policy's residual counts, or not)."""
+        encoded = self.tokenizer.encode_history(
             list(histories), max_history_items=self.max_history_items, return_tensors="pt", return_item_vectors=True
-        ).to(model.device)
-        weights = self._residual_weights([item_keys[0]] * len(histories))
-        queries = model(
+        ).to(self.model.device)
+        return self.model(
             **encoded,
             use_cache=False,
             logits_to_keep=1,
             return_dense_queries=True,
-            residual_weights=weights,
+            residual_weights=self._residual_weights([domain_key] * len(histories)),
         ).dense_queries[:, -1]
-        buckets, counted = self._count_signals(item_keys)
-        vectors = tokenizer.unit_item_vectors(item_keys).to(model.device)
-        scores = model.dense_scores(queries, vectors, buckets, unit_latents=True)
-        return scores if counted is None else scores + counted
+
+    def _item_scores(
+        self, queries: torch.Tensor, keys: Sequence[str], per_user: bool = False, centred: bool = False
+    ) -> torch.Tensor:
+        """queries (users, item_vector_size) -> (users, N): the dense scores of ``keys`` (N items shared by every user,
+        or with ``per_user`` each user's own N, flattened to users x N), plus what catalogue counts add; ``centred``:
+        less each item's domain centre (as ``score`` scores)."""
+        tokenizer, device = self.tokenizer, self.model.device
+        shape = (len(queries), -1) if per_user else (len(keys),)
+        vectors = tokenizer.unit_item_vectors(keys).to(device)
+        centres = tokenizer.domain_centres(keys).to(device).view(*shape, vectors.shape[-1]) if centred else None
+        buckets, counted = self._count_signals(keys)
+        buckets = buckets.view(shape) if buckets is not None else None
+        scores = self.model.dense_scores(
+            queries, vectors.view(*shape, vectors.shape[-1]), buckets, centres, unit_latents=True
+        )
+        return scores if counted is None else scores + counted.view(shape)
+
+    def _whitened_top(
+        self,
+        queries: torch.Tensor,
+        scores: torch.Tensor,
+        keys: Sequence[str],
+        top: torch.Tensor,
+        per_user: bool = False,
+    ) -> torch.Tensor:
+        """``scores`` (users, N) of ``keys`` (laid out as for ``_item_scores``) with each score at or above the user's
+        ``top`` (users, 1), the last score of the prior's top ``whitened_rerank_top``, replaced by the item's whitened
+        prior score + ``RERANK_OFFSET_TEMPERATURES`` / temperature. queries (users, item_vector_size): the prior's,
+        of users of one domain."""
+        tokenizer, device, power = self.tokenizer, self.model.device, self.policy.whitening_power
+        shape = (len(queries), -1, queries.shape[-1]) if per_user else (len(keys), queries.shape[-1])
+        scales = tokenizer.domain_whitening_scales(keys[:1], power).to(device)  # (1, D): the users' domain's
+        whitened = self.model.dense_scores(
+            queries * scales,
+            tokenizer.whitened_unit_item_vectors(keys, power).to(device).view(shape),
+            centres=tokenizer.whitened_domain_centres(keys, power).to(device).view(shape),
+            unit_latents=True,
+        )
+        offset = RERANK_OFFSET_TEMPERATURES / self.model.config.dense_temperature
+        return torch.where(scores >= top - RERANK_SLACK, offset + whitened, scores)
 
     @torch.no_grad()
     def fit_count_weight(
@@ -359,8 +432,9 @@ class ItemRanker:
         tokens (minus its empty-history log-probability with ``calibrated_code_score``), plus, with a dense head,
         the cosine between the predicted and the candidate's content vector over ``dense_temperature``, less the
         mean of that cosine over the candidate's domain (a user's ranking is unchanged, users become comparable),
-        plus what its catalogue count adds (as in ``rank``). The history runs once; its cache is then repeated for the
-        candidates, ``SCORING_ROWS`` (user, candidate) rows at a time."""
+        plus what its catalogue count adds (as in ``rank``); where the policy re-ranks the domain, a candidate inside
+        the prior's top of the domain's catalogue scores as ``rank`` puts it, above the rest. The history runs once;
+        its cache is then repeated for the candidates, ``SCORING_ROWS`` (user, candidate) rows at a time."""
         model, tokenizer, config = self.model, self.tokenizer, self.model.config
         per_user = len(candidates[0])
         if any(len(row) != per_user for row in candidates):
@@ -388,14 +462,32 @@ class ItemRanker:
             code = self._code_scores(prefix, encoded["attention_mask"], candidate_ids.view(users, per_user, -1))
             scores += weights.view(users, per_user) * code
         if config.dense_head:
-            vectors = tokenizer.unit_item_vectors(flat).to(model.device).view(users, per_user, -1)
-            centres = tokenizer.domain_centres(flat).to(model.device).view(users, per_user, -1)
-            buckets, counted = self._count_signals(flat)
-            buckets = buckets.view(users, per_user) if buckets is not None else None
-            scores += model.dense_scores(prefix.dense_queries[:, -1], vectors, buckets, centres, unit_latents=True)
-            if counted is not None:
-                scores += counted.view(users, per_user)
+            queries = prefix.dense_queries[:, -1]  # (users, item_vector_size)
+            scores += self._reranked_candidates(
+                queries, self._item_scores(queries, flat, per_user=True, centred=True), candidates
+            )
         return scores.tolist()
+
+    def _reranked_candidates(
+        self, queries: torch.Tensor, dense: torch.Tensor, candidates: Sequence[Sequence[str]]
+    ) -> torch.Tensor:
+        """``dense`` (users, per_user), the candidates' centred dense scores, with those of users whose domain the
+        policy re-ranks (``RankingPolicy.reranks``) scored as ``rank`` orders their domain's whole catalogue: a
+        candidate inside the prior's top ``whitened_rerank_top`` of the catalogue by its whitened prior, above the
+        rest."""
+        by_domain: dict[str, list[int]] = {}
+        for user, row in enumerate(candidates):
+            by_domain.setdefault(item_domain(row[0]), []).append(user)
+        for domain, users in by_domain.items():
+            if not self.policy.reranks(domain):
+                continue
+            catalogue = self.tokenizer.domain_items(domain)
+            at = torch.tensor(users, device=dense.device)
+            catalogue_scores = self._item_scores(queries[at], catalogue, centred=True)  # (len(users), items)
+            top = catalogue_scores.topk(min(self.policy.whitened_rerank_top, len(catalogue)), dim=-1).values[:, -1:]
+            keys = [key for user in users for key in candidates[user]]
+            dense[at] = self._whitened_top(queries[at], dense[at], keys, top, per_user=True)
+        return dense
 
     def _code_scores(self, prefix, attention_mask: torch.Tensor, candidate_ids: torch.LongTensor) -> torch.Tensor:
         """(users, per_user): each candidate's code log-likelihood after its history, whose forward pass (with its

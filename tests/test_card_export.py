@@ -17,6 +17,7 @@ from training.protocols import (
     POPULARITY,
     RANDOM,
     RECBASE,
+    RECBASE_PLAIN_PRIOR,
     RECBASE_PRIOR,
     RECBASE_WITH_COUNTS,
     SASREC,
@@ -114,6 +115,7 @@ def test_the_main_job_announces_each_stage_and_writes_the_hub_folder(main_job):
     assert set(results["domains"]["xwines"]["models"]) == {
         RECBASE,
         RECBASE_PRIOR,
+        RECBASE_PLAIN_PRIOR,  # a new model re-ranks the prior's top: the plain cosine is reported beside it
         TEXT_SIMILARITY,
         POPULARITY,
         RANDOM,

@@ -24,6 +24,10 @@ POLICIES = {
     ),
     "both heads on music only": ({}, RankingPolicy(code_score_weight=1.0, code_score_domains=["music"])),
     "code head alone (generative model)": (GENERATIVE, RankingPolicy(code_score_weight=1.0, num_beams=8)),
+    "dense head, whitened re-rank where the prior alone ranks": (
+        {},
+        RankingPolicy(residual_domains=["films"], whitened_rerank_top=8),
+    ),
 }
 HISTORIES = [["music/1", "music/5", "music/9"], ["music/2"], ["films/3", "films/7"]]
 

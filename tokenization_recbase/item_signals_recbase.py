@@ -132,6 +132,42 @@ class ItemSignalsMixin:
             torch.zeros(0, self.item_vector_size),
         )
 
+    def whitened_unit_item_vectors(self, keys: Sequence[str], power: float) -> torch.Tensor:
+        """(len(keys), item_vector_size): ``unit_item_vectors`` with every axis of the domain's aligned frame (its
+        principal axes) multiplied by ``domain_whitening_scales``, then scaled to unit length again."""
+        return self._gather(
+            keys, lambda table: self._whitening(table, power)["unit"], torch.zeros(0, self.item_vector_size)
+        )
+
+    def domain_whitening_scales(self, keys: Sequence[str], power: float) -> torch.Tensor:
+        """(len(keys), item_vector_size): for each item, its domain's per-axis scales: each axis's variance over the
+        domain's content vectors to the power ``-power / 2`` (1: whitening, every axis the same variance), a
+        variance under 1e-6 of the largest counted as that floor. A domain's own items set them, no other's."""
+        return self._gather(
+            keys,
+            lambda table: self._whitening(table, power)["scales"].expand(len(table), -1),
+            torch.zeros(0, self.item_vector_size),
+        )
+
+    def whitened_domain_centres(self, keys: Sequence[str], power: float) -> torch.Tensor:
+        """(len(keys), item_vector_size): for each item, the mean of its domain's ``whitened_unit_item_vectors``."""
+        return self._gather(
+            keys,
+            lambda table: self._whitening(table, power)["centre"].expand(len(table), -1),
+            torch.zeros(0, self.item_vector_size),
+        )
+
+    def _whitening(self, table: DomainItems, power: float) -> dict[str, torch.Tensor]:
+        """One domain's axis scales (D,), whitened unit vectors (n, D) and their mean (D,), kept until it changes."""
+
+        def build(table: DomainItems) -> dict[str, torch.Tensor]:
+            variances = self._domain_vectors(table).var(0, correction=1 if len(table) > 1 else 0)
+            scales = variances.clamp(min=max(float(variances.max()) * 1e-6, 1e-12)).pow(-power / 2)
+            unit = torch.nn.functional.normalize(self.unit_item_vectors(table.keys) * scales, dim=-1)
+            return {"scales": scales, "unit": unit, "centre": unit.mean(0)}
+
+        return table.derived(f"whitening-{power!r}", build)
+
     def _load_item_vectors(self, path: str) -> None:
         """A previous release's ``item_vectors.pt`` (tensors only, read without unpickling code); vectors of keys
         the item table does not hold are left out."""

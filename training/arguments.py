@@ -30,6 +30,7 @@ LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 VALIDATION_METRICS = ("ndcg@10", "recall@10", "auc", "gauc")
 MODEL = RecBaseConfig()  # the defaults of every model field below
 RANKING = RankingPolicy()  # the defaults of every ranking field below
+NEW_MODEL_RERANK_TOP = 100  # a new model's whitened_rerank_top
 MAX_HISTORY_ITEMS = MODEL.max_history_items  # items of a history the model reads: training windows and scoring
 NEGATIVES = 20  # sampled negatives per user of the candidate-scoring protocol
 # ModelArguments fields that are RecBaseConfig fields of the same name (a new model is built from them).
@@ -123,6 +124,23 @@ class ModelArguments:
         default=False,
         metadata={"help": "start the dense head's residual at zero, so training starts at the prior (a new domain)"},
     )
+    # Chosen on the pretraining domains held out in rotation, with no training (benchmarks/results/
+    # frame_invariant_screen_full_softmax.md, sections 4 and 5), then confirmed on the test domains' validation
+    # splits (section 6).
+    whitened_rerank_top: int | None = field(
+        default=None,
+        metadata={
+            "help": "where the prior alone ranks, its top items re-ordered by the whitened prior (0: none; "
+            f"default: an --init_from checkpoint's own, else {NEW_MODEL_RERANK_TOP})"
+        },
+    )
+    whitening_power: float | None = field(
+        default=None,
+        metadata={
+            "help": "the re-rank scales each axis by its variance^(-power/2) (default: an --init_from checkpoint's "
+            f"own, else {RANKING.whitening_power})"
+        },
+    )
     lora_rank: int = field(default=0, metadata={"help": "train a LoRA adapter of this rank (0: all weights)"})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling numerator (default: 2 * rank)"})
     lora_dropout: float = 0.0
@@ -196,6 +214,9 @@ class EvaluationArguments:
     num_beams: int | None = field(default=None, metadata={"help": "beam width where the code head scores"})
     max_history_items: int | None = field(default=None, metadata={"help": "history items read"})
     code_score_weight: float | None = field(default=None, metadata={"help": "the code head's weight in scores"})
+    whitened_rerank_top: int | None = field(
+        default=None, metadata={"help": "the prior's top items re-ranked by the whitened prior (0: none)"}
+    )
     text_similarity_items: int = 1
     catalogue_counts: bool = field(
         default=False,
@@ -219,6 +240,7 @@ class EvaluationArguments:
             "num_beams": self.num_beams,
             "max_history_items": self.max_history_items,
             "code_score_weight": self.code_score_weight,
+            "whitened_rerank_top": self.whitened_rerank_top,
         }
         return {name: value for name, value in values.items() if value is not None}
 

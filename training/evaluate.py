@@ -4,7 +4,8 @@ The protocols (full ranking: Recall@K, NDCG@K; candidate scoring: AUC, GAUC) are
 baselines (random, popularity, zero-shot text similarity) in ``training.baselines``; every model is measured
 on the same users in the same run. RecBase ranks and scores candidates as the pipeline does (its
 ``ItemRanker`` with the checkpoint's ranking policy), and beside it, with baselines, "RecBase prior (no training)":
-the same model with nothing learned in the ranking (``RankingPolicy.prior_only``).
+the same model with nothing learned in the ranking (``RankingPolicy.prior_only``), and where the policy re-ranks
+the prior's top items by the whitened prior, "RecBase prior, no re-rank (no training)": the plain cosine alone.
 
     python -m training.evaluate --checkpoint outputs/recbase-tiny --corpus_dir outputs/recbase-tiny-work/corpus \
         --domains amazon14_beauty amazon18_office ml-100k
@@ -27,6 +28,7 @@ from training.corpus import load_corpus
 from training.protocols import (
     PROTOCOLS,
     RECBASE,
+    RECBASE_PLAIN_PRIOR,
     RECBASE_PRIOR,
     EvaluationSet,
     build_evaluation_set,
@@ -79,6 +81,11 @@ def evaluate(args: EvaluationArguments, ranking: dict | None = None) -> dict:
         recommenders.append(
             RecBaseRecommender(ItemRanker(model, tokenizer, policy.prior_only()), args.batch_size, RECBASE_PRIOR)
         )
+        if policy.whitened_rerank_top:  # what the re-rank adds to the prior, in the same run
+            plain = dataclasses.replace(policy.prior_only(), whitened_rerank_top=0)
+            recommenders.append(
+                RecBaseRecommender(ItemRanker(model, tokenizer, plain), args.batch_size, RECBASE_PLAIN_PRIOR)
+            )
     if args.baselines:
         recommenders += [
             TextSimilarityRecommender(

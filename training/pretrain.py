@@ -41,6 +41,7 @@ from modeling_recbase import RecBaseConfig, RecBaseForCausalLM
 from tokenization_recbase import RecBaseTokenizer, check_model_config
 from training.arguments import (
     MODEL_CONFIG_FIELDS,
+    NEW_MODEL_RERANK_TOP,
     DataArguments,
     ModelArguments,
     PretrainingArguments,
@@ -137,6 +138,11 @@ def build_model(
     # The code head and the dense head's residual count on the domains the model is trained on; elsewhere the dense
     # head's training-free prior ranks (``train`` narrows the residual's domains to those validation says it helps).
     ranking = {"code_score_domains": code_domains, "residual_domains": residual_domains}
+    if not args.init_from:
+        ranking["whitened_rerank_top"] = NEW_MODEL_RERANK_TOP
+    for name in ("whitened_rerank_top", "whitening_power"):  # else a new model's default, or the checkpoint's own
+        if getattr(args, name) is not None:
+            ranking[name] = getattr(args, name)
     if args.calibrated_code_score:
         ranking["calibrated_code_score"] = True
     if args.code_score_weight is not None:

@@ -26,6 +26,8 @@ RECBASE = "RecBase"
 RECBASE_WITH_COUNTS = "RecBase + catalogue counts"
 # The model's dense head with nothing learned: the recency-weighted cosine to the history's content vectors.
 RECBASE_PRIOR = "RecBase prior (no training)"
+# The prior's plain cosine ranking, without the policy's whitened re-rank of its top items (also training-free).
+RECBASE_PLAIN_PRIOR = "RecBase prior, no re-rank (no training)"
 TEXT_SIMILARITY = "text similarity (zero-shot)"
 POPULARITY = "popularity (in-domain counts)"
 RANDOM = "random"
