@@ -24,7 +24,8 @@ from training.ranking_metrics.ranking_metrics import candidate_metrics, ranking_
 # Model names in results (and so in tables, the model card and plots).
 RECBASE = "RecBase"
 RECBASE_WITH_COUNTS = "RecBase + catalogue counts"
-# The model's dense head with nothing learned: the recency-weighted cosine to the history's content vectors.
+# The model's dense head with nothing learned: the recency-weighted cosine to the history's content vectors, with
+# the policy's whitened re-rank of its top items where the policy has one.
 RECBASE_PRIOR = "RecBase prior (no training)"
 # The prior's plain cosine ranking, without the policy's whitened re-rank of its top items (also training-free).
 RECBASE_PLAIN_PRIOR = "RecBase prior, no re-rank (no training)"
