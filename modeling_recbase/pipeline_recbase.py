@@ -12,7 +12,9 @@ in the tokenizer's config), in ``domain`` or else the domain of the history's kn
 
 Every result is a real item and none repeats. The model's ``ItemRanker`` ranks, with the ranking policy saved
 beside the weights (``ranking_config.json``): by default the dense head alone scores every item of the domain.
-``score_candidates`` gives the same score for a given candidate list (the paper's setting).
+``score_candidates`` gives the same score for a given candidate list (the paper's setting). Where the policy re-ranks
+the prior's top items (``whitened_rerank_top``), their scores are their whitened prior scores plus 4 / temperature,
+above every other item's.
 
 Shipped beside the weights: imports only torch, transformers, the standard library and siblings.
 """
