@@ -314,18 +314,18 @@ class ItemRanker:
         """``scores`` (users, N) of ``keys`` (laid out as for ``_item_scores``) with each score at or above the user's
         ``top`` (users, 1), the last score of the prior's top ``whitened_rerank_top``, replaced by the item's whitened
         prior score + ``RERANK_OFFSET_TEMPERATURES`` / temperature. queries (users, item_vector_size): the prior's,
-        of users of one domain."""
+        of users of one domain. Only the items inside the top are scored again (about users x top rows)."""
         tokenizer, device, power = self.tokenizer, self.model.device, self.policy.whitening_power
-        shape = (len(queries), -1, queries.shape[-1]) if per_user else (len(keys), queries.shape[-1])
-        scales = tokenizer.domain_whitening_scales(keys[:1], power).to(device)  # (1, D): the users' domain's
+        rows, columns = (scores >= top - RERANK_SLACK).nonzero(as_tuple=True)  # (M,) each
+        at = rows * scores.shape[1] + columns if per_user else columns  # (M,) rows of ``keys``
         whitened = self.model.dense_scores(
-            queries * scales,
-            tokenizer.whitened_unit_item_vectors(keys, power).to(device).view(shape),
-            centres=tokenizer.whitened_domain_centres(keys, power).to(device).view(shape),
+            queries[rows] * tokenizer.domain_whitening_scales(keys[:1], power).to(device),  # (M, D)
+            tokenizer.whitened_unit_item_vectors(keys, power).to(device)[at, None],  # (M, 1, D)
+            centres=tokenizer.whitened_domain_centres(keys[:1], power).to(device),  # (1, D): the users' domain's
             unit_latents=True,
-        )
+        )[:, 0]
         offset = RERANK_OFFSET_TEMPERATURES / self.model.config.dense_temperature
-        return torch.where(scores >= top - RERANK_SLACK, offset + whitened, scores)
+        return scores.index_put((rows, columns), offset + whitened)
 
     @torch.no_grad()
     def fit_count_weight(
